@@ -1,0 +1,101 @@
+"""Files a sweep leaves on disk: weight snapshots, trial checkpoints and tickets.
+
+Plain `.npz` and JSON, readable with numpy alone: no Ray, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tickets import masks as masks_lib
+
+TICKET_FILE = "ticket.npz"
+
+
+class ArtifactError(ValueError):
+    """A file the sweep wrote earlier is missing, truncated or corrupted; the message names it."""
+
+
+def save_weights(path: Path, weights: dict[str, np.ndarray]) -> None:
+    """Write to a temporary name and rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **weights)
+    tmp.replace(path)
+
+
+def load_weights(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile, pickle and OS errors all mean the same: unusable file
+        raise ArtifactError(f"{path}: cannot be read as saved weights ({type(e).__name__}: {e})") from None
+
+
+def save_ticket(path: Path, mask: dict, start: dict, final: dict, info: dict) -> None:
+    """The mask, the weights the sparse run started from (masked) and its final weights."""
+    arrays = {f"mask/{k}": np.asarray(v, dtype=bool) for k, v in mask.items()}
+    arrays |= {f"start/{k}": v for k, v in start.items()}
+    arrays |= {f"final/{k}": v for k, v in final.items()}
+    arrays["info"] = np.array(json.dumps(info))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_ticket(path) -> dict:
+    """A saved ticket as {"mask": {...}, "start": {...}, "final": {...}, "info": {...}}."""
+    out: dict = {"mask": {}, "start": {}, "final": {}}
+    try:
+        with np.load(path) as f:
+            for key in f.files:
+                if key == "info":
+                    out["info"] = json.loads(str(f[key]))
+                else:
+                    part, name = key.split("/", 1)
+                    out[part][name] = f[key].astype(bool) if part == "mask" else f[key]
+    except Exception as e:
+        raise ArtifactError(f"{path}: cannot be read as a ticket ({type(e).__name__}: {e})") from None
+    return out
+
+
+def save_state(directory: Path, step: int, weights: dict, optimizer: list, mask: dict,
+               best_test_loss: float, best_epoch: int) -> None:
+    """A trial checkpoint: weights, optimizer variables (in order), mask, position."""
+    np.savez(directory / "weights.npz", **weights)
+    np.savez(directory / "optimizer.npz", *optimizer)
+    masks_lib.save(directory / "mask.npz", mask)
+    (directory / "state.json").write_text(json.dumps(
+        {"step": step, "best_test_loss": best_test_loss, "best_epoch": best_epoch}))
+
+
+def load_state(directory: Path) -> dict:
+    try:
+        meta = json.loads((directory / "state.json").read_text())
+        with np.load(directory / "optimizer.npz") as f:
+            optimizer = [f[f"arr_{i}"] for i in range(len(f.files))]
+        mask = masks_lib.load(directory / "mask.npz")
+    except Exception as e:
+        raise ArtifactError(f"{directory}: checkpoint cannot be read ({type(e).__name__}: {e})") from None
+    return {**meta, "weights": load_weights(directory / "weights.npz"), "optimizer": optimizer, "mask": mask}
+
+
+def read_dense(directory: Path) -> dict | None:
+    """The manifest of a finished dense run in `directory`, or None when there is none.
+
+    A manifest that names snapshots which are missing is an error, never a silent retrain.
+    """
+    path = directory / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        steps = [int(s) for s in manifest["snapshot_steps"]]
+    except Exception as e:
+        raise ArtifactError(f"{path}: cannot be read as a dense-run manifest ({type(e).__name__}: {e})") from None
+    for step in steps:
+        if not (directory / f"step_{step}.npz").is_file():
+            raise ArtifactError(f"{directory / f'step_{step}.npz'}: missing, but {path} lists it")
+    return manifest

@@ -1,0 +1,435 @@
+"""Sweep specs: frozen dataclasses loaded from YAML and validated before anything runs.
+
+Every field has a default, so a spec only names what differs. Errors are `SpecError`s whose
+message is one line naming the field and the value, e.g.
+`search.sparsity: 1.2 is outside [0, 1)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATASETS = ("cifar10", "parquet", "image_folder", "synthetic")
+ARCHS = ("mobilenet_v2", "conv2", "conv4", "conv6", "lenet_300_100")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+SCOPES = ("global", "layerwise")
+GROUPS = ("first_conv", "classifier", "depthwise")
+CONTROLS = ("ticket", "random_reinit", "random_prune")
+
+
+class SpecError(ValueError):
+    """A spec field holds a bad value. `str()` is the one line shown to the user."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _fail(name: str, value: Any, reason: str) -> typing.NoReturn:
+    raise SpecError(name, f"{_show(value)} {reason}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The spec. Field order is the order of the YAML in the README.
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    train: int | None = None
+    test: int | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "cifar10"
+    path: str | None = None
+    image_size: int = 32
+    batch_size: int = 128
+    augment: bool = True
+    subset: SubsetSpec | None = None
+    half: str | None = None
+    # Only the synthetic data set uses these: it has no files to count classes or images in.
+    classes: int = 10
+    synthetic_size: SubsetSpec = field(default_factory=lambda: SubsetSpec(train=2000, test=500))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str = "mobilenet_v2"
+    width: float = 0.35
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 4.0e-5
+    nesterov: bool = False
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: tuple[float, ...] = ()  # step schedule: epochs at which the rate is multiplied by gamma
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    epochs: int = 30
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    scope: str = "global"
+    exclude: tuple[str, ...] = ("first_conv", "classifier")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    sparsity: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+    rewind_epoch: tuple[float, ...] = (0.0, 1.0, 2.0)
+    control: tuple[str, ...] = ("ticket",)
+    replicate: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    gpus_per_trial: float | str = "auto"
+    cpus_per_trial: int | str = "auto"
+    max_failures: int = 2
+    max_concurrent_trials: int | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str = "tickets"
+    seed: int = 0
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    dense: DenseSpec = field(default_factory=DenseSpec)
+    pruning: PruningSpec = field(default_factory=PruningSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def dense_dict(self) -> dict[str, Any]:
+        """The fields the dense trajectory depends on: equal dicts give equal dense runs."""
+        d = self.to_dict()
+        return {k: d[k] for k in ("seed", "data", "model", "dense")}
+
+    def dense_hash(self) -> str:
+        return _hash(self.dense_dict())
+
+    def spec_hash(self) -> str:
+        return _hash(self.to_dict())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain YAML data, with types checked field by field.
+
+
+def _did_you_mean(key: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, name)
+            except SpecError as e:
+                errors.append(e)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            _fail(name, value, f"must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+        return _build(tp, value, name)
+    if origin is tuple:
+        item_type = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # a scalar where a list is expected means a one-point grid
+        return tuple(_coerce(item_type, v, f"{name}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(name, value, "must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            _fail(name, value, "must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(name, value, "must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(name, value, "must be a string")
+        return value
+    raise TypeError(f"unsupported spec type {tp!r} for {name}")  # a bug in this module, not input
+
+
+def _build(cls: type, raw: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise SpecError(where, f"unknown field{_did_you_mean(str(key), names)}; "
+                                   f"known: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], f"{prefix}.{name}" if prefix else name)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of values (types are already right when this runs).
+
+
+def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        _fail(name, value, f"is not one of {', '.join(options)}{_did_you_mean(value, options)}")
+
+
+def _grid(name: str, values: tuple) -> None:
+    if not values:
+        _fail(name, "[]", "is empty: a grid axis needs at least one value")
+    if len(set(values)) != len(values):
+        _fail(name, list(values), "has repeated values")
+
+
+def validate(spec: Spec) -> Spec:
+    if not spec.name or any(c in spec.name for c in "/\\ \t\n") or spec.name.startswith("."):
+        _fail("name", spec.name, "must be a non-empty name without slashes or spaces")
+    if spec.seed < 0:
+        _fail("seed", spec.seed, "must be >= 0")
+
+    d = spec.data
+    _one_of("data.dataset", d.dataset, DATASETS)
+    if d.dataset in ("parquet", "image_folder") and not d.path:
+        _fail("data.path", d.path, f"must name a directory when data.dataset is {d.dataset!r}")
+    if d.image_size < 8:
+        _fail("data.image_size", d.image_size, "must be >= 8")
+    if d.batch_size < 1:
+        _fail("data.batch_size", d.batch_size, "must be >= 1")
+    if d.half is not None:
+        _one_of("data.half", d.half, ("a", "b"))
+    if d.classes < 2:
+        _fail("data.classes", d.classes, "must be >= 2")
+    for part in ("train", "test"):
+        for where, sub in (("subset", d.subset), ("synthetic_size", d.synthetic_size)):
+            n = getattr(sub, part) if sub else None
+            if n is not None and n < 1:
+                _fail(f"data.{where}.{part}", n, "must be >= 1")
+    if d.subset and d.subset.train is not None and d.subset.train < d.batch_size:
+        _fail("data.subset.train", d.subset.train, f"is smaller than data.batch_size ({d.batch_size})")
+
+    m = spec.model
+    _one_of("model.arch", m.arch, ARCHS)
+    if not 0 < m.width <= 4:
+        _fail("model.width", m.width, "is outside (0, 4]")
+    if m.arch == "mobilenet_v2" and d.image_size < 32:
+        _fail("data.image_size", d.image_size, "is below 32, the smallest input MobileNetV2 accepts")
+
+    e = spec.dense
+    if e.epochs < 1:
+        _fail("dense.epochs", e.epochs, "must be >= 1")
+    _one_of("dense.optimizer.name", e.optimizer.name, OPTIMIZERS)
+    if not e.optimizer.learning_rate > 0:
+        _fail("dense.optimizer.learning_rate", e.optimizer.learning_rate, "must be > 0")
+    if not 0 <= e.optimizer.momentum < 1:
+        _fail("dense.optimizer.momentum", e.optimizer.momentum, "is outside [0, 1)")
+    if e.optimizer.weight_decay < 0:
+        _fail("dense.optimizer.weight_decay", e.optimizer.weight_decay, "must be >= 0")
+    _one_of("dense.schedule.name", e.schedule.name, SCHEDULES)
+    if not 0 <= e.schedule.warmup_epochs < e.epochs:
+        _fail("dense.schedule.warmup_epochs", e.schedule.warmup_epochs,
+              f"is outside [0, dense.epochs ({e.epochs}))")
+    for i, ms in enumerate(e.schedule.milestones):
+        if not 0 < ms < e.epochs:
+            _fail(f"dense.schedule.milestones[{i}]", ms, f"is outside (0, dense.epochs ({e.epochs}))")
+    if not 0 < e.schedule.gamma <= 1:
+        _fail("dense.schedule.gamma", e.schedule.gamma, "is outside (0, 1]")
+
+    p = spec.pruning
+    _one_of("pruning.scope", p.scope, SCOPES)
+    for i, g in enumerate(p.exclude):
+        _one_of(f"pruning.exclude[{i}]", g, GROUPS)
+
+    s = spec.search
+    for axis in ("sparsity", "rewind_epoch", "control", "replicate"):
+        _grid(f"search.{axis}", getattr(s, axis))
+    for i, v in enumerate(s.sparsity):
+        if not 0 <= v < 1:
+            _fail(f"search.sparsity[{i}]" if len(s.sparsity) > 1 else "search.sparsity", v, "is outside [0, 1)")
+    for i, v in enumerate(s.rewind_epoch):
+        name = f"search.rewind_epoch[{i}]" if len(s.rewind_epoch) > 1 else "search.rewind_epoch"
+        if v < 0:
+            _fail(name, v, "must be >= 0")
+        if v > e.epochs:
+            _fail(name, v, f"is past dense.epochs ({e.epochs})")
+        if v == e.epochs:
+            _fail(name, v, f"equals dense.epochs ({e.epochs}): nothing would be left to train")
+    for i, c in enumerate(s.control):
+        _one_of(f"search.control[{i}]", c, CONTROLS)
+    for i, r in enumerate(s.replicate):
+        if r < 0:
+            _fail(f"search.replicate[{i}]", r, "must be >= 0")
+
+    r = spec.resources
+    if isinstance(r.gpus_per_trial, str):
+        _one_of("resources.gpus_per_trial", r.gpus_per_trial, ("auto",))
+    elif not (r.gpus_per_trial == 0 or 0 < r.gpus_per_trial <= 1 or float(r.gpus_per_trial).is_integer()):
+        _fail("resources.gpus_per_trial", r.gpus_per_trial, "must be 'auto', 0, a fraction of 1 or a whole number")
+    elif r.gpus_per_trial < 0:
+        _fail("resources.gpus_per_trial", r.gpus_per_trial, "must be >= 0")
+    if isinstance(r.cpus_per_trial, str):
+        _one_of("resources.cpus_per_trial", r.cpus_per_trial, ("auto",))
+    elif r.cpus_per_trial < 1:
+        _fail("resources.cpus_per_trial", r.cpus_per_trial, "must be >= 1")
+    if r.max_failures < 0:
+        _fail("resources.max_failures", r.max_failures, "must be >= 0")
+    if r.max_concurrent_trials is not None and r.max_concurrent_trials < 1:
+        _fail("resources.max_concurrent_trials", r.max_concurrent_trials, "must be >= 1")
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: a file or a preset, then `--set` overrides, then validation.
+
+
+def preset_dir() -> Path:
+    """Where the presets live: installed with the package, or `search_spaces/` of a checkout."""
+    try:
+        installed = Path(str(resources.files("tickets.search_spaces")))
+        if installed.is_dir():
+            return installed
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def resolve_spec_path(spec: str) -> Path:
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SpecError("SPEC", f"{spec!r} is not a file")
+        return path
+    preset = preset_dir() / f"{spec}.yaml"
+    if preset.is_file():
+        return preset
+    raise SpecError("SPEC", f"{spec!r} is neither a YAML file nor a preset{_did_you_mean(spec, presets())}; "
+                            f"presets: {', '.join(presets())}")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(str(path), f"is not valid YAML{where}: {problem}") from None
+    except OSError as e:
+        raise SpecError(str(path), f"cannot be read: {e.strerror}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(str(path), f"must hold a mapping of spec fields, not a {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict, assignment: str) -> dict:
+    """`a.b.c=VALUE` (VALUE parsed as YAML) applied to a copy of `raw`; the path must be a spec field."""
+    if "=" not in assignment:
+        raise SpecError("--set", f"{assignment!r} is not KEY=VALUE")
+    key, text = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise SpecError(f"--set {key}", f"{text!r} is not a valid YAML value") from None
+    parts = key.strip().split(".")
+    cls: Any = Spec
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        if part not in names:
+            where = ".".join(parts[: i + 1])
+            raise SpecError(f"--set {where}", f"no such field{_did_you_mean(part, names)}")
+        hint = typing.get_type_hints(cls)[part]
+        inner = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        cls = hint if dataclasses.is_dataclass(hint) else (inner[0] if inner else None)
+    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    node = out
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def from_dict(raw: dict) -> Spec:
+    return validate(_build(Spec, raw))
+
+
+def load(spec: str | Path, overrides: typing.Sequence[str] = ()) -> Spec:
+    """Load a spec file or preset name, apply `--set` overrides, validate. Raises `SpecError`."""
+    raw = read_yaml(resolve_spec_path(str(spec)))
+    for assignment in overrides:
+        raw = apply_override(raw, assignment)
+    return from_dict(raw)

@@ -1,0 +1,135 @@
+"""Models, and the naming of their weights.
+
+One public factory, `build`, for MobileNetV2 (Keras applications) and the reference networks
+of Frankle & Carbin (2019, Figure 2): Conv-2/4/6 and LeNet-300-100. Written against `keras`
+only, so the same code runs on TensorFlow and on JAX (used by the GPU benchmark).
+
+Every weight is named by its Keras path (`block_1_expand/kernel`), stable across builds and
+backends; the prunable weights are the kernels of Conv2D, DepthwiseConv2D and Dense layers.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from tickets.config import ModelSpec
+
+BN_MOMENTUM = 0.9
+_PRUNABLE_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+# Frankle & Carbin (2019), Figure 2: conv widths (pooling after each pair), then dense widths.
+_CONV_NETS = {
+    "conv2": ([64, 64], [256, 256]),
+    "conv4": ([64, 64, 128, 128], [256, 256]),
+    "conv6": ([64, 64, 128, 128, 256, 256], [256, 256]),
+}
+
+
+def build(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> keras.Model:
+    """A freshly initialised model; the same `seed` gives bit-identical initial weights."""
+    if len(input_shape) != 3:
+        raise ValueError(f"Received `input_shape={input_shape}`: expected (height, width, channels)")
+    if num_classes < 2:
+        raise ValueError(f"Received `num_classes={num_classes}`: expected at least 2")
+    keras.utils.set_random_seed(seed)
+    if spec.arch == "mobilenet_v2":
+        if min(input_shape[:2]) < 32:
+            raise ValueError(f"Received `input_shape={input_shape}`: MobileNetV2 needs at least 32x32")
+        # Keras warns that sizes other than 96..224 have no pretrained weights; we train from scratch.
+        model = keras.applications.MobileNetV2(
+            input_shape=input_shape, alpha=spec.width, weights=None, classes=num_classes,
+            classifier_activation=None)
+    elif spec.arch in _CONV_NETS:
+        model = _conv_net(spec.arch, input_shape, num_classes)
+    elif spec.arch == "lenet_300_100":
+        model = _mlp("lenet_300_100", input_shape, [300, 100], num_classes)
+    else:
+        raise ValueError(f"Received `arch={spec.arch!r}`")
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Keras' 0.999 suits ImageNet-length runs; with CIFAR-length runs (a few hundred
+            # steps per epoch) the moving statistics would lag the weights for many epochs.
+            layer.momentum = BN_MOMENTUM
+    return model
+
+
+def _conv_net(name: str, input_shape, num_classes: int) -> keras.Model:
+    convs, denses = _CONV_NETS[name]
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, width in enumerate(convs):
+        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        if i % 2 == 1:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i // 2 + 1}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i, width in enumerate(denses):
+        x = keras.layers.Dense(width, activation="relu", name=f"fc{i + 1}")(x)
+    outputs = keras.layers.Dense(num_classes, name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _mlp(name: str, input_shape, widths: list[int], num_classes: int) -> keras.Model:
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for i, width in enumerate(widths):
+        x = keras.layers.Dense(width, activation="relu", name=f"fc{i + 1}")(x)
+    outputs = keras.layers.Dense(num_classes, name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Naming weights.
+
+
+def _kernel_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return [layer for layer in model.layers if isinstance(layer, _PRUNABLE_LAYERS)]
+
+
+def _kernel(layer: keras.layers.Layer):
+    return layer.kernel
+
+
+def groups(model: keras.Model) -> dict[str, list[str]]:
+    """Named groups of prunable kernels, for `pruning.exclude`."""
+    layers = _kernel_layers(model)
+    convs = [la for la in layers if isinstance(la, keras.layers.Conv2D)]
+    denses = [la for la in layers if isinstance(la, keras.layers.Dense)]
+    return {
+        "first_conv": [_kernel(convs[0]).path] if convs else [],
+        "classifier": [_kernel(denses[-1]).path] if denses else [],
+        "depthwise": [_kernel(la).path for la in layers if isinstance(la, keras.layers.DepthwiseConv2D)],
+    }
+
+
+def prunable_variables(model: keras.Model, exclude=()) -> dict:
+    """Prunable kernel variables by name, in layer order, without the excluded groups."""
+    named = groups(model)
+    unknown = [g for g in exclude if g not in named]
+    if unknown:
+        raise ValueError(f"Received `exclude={list(exclude)}`: unknown groups {unknown}; known: {sorted(named)}")
+    skip = {path for g in exclude for path in named[g]}
+    out = {}
+    for layer in _kernel_layers(model):
+        var = _kernel(layer)
+        if var.path not in skip:
+            out[var.path] = var
+    return out
+
+
+def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """Every variable of the model (BatchNorm statistics included) as numpy, by path."""
+    return {v.path: keras.ops.convert_to_numpy(v.value) for v in model.weights}
+
+
+def set_weights(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
+    variables = {v.path: v for v in model.weights}
+    if set(variables) != set(weights):
+        missing, extra = set(variables) - set(weights), set(weights) - set(variables)
+        raise ValueError(f"Received weights that do not fit the model: missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(extra)[:3]}")
+    for path, var in variables.items():
+        value = weights[path]
+        if tuple(value.shape) != tuple(var.shape):
+            raise ValueError(f"Received `{path}` of shape {value.shape}; the model has {tuple(var.shape)}")
+        var.assign(value)

@@ -1,0 +1,322 @@
+"""`python -m tickets.sweep SPEC`: one dense run, then a Tune grid of sparse trials.
+
+  1. validate the spec (bad input: one line, exit 2, nothing written, no Ray started);
+  2. load the data once and train the dense network once, as Ray tasks with the per-trial
+     resources; its snapshots go to `<experiment>/dense/` and into the object store, one ref
+     each (a dense run already there with the same dense spec is reused);
+  3. a `tune.Tuner` grid over sparsity × rewind epoch × control × replicate;
+  4. `<experiment>/results.parquet` from every trial's reports plus the dense reference rows.
+
+Exit codes: 0 every trial finished; 1 some trial errored (the others' results are kept); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from tickets import analysis, artifacts
+from tickets import config as config_lib
+from tickets.config import SpecError
+from tickets.trainable import DenseRefs, train_ticket
+
+DEFAULT_PRESET = "mobilenetv2-cifar10"
+SPEC_FILE = "spec.yaml"
+DENSE_DIR = "dense"
+DENSE_RUNS_LOG = "runs.jsonl"  # one line per dense training started: how often it really ran
+
+
+class UsageError(Exception):
+    """Bad input found after parsing the spec (paths, cluster fit). Exit 2, like a SpecError."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tickets.sweep", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", nargs="?", help=f"YAML spec or preset name ({', '.join(config_lib.presets())}); "
+                                           f"default {DEFAULT_PRESET}")
+    p.add_argument("--storage-path", help="where experiments go (default ~/ray_results, as Tune does)")
+    p.add_argument("--name", help="experiment name (default: the spec's name)")
+    p.add_argument("--address", help="join a running Ray cluster ('auto' or host:port) instead of starting one")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field with a YAML value, e.g. --set search.sparsity=[0.5,0.9]")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the grid; start nothing")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs of the embedded local Ray (default: detected)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input: spec, experiment dir, resources. Everything here runs before Ray starts or anything is written.
+
+
+def experiment_dir(args: argparse.Namespace, spec_name: str) -> Path:
+    storage = Path(args.storage_path or os.environ.get("TUNE_RESULT_DIR") or "~/ray_results").expanduser()
+    return storage.resolve() / (args.name or spec_name)
+
+
+def load_spec(args: argparse.Namespace) -> tuple[config_lib.Spec, Path]:
+    if args.resume and not args.spec:
+        # The experiment's own spec; its name is --name, or the default preset's name.
+        name = args.name or config_lib.load(DEFAULT_PRESET).name
+        exp = experiment_dir(args, name)
+        if not (exp / SPEC_FILE).is_file():
+            raise UsageError(f"--resume: {exp} holds no experiment ({SPEC_FILE} missing)")
+        return config_lib.load(exp / SPEC_FILE, args.overrides), exp
+    spec = config_lib.load(args.spec or DEFAULT_PRESET, args.overrides)
+    return spec, experiment_dir(args, spec.name)
+
+
+def check_experiment(args: argparse.Namespace, spec: config_lib.Spec, exp: Path) -> None:
+    started = (exp / SPEC_FILE).exists()
+    if args.resume:
+        if not started:
+            raise UsageError(f"--resume: {exp} holds no experiment to resume")
+        saved = config_lib.load(exp / SPEC_FILE)
+        if saved.spec_hash() != spec.spec_hash():
+            raise UsageError(f"--resume: the spec differs from {exp / SPEC_FILE}; resume with the same spec "
+                             f"(or none), or start a new experiment with --name")
+    elif started:
+        raise UsageError(f"--name: experiment {exp} already exists; pass --resume to continue it "
+                         f"or --name to start another")
+    # The nearest existing ancestor must be writable, or the sweep would fail only after the dense run.
+    probe = exp
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--storage-path: {probe} is not a writable directory")
+    if shutil.disk_usage(probe).free < 200 * 2**20:
+        raise UsageError(f"--storage-path: {probe} has less than 200 MiB free")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float
+    gpus: float
+    note: str = ""
+
+
+def resolve_resources(spec: config_lib.Spec, nodes: list[dict]) -> Resources:
+    """Per-trial CPUs and GPUs for this cluster; a request no node can ever meet is an error."""
+    r = spec.resources
+    max_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    note = ""
+    if r.gpus_per_trial == "auto":
+        gpus = 1.0 if max_gpus >= 1 else (max_gpus or 0.0)
+        if not gpus:
+            note = "the cluster has no GPUs: trials run on CPUs"
+    else:
+        gpus = float(r.gpus_per_trial)
+    if r.cpus_per_trial == "auto":
+        if gpus:
+            # Share each GPU node's CPUs among the trials its GPUs can hold.
+            cpus = min(max(1, int(n.get("CPU", 1) * gpus // n["GPU"])) for n in nodes if n.get("GPU", 0) >= gpus)
+        else:
+            cpus = 1
+    else:
+        cpus = float(r.cpus_per_trial)
+    if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        shape = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "no nodes"
+        field = "resources.gpus_per_trial" if gpus > max_gpus else "resources.cpus_per_trial"
+        value = r.gpus_per_trial if field.endswith("gpus_per_trial") else r.cpus_per_trial
+        raise SpecError(field, f"{value} cannot be met by any node of this cluster ({shape}): "
+                               f"trials would wait forever")
+    return Resources(cpus, gpus, note)
+
+
+def local_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+        return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    return 0
+
+
+def grid_size(spec: config_lib.Spec) -> int:
+    s = spec.search
+    return len(s.sparsity) * len(s.rewind_epoch) * len(s.control) * len(s.replicate)
+
+
+def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster: str) -> None:
+    s = spec.search
+    print(f"experiment {exp}")
+    print(f"grid: {grid_size(spec)} trials = sparsity {list(s.sparsity)} x rewind_epoch {list(s.rewind_epoch)} "
+          f"x control {list(s.control)} x replicate {list(s.replicate)}")
+    print(f"model {spec.model.arch} (width {spec.model.width}) on {spec.data.dataset}, "
+          f"{spec.dense.epochs} dense epochs, one dense run shared by all trials")
+    if res:
+        print(f"each trial and the dense run ask for {res.cpus:g} CPU, {res.gpus:g} GPU")
+    print(f"cluster: {cluster}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray tasks: the data set and the dense run, each done once per sweep.
+
+
+@ray.remote
+def _load_data(spec_dict: dict):
+    from tickets import data
+
+    spec = config_lib.from_dict(spec_dict)
+    dataset = data.load(spec.data, spec.seed)
+    return dataset, {"train": len(dataset.train), "test": len(dataset.test), "classes": dataset.num_classes,
+                     "source": dataset.source}
+
+
+def _train_dense(spec_dict: dict, dataset, out_dir: str, steps: list[int]):
+    from tickets import training
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    training.configure(max(1, int(cpus)))
+    spec = config_lib.from_dict(spec_dict)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / DENSE_RUNS_LOG, "a") as f:
+        f.write(json.dumps({"started": time.time(), "dense_hash": spec.dense_hash(),
+                            "node_id": ray.get_runtime_context().get_node_id()}) + "\n")
+    trajectory = training.train_dense(spec, dataset, log=lambda line: print(line, flush=True))
+    trajectory.save(out, spec.dense_hash())
+    return (trajectory.metrics, *[trajectory.snapshots[s] for s in steps])
+
+
+def dense_snapshots(spec: config_lib.Spec, exp: Path, res: Resources) -> DenseRefs:
+    """One object ref per needed snapshot, from `<exp>/dense` when it fits, else by training once."""
+    from tickets.training import record_steps  # keeps TensorFlow out of the driver until needed here
+
+    data_ref, info_ref = _load_data.options(num_returns=2).remote(spec.to_dict())
+    info = ray.get(info_ref)
+    spe = info["train"] // spec.data.batch_size
+    steps = record_steps(spec, spe)
+    print(f"data: {info['train']} train / {info['test']} test images, {info['classes']} classes, "
+          f"from {info['source']}; {spe} steps per epoch")
+    dense_dir = exp / DENSE_DIR
+    manifest = artifacts.read_dense(dense_dir)
+    if manifest and manifest["dense_hash"] == spec.dense_hash() and set(steps) <= set(manifest["snapshot_steps"]):
+        print(f"dense: reusing the dense run in {dense_dir}")
+        refs = {s: ray.put(artifacts.load_weights(dense_dir / f"step_{s}.npz")) for s in steps}
+    else:
+        if manifest:
+            print(f"dense: {dense_dir} holds a run of another spec or without these rewind points; retraining")
+        print(f"dense: training {spec.dense.epochs} epochs once (snapshots at steps {steps})")
+        task = ray.remote(_train_dense).options(num_cpus=res.cpus, num_gpus=res.gpus, num_returns=1 + len(steps),
+                                               max_retries=spec.resources.max_failures)
+        metrics_ref, *snapshot_refs = task.remote(spec.to_dict(), data_ref, str(dense_dir), steps)
+        ray.get(metrics_ref)  # fail here, with the task's error, before any trial starts
+        refs = dict(zip(steps, snapshot_refs))
+    return DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, refs, data_ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep.
+
+
+def make_trainable(spec: config_lib.Spec, dense: DenseRefs, res: Resources):
+    trainable = tune.with_parameters(train_ticket, spec=spec.to_dict(), dense=dense)
+    return tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
+
+
+def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources, resume: bool):
+    trainable = make_trainable(spec, dense, res)
+    if resume and tune.Tuner.can_restore(str(exp)):
+        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+    else:
+        s = spec.search
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"sparsity": tune.grid_search(list(s.sparsity)),
+                         "rewind_epoch": tune.grid_search(list(s.rewind_epoch)),
+                         "control": tune.grid_search(list(s.control)),
+                         "replicate": tune.grid_search(list(s.replicate))},
+            tune_config=tune.TuneConfig(metric="test_accuracy", mode="max",
+                                        max_concurrent_trials=spec.resources.max_concurrent_trials),
+            run_config=tune.RunConfig(
+                name=exp.name, storage_path=str(exp.parent),
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    return tuner.fit()
+
+
+def start_ray(args: argparse.Namespace) -> tuple[bool, str]:
+    """Connect or start Ray; returns (whether we started it, a line describing the cluster)."""
+    if ray.is_initialized():
+        return False, "the Ray instance this process already runs"
+    if args.address:
+        ctx = ray.init(address=args.address, log_to_driver=True)
+        return False, f"cluster at {args.address}"
+    # Ray >= 2.59 turns token authentication on for local instances and generates the token;
+    # the dashboard listens on loopback only (reach it from elsewhere through an SSH tunnel).
+    ctx = ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=True,
+                   dashboard_host="127.0.0.1", log_to_driver=True)
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file():
+        token.chmod(0o600)  # Ray writes it world-readable
+    url = getattr(ctx, "dashboard_url", None)
+    return True, f"local Ray (dashboard http://{url})" if url else "local Ray"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec, exp = load_spec(args)
+        check_experiment(args, spec, exp)
+        if args.dry_run:
+            if args.address:
+                cluster, res = f"would join {args.address} (resources resolved there)", None
+            else:
+                nodes = [{"CPU": args.num_cpus or os.cpu_count() or 1,
+                          "GPU": args.num_gpus if args.num_gpus is not None else local_gpus()}]
+                res = resolve_resources(spec, nodes)
+                cluster = f"would start local Ray with {nodes[0]['CPU']} CPU, {nodes[0]['GPU']} GPU"
+            print_plan(spec, exp, res, cluster)
+            return 0
+    except (SpecError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    started, cluster = start_ray(args)
+    try:
+        try:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            res = resolve_resources(spec, nodes)
+        except SpecError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print_plan(spec, exp, res, f"{cluster}, {len(nodes)} node(s)")
+        if res.note:
+            print(f"note: {res.note}")
+        exp.mkdir(parents=True, exist_ok=True)
+        if not (exp / SPEC_FILE).exists():
+            (exp / SPEC_FILE).write_text(spec.to_yaml())
+        try:
+            dense = dense_snapshots(spec, exp, res)
+        except artifacts.ArtifactError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        grid = run_tuner(spec, exp, dense, res, args.resume)
+        results = analysis.write_results(exp)
+        errors = len(grid.errors)
+        print(f"\n{len(grid) - errors}/{len(grid)} trials finished; results: {results}")
+        if errors:
+            print(f"{errors} trial(s) errored; their logs are in their trial dirs under {exp}. "
+                  f"Rerun with --resume to retry them.", file=sys.stderr)
+        return 1 if errors else 0
+    finally:
+        if started:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

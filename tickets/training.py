@@ -1,0 +1,319 @@
+"""Dense trajectory and masked (sparse) training.
+
+The algorithm, as in Frankle et al. (2020) "late resetting":
+  1. train the dense network once, keeping weight snapshots at step 0, at every rewind point
+     and at the end (`train_dense`);
+  2. for each sparsity, prune the final weights by magnitude (`make_ticket`);
+  3. reset the survivors to the rewind snapshot and train again with the pruned weights held at
+     exactly zero, resuming the learning-rate schedule at the rewind step (`train_sparse`).
+
+Dense and sparse training share one loop (`_segments`): dense training is the unmasked case.
+Written against `keras` / `keras.ops`; only thread and device set-up touches TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import keras
+import numpy as np
+
+from tickets import artifacts
+from tickets import masks as masks_lib
+from tickets import models
+from tickets.config import DenseSpec, Spec
+from tickets.data import Dataset, test_batches, train_batches
+
+Weights = dict[str, np.ndarray]
+
+
+def configure(cpus: int | None = None, deterministic: bool = True) -> None:
+    """Thread counts from the CPUs this process was given; GPU memory growth; op determinism.
+
+    Must run before TensorFlow starts its runtime; later calls keep what is already set.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    try:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if cpus:
+            tf.config.threading.set_intra_op_parallelism_threads(int(cpus))
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, int(cpus)))
+    except RuntimeError:
+        pass  # the runtime is already initialised in this process
+    if deterministic and not tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from several integers: distinct streams for data order, controls, replicates."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def step_of(epoch: float, steps_per_epoch: int) -> int:
+    """Fractional epochs become step counts (0.5 = half an epoch of steps)."""
+    return int(round(epoch * steps_per_epoch))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and schedule.
+
+
+class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Warm-up, then constant, step or cosine decay; `offset` resumes it at a rewind step."""
+
+    def __init__(self, spec: DenseSpec, steps_per_epoch: int, offset: int = 0):
+        self.base = spec.optimizer.learning_rate
+        self.name = spec.schedule.name
+        self.total = spec.epochs * steps_per_epoch
+        self.warmup = step_of(spec.schedule.warmup_epochs, steps_per_epoch)
+        self.milestones = [step_of(m, steps_per_epoch) for m in spec.schedule.milestones]
+        self.gamma = spec.schedule.gamma
+        self.offset = offset
+
+    def __call__(self, step):
+        t = keras.ops.cast(step, "float32") + float(self.offset)
+        if self.name == "cosine":
+            progress = keras.ops.clip((t - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+            lr = 0.5 * self.base * (1.0 + keras.ops.cos(math.pi * progress))
+        elif self.name == "step":
+            passed = sum(keras.ops.cast(t >= m, "float32") for m in self.milestones) if self.milestones else 0.0
+            lr = self.base * keras.ops.power(self.gamma, passed)
+        else:
+            lr = self.base * keras.ops.ones_like(t)
+        if self.warmup:
+            lr = lr * keras.ops.minimum(1.0, (t + 1.0) / self.warmup)
+        return lr
+
+    def get_config(self):
+        return {"base": self.base, "name": self.name, "total": self.total, "offset": self.offset}
+
+
+def make_optimizer(spec: DenseSpec, steps_per_epoch: int, offset: int = 0) -> keras.optimizers.Optimizer:
+    o = spec.optimizer
+    lr = Schedule(spec, steps_per_epoch, offset)
+    if o.name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=o.momentum, nesterov=o.nesterov,
+                                    weight_decay=o.weight_decay or None)
+    return keras.optimizers.Adam(lr, weight_decay=o.weight_decay or None)
+
+
+def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+    # XLA on CPU is not bit-reproducible across builds and gains little for these nets.
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], jit_compile="auto" if _on_gpu() else False)
+
+
+def _on_gpu() -> bool:
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks inside the model: a constraint the optimizer applies after every update.
+
+
+class MaskConstraint(keras.constraints.Constraint):
+    """`w * mask` after each optimizer step, so pruned weights stay exactly 0.0.
+
+    The mask is a variable: changing it (the next IMP level) needs no retracing. Keras applies
+    variable constraints inside the compiled train step, after momentum and weight decay.
+    """
+
+    def __init__(self, mask: np.ndarray):
+        self.mask = keras.Variable(mask.astype("float32"), trainable=False, name="mask")
+
+    def __call__(self, w):
+        return w * keras.ops.cast(self.mask, w.dtype)
+
+
+def install_mask(model: keras.Model, mask: masks_lib.Mask) -> None:
+    variables = {v.path: v for v in model.weights}
+    for name, m in mask.items():
+        var = variables[name]
+        if isinstance(var.constraint, MaskConstraint):
+            var.constraint.mask.assign(m.astype("float32"))
+        else:
+            var.constraint = MaskConstraint(m)
+        var.assign(keras.ops.convert_to_numpy(var.value) * m)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop shared by dense and sparse runs.
+
+
+@dataclass
+class Progress:
+    step: int
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+
+
+def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: int, end: int,
+              stops: set[int], on_stop: Callable[[int], None]) -> Iterator[Progress]:
+    """Train steps `start..end`, pausing at every step in `stops` (for `on_stop`) and yielding
+    a `Progress` at every epoch boundary, where the test set is evaluated."""
+    spe = data.steps_per_epoch(spec.data.batch_size)
+    boundaries = sorted({s for s in stops if start < s <= end}
+                        | {e * spe for e in range(start // spe + 1, end // spe + 1)} | {end})
+    test = test_batches(data, spec.data)
+    cur, loss_sum, acc_sum, n, t0 = start, 0.0, 0.0, 0, time.perf_counter()
+    for b in boundaries:
+        if b > cur:
+            hist = model.fit(train_batches(data, spec.data, seed, cur, b - cur), epochs=1, verbose=0).history
+            loss_sum += hist["loss"][-1] * (b - cur)
+            acc_sum += hist["accuracy"][-1] * (b - cur)
+            n += b - cur
+            cur = b
+        if b in stops:
+            on_stop(b)
+        if b % spe == 0:
+            ev = model.evaluate(test, verbose=0, return_dict=True)
+            yield Progress(step=b, epoch=b // spe, train_loss=loss_sum / max(n, 1),
+                           train_accuracy=acc_sum / max(n, 1), test_loss=float(ev["loss"]),
+                           test_accuracy=float(ev["accuracy"]), seconds=time.perf_counter() - t0)
+            loss_sum, acc_sum, n, t0 = 0.0, 0.0, 0, time.perf_counter()
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense trajectory.
+
+
+@dataclass
+class Trajectory:
+    """Snapshots of all weights (BN statistics included) by step, and per-epoch metrics."""
+
+    steps_per_epoch: int
+    total_steps: int
+    snapshots: dict[int, Weights]
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def final(self) -> Weights:
+        return self.snapshots[self.total_steps]
+
+    def save(self, directory: Path, dense_hash: str) -> None:
+        """`step_<n>.npz` per snapshot plus `manifest.json`, written last so a partial save is visible."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for step, weights in self.snapshots.items():
+            artifacts.save_weights(directory / f"step_{step}.npz", weights)
+        manifest = {"dense_hash": dense_hash, "steps_per_epoch": self.steps_per_epoch,
+                    "total_steps": self.total_steps, "snapshot_steps": sorted(self.snapshots),
+                    "metrics": self.metrics}
+        tmp = directory / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(directory / "manifest.json")
+
+
+def record_steps(spec: Spec, steps_per_epoch: int) -> list[int]:
+    """Steps at which the dense run keeps snapshots: init, every rewind point, final."""
+    total = spec.dense.epochs * steps_per_epoch
+    return sorted({0, total} | {step_of(r, steps_per_epoch) for r in spec.search.rewind_epoch})
+
+
+def train_dense(spec: Spec, data: Dataset, log: Callable[[str], None] = print) -> Trajectory:
+    spe = data.steps_per_epoch(spec.data.batch_size)
+    total = spec.dense.epochs * spe
+    keep = set(record_steps(spec, spe))
+    model = models.build(spec.model, data.input_shape, data.num_classes, seed=spec.seed)
+    compile_model(model, make_optimizer(spec.dense, spe))
+    snapshots = {0: models.get_weights(model)}
+
+    def snapshot(step: int) -> None:
+        snapshots[step] = models.get_weights(model)
+
+    metrics = []
+    for p in _segments(model, spec, data, derive_seed(spec.seed, 0), 0, total, keep, snapshot):
+        metrics.append(vars(p))
+        log(f"dense epoch {p.epoch}/{spec.dense.epochs}: train loss {p.train_loss:.4f} acc {p.train_accuracy:.4f}"
+            f" | test loss {p.test_loss:.4f} acc {p.test_accuracy:.4f} ({p.seconds:.1f}s)")
+    return Trajectory(spe, total, snapshots, metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tickets and sparse training.
+
+
+@dataclass
+class Ticket:
+    mask: masks_lib.Mask
+    start: Weights  # all weights the sparse run starts from, already masked
+    threshold: float | None
+
+
+def make_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, sparsity: float,
+                control: str, replicate: int) -> Ticket:
+    """The mask (from the final dense weights) and starting weights for one grid point."""
+    names = list(models.prunable_variables(model, spec.pruning.exclude))
+    mask, threshold = masks_lib.magnitude_mask({n: final[n] for n in names}, sparsity, spec.pruning.scope)
+    start = rewind
+    if control == "random_prune":
+        mask, threshold = masks_lib.random_mask_like(mask, derive_seed(spec.seed, replicate, 3)), None
+    elif control == "random_reinit":
+        fresh = models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
+                             seed=derive_seed(spec.seed, replicate, 2))
+        start = models.get_weights(fresh)
+    return Ticket(mask, masks_lib.apply(start, mask), threshold)
+
+
+@dataclass
+class SparseState:
+    """Everything a sparse run needs to continue from an epoch boundary."""
+
+    step: int
+    weights: Weights
+    optimizer: list[np.ndarray]
+    best_test_loss: float = math.inf
+    best_epoch: int = 0
+
+
+def optimizer_state(optimizer: keras.optimizers.Optimizer) -> list[np.ndarray]:
+    return [keras.ops.convert_to_numpy(v.value) for v in optimizer.variables]
+
+
+def train_sparse(spec: Spec, data: Dataset, model: keras.Model, ticket: Ticket, rewind_step: int,
+                 seed: int, resume: SparseState | None = None) -> Iterator[tuple[Progress, SparseState]]:
+    """Train the masked network from `rewind_step` to the end of the dense schedule.
+
+    Yields at every epoch boundary; the state yielded there restarts the run exactly there.
+    """
+    spe = data.steps_per_epoch(spec.data.batch_size)
+    total = spec.dense.epochs * spe
+    # A fresh optimizer whose schedule continues from the rewind step, as OpenLTH does.
+    optimizer = make_optimizer(spec.dense, spe, offset=rewind_step)
+    compile_model(model, optimizer)
+    optimizer.build(model.trainable_variables)
+    state = resume or SparseState(rewind_step, ticket.start, optimizer_state(optimizer))
+    models.set_weights(model, state.weights)
+    for var, value in zip(optimizer.variables, state.optimizer):
+        var.assign(value)
+    install_mask(model, ticket.mask)
+    best_loss, best_epoch = state.best_test_loss, state.best_epoch
+    for p in _segments(model, spec, data, seed, state.step, total, set(), lambda _: None):
+        if p.test_loss < best_loss:
+            best_loss, best_epoch = p.test_loss, p.epoch
+        yield p, SparseState(p.step, models.get_weights(model), optimizer_state(optimizer), best_loss, best_epoch)
+
+
+def default_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
