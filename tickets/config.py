@@ -244,7 +244,7 @@ def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
 
 def _grid(name: str, values: tuple) -> None:
     if not values:
-        _fail(name, "[]", "is empty: a grid axis needs at least one value")
+        _fail(name, [], "is empty: a grid axis needs at least one value")
     if len(set(values)) != len(values):
         _fail(name, list(values), "has repeated values")
 

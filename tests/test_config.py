@@ -1,0 +1,89 @@
+import pytest
+
+from tickets import config
+from tickets.config import SpecError
+
+
+def test_defaults_make_a_valid_spec():
+    spec = config.from_dict({})
+    assert spec.model.arch == "mobilenet_v2" and spec.dense.epochs == 30
+    assert spec.search.sparsity == (0.5, 0.8, 0.9, 0.95)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2-cifar10", "smoke", "conv2-cifar10"])
+def test_presets_load(name):
+    spec = config.load(name)
+    assert spec.name == name
+
+
+def test_round_trip_through_yaml(tmp_path):
+    spec = config.load("mobilenetv2-cifar10")
+    path = tmp_path / "s.yaml"
+    path.write_text(spec.to_yaml())
+    assert config.load(path) == spec
+    assert config.load(path).spec_hash() == spec.spec_hash()
+
+
+def test_overrides_are_yaml_and_validated():
+    spec = config.load("smoke", ["search.sparsity=[0.5,0.9]", "data.path=/data/x", "dense.epochs=6"])
+    assert spec.search.sparsity == (0.5, 0.9)
+    assert spec.data.path == "/data/x"
+    assert spec.dense.epochs == 6
+    with pytest.raises(SpecError, match=r"^search.sparsity\[1\]: 1.5 is outside \[0, 1\)"):
+        config.load("smoke", ["search.sparsity=[0.5,1.5]"])
+
+
+def test_dense_hash_ignores_the_grid_but_not_the_training():
+    a = config.load("smoke")
+    assert config.load("smoke", ["search.sparsity=[0.3]"]).dense_hash() == a.dense_hash()
+    assert config.load("smoke", ["dense.epochs=5"]).dense_hash() != a.dense_hash()
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"search": {"sparsity": 1.2}}, "search.sparsity: 1.2 is outside [0, 1)"),
+    ({"search": {"sparsity": -0.1}}, "search.sparsity: -0.1 is outside [0, 1)"),
+    ({"dense": {"epochs": 30}, "search": {"rewind_epoch": 40}}, "search.rewind_epoch: 40.0 is past dense.epochs (30)"),
+    ({"search": {"sparsity": []}}, "search.sparsity: [] is empty"),
+    ({"search": {"control": ["tickett"]}}, "search.control[0]: 'tickett' is not one of"),
+    ({"modle": {}}, "modle: unknown field (did you mean 'model'?)"),
+    ({"model": {"arch": "resnet50"}}, "model.arch: 'resnet50' is not one of"),
+    ({"model": {"widht": 1.0}}, "model.widht: unknown field (did you mean 'width'?)"),
+    ({"data": {"dataset": "mnist"}}, "data.dataset: 'mnist' is not one of"),
+    ({"data": {"dataset": "parquet"}}, "data.path: None must name a directory"),
+    ({"data": {"batch_size": "big"}}, "data.batch_size: 'big' must be an integer"),
+    ({"data": {"augment": "yes"}}, "data.augment: 'yes' must be true or false"),
+    ({"data": {"half": "c"}}, "data.half: 'c' is not one of a, b"),
+    ({"dense": {"optimizer": {"name": "rmsprop"}}}, "dense.optimizer.name: 'rmsprop' is not one of"),
+    ({"dense": {"optimizer": {"learning_rate": 0}}}, "dense.optimizer.learning_rate: 0.0 must be > 0"),
+    ({"dense": {"schedule": {"name": "linear"}}}, "dense.schedule.name: 'linear' is not one of"),
+    ({"pruning": {"scope": "local"}}, "pruning.scope: 'local' is not one of"),
+    ({"pruning": {"exclude": ["head"]}}, "pruning.exclude[0]: 'head' is not one of"),
+    ({"resources": {"gpus_per_trial": "many"}}, "resources.gpus_per_trial: 'many' is not one of auto"),
+    ({"resources": {"cpus_per_trial": 0}}, "resources.cpus_per_trial: 0 must be >= 1"),
+    ({"search": {"replicate": [0, 0]}}, "search.replicate: [0, 0] has repeated values"),
+    ({"dense": "fast"}, "dense: 'fast' must be a mapping"),
+])
+def test_bad_values_name_field_and_value(raw, message):
+    with pytest.raises(SpecError) as e:
+        config.from_dict(raw)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_set_on_a_missing_key_is_an_error():
+    with pytest.raises(SpecError, match=r"--set search.sparsty: no such field \(did you mean 'sparsity'\?\)"):
+        config.load("smoke", ["search.sparsty=[0.5]"])
+    with pytest.raises(SpecError, match="is not KEY=VALUE"):
+        config.load("smoke", ["search.sparsity"])
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsearch: {sparsity: [0.5,\n")
+    with pytest.raises(SpecError, match=r"bad.yaml: is not valid YAML at line"):
+        config.load(path)
+
+
+def test_unknown_preset_suggests_one():
+    with pytest.raises(SpecError, match=r"'smok' is neither a YAML file nor a preset \(did you mean 'smoke'\?\)"):
+        config.load("smok")

@@ -1,0 +1,121 @@
+import io
+import pickle
+
+import numpy as np
+import pytest
+from conftest import CIFAR10, needs_cifar10
+
+from tickets import data
+from tickets.config import DataSpec, SubsetSpec
+
+
+def _batches(ds):
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def test_synthetic_is_deterministic_and_balanced():
+    spec = DataSpec(dataset="synthetic", synthetic_size=SubsetSpec(train=200, test=50), batch_size=20)
+    a, b = data.load(spec, 0), data.load(spec, 0)
+    assert np.array_equal(a.train.images, b.train.images)
+    assert a.train.images.shape == (200, 32, 32, 3) and a.num_classes == 10
+    assert np.bincount(a.train.labels).tolist() == [20] * 10
+
+
+@needs_cifar10()
+def test_cifar10_parquet_subset_and_halves():
+    spec = DataSpec(dataset="cifar10", path=str(CIFAR10), subset=SubsetSpec(train=1000, test=200))
+    d = data.load(spec, seed=0)
+    assert d.train.kind == "decoded" and d.train.images.shape == (1000, 32, 32, 3)
+    assert np.bincount(d.train.labels).tolist() == [100] * 10
+    assert np.bincount(d.test.labels).tolist() == [20] * 10
+    again = data.load(spec, seed=0)
+    assert np.array_equal(d.train.images, again.train.images)
+    other = data.load(spec, seed=1)
+    assert not np.array_equal(d.train.images, other.train.images)
+
+
+@needs_cifar10()
+def test_halves_are_disjoint_and_class_balanced():
+    import pyarrow.parquet as pq
+
+    labels = pq.read_table(CIFAR10 / "train.parquet", columns=["label"]).column("label").to_numpy()
+    a, b = data.half_indices(labels, "a"), data.half_indices(labels, "b")
+    assert len(a) == len(b) == 25000 and not set(a) & set(b)
+    assert np.bincount(labels[a]).tolist() == [2500] * 10
+
+
+def test_cifar10_python_batches_of_the_keras_cache(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
+                         b"labels": list(rng.integers(0, 10, 20))}, f)
+    d = data.load(DataSpec(dataset="cifar10", path=str(tmp_path), batch_size=10), seed=0)
+    assert d.train.images.shape == (100, 32, 32, 3) and len(d.test) == 20
+
+
+def _write_folder(root, classes=3, per_class=4, size=40):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(classes):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.jpg")
+
+
+def test_image_folder_large_images_stay_files(tmp_path, monkeypatch):
+    _write_folder(tmp_path)
+    monkeypatch.setattr(data, "DECODE_CACHE_BYTES", 0)  # as for ImageNet: decode per element
+    spec = DataSpec(dataset="image_folder", path=str(tmp_path), image_size=128, batch_size=4)
+    d = data.load(spec, seed=0)
+    assert d.train.kind == "files" and d.num_classes == 3
+    (x, y), *_ = _batches(data.train_batches(d, spec, seed=0, start_step=0, num_steps=2))
+    assert x.shape == (4, 128, 128, 3) and x.dtype == np.float32 and -1 <= x.min() and x.max() <= 1
+    (xt, _), *_ = _batches(data.test_batches(d, spec))
+    assert xt.shape[1:] == (128, 128, 3)
+
+
+def test_parquet_with_out_of_range_label_is_rejected(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, format="JPEG")
+    for split, labels in (("train", [0, 1, 2, 3]), ("test", [0, 1, 7, 2])):
+        pq.write_table(pa.table({"image": [buf.getvalue()] * 4, "label": pa.array(labels, pa.int16())}),
+                       tmp_path / f"{split}.parquet")
+    with pytest.raises(data.DataError, match=r"test label 7 .* is out of range \[0, 4\)"):
+        data.load(DataSpec(dataset="parquet", path=str(tmp_path), batch_size=2), seed=0)
+
+
+def test_missing_cifar10_names_every_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("TICKETS_DATA_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("TICKETS_OFFLINE", "1")
+    with pytest.raises(data.DataError) as e:
+        data.load(DataSpec(dataset="cifar10"), seed=0)
+    message = str(e.value)
+    assert str(tmp_path / "nowhere" / "cifar10") in message and str(tmp_path / "keras") in message
+    assert "data.path" in message and "TICKETS_DATA_DIR" in message
+    with pytest.raises(data.DataError, match="holds no CIFAR-10"):
+        data.load(DataSpec(dataset="cifar10", path=str(tmp_path)), seed=0)
+
+
+def test_training_stream_is_the_same_however_it_is_split():
+    spec = DataSpec(dataset="synthetic", synthetic_size=SubsetSpec(train=100, test=20), batch_size=10,
+                    augment=True)
+    d = data.load(spec, 0)
+    whole = _batches(data.train_batches(d, spec, seed=5, start_step=0, num_steps=25))  # 2.5 epochs
+    parts = _batches(data.train_batches(d, spec, seed=5, start_step=0, num_steps=7))
+    parts += _batches(data.train_batches(d, spec, seed=5, start_step=7, num_steps=18))
+    assert len(whole) == len(parts) == 25
+    for (xa, ya), (xb, yb) in zip(whole, parts):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    # Each epoch is a different permutation of all the images; augmentation differs per epoch.
+    epoch0 = np.concatenate([y for _, y in whole[:10]])
+    assert sorted(epoch0.tolist()) == sorted(d.train.labels.tolist())
+    assert not np.array_equal(whole[0][0], whole[10][0])

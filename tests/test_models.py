@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from tickets import models
+from tickets.config import ModelSpec
+
+
+@pytest.mark.parametrize("arch, shape", [("conv2", (32, 32, 3)), ("conv4", (32, 32, 3)), ("conv6", (32, 32, 3)),
+                                         ("lenet_300_100", (28, 28, 1)), ("mobilenet_v2", (32, 32, 3))])
+def test_every_arch_builds_with_named_prunable_kernels(arch, shape):
+    model = models.build(ModelSpec(arch=arch, width=0.35), shape, 10, seed=0)
+    assert model.output_shape == (None, 10)
+    names = list(models.prunable_variables(model))
+    assert names and all(n.endswith("kernel") for n in names)
+    g = models.groups(model)
+    assert g["classifier"] == ["predictions/kernel"]
+    assert len(g["first_conv"]) == (0 if arch == "lenet_300_100" else 1)
+    excluded = models.prunable_variables(model, exclude=("first_conv", "classifier"))
+    assert "predictions/kernel" not in excluded and len(excluded) == len(names) - 1 - len(g["first_conv"])
+
+
+def test_conv2_matches_the_paper():
+    model = models.build(ModelSpec(arch="conv2"), (32, 32, 3), 10, seed=0)
+    shapes = {n: tuple(v.shape) for n, v in models.prunable_variables(model).items()}
+    assert shapes == {"conv1/kernel": (3, 3, 3, 64), "conv2/kernel": (3, 3, 64, 64),
+                      "fc1/kernel": (16 * 16 * 64, 256), "fc2/kernel": (256, 256), "predictions/kernel": (256, 10)}
+
+
+def test_mobilenet_v2_names_are_stable_and_depthwise_is_a_group():
+    a = models.build(ModelSpec(width=0.35), (32, 32, 3), 10, seed=0)
+    b = models.build(ModelSpec(width=0.35), (32, 32, 3), 10, seed=1)
+    assert list(models.get_weights(a)) == list(models.get_weights(b))
+    g = models.groups(a)
+    assert g["first_conv"] == ["Conv1/kernel"] and len(g["depthwise"]) == 17
+    assert "expanded_conv_depthwise/kernel" in models.prunable_variables(a)
+    assert "expanded_conv_depthwise/kernel" not in models.prunable_variables(a, exclude=("depthwise",))
+
+
+def test_mobilenet_v2_at_imagenet_size():
+    model = models.build(ModelSpec(width=0.35), (224, 224, 3), 1000, seed=0)
+    assert model.output_shape == (None, 1000)
+
+
+def test_same_seed_same_init_and_weights_round_trip():
+    spec = ModelSpec(width=0.35)
+    a, b = (models.build(spec, (32, 32, 3), 10, seed=3) for _ in range(2))
+    wa, wb = models.get_weights(a), models.get_weights(b)
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert any("moving_variance" in k for k in wa)  # BatchNorm statistics are part of the weights
+    c = models.build(spec, (32, 32, 3), 10, seed=4)
+    models.set_weights(c, wa)
+    wc = models.get_weights(c)
+    assert all(np.array_equal(wa[k], wc[k]) for k in wa)
+
+
+def test_bad_arguments_fail_fast():
+    with pytest.raises(ValueError, match=r"Received `input_shape=\(16, 16, 3\)`"):
+        models.build(ModelSpec(), (16, 16, 3), 10, seed=0)
+    model = models.build(ModelSpec(arch="conv2"), (32, 32, 3), 10, seed=0)
+    with pytest.raises(ValueError, match="unknown groups"):
+        models.prunable_variables(model, exclude=("head",))
+    with pytest.raises(ValueError, match="do not fit the model"):
+        models.set_weights(model, {"x": np.zeros(1)})

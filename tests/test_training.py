@@ -1,0 +1,139 @@
+import keras
+import numpy as np
+import pytest
+from conftest import CIFAR10, needs_cifar10
+
+from tickets import config, data, masks, models, training
+
+
+def _spec(**over):
+    raw = {"name": "t", "data": {"dataset": "synthetic", "batch_size": 32, "augment": True,
+                                 "synthetic_size": {"train": 256, "test": 64}},
+           "model": {"arch": "mobilenet_v2", "width": 0.35},
+           "dense": {"epochs": 2, "optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9,
+                                                "weight_decay": 1e-3},
+                     "schedule": {"name": "cosine", "warmup_epochs": 0.5}},
+           "pruning": {"exclude": []}, "search": {"sparsity": [0.8], "rewind_epoch": [0.5]}}
+    for key, value in over.items():
+        raw = config.apply_override(raw, f"{key}={value}")
+    return config.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def small():
+    training.configure(2)
+    spec = _spec()
+    return spec, data.load(spec.data, spec.seed)
+
+
+@pytest.fixture(scope="module")
+def trajectory(small):
+    spec, d = small
+    return training.train_dense(spec, d, log=lambda _: None)
+
+
+def test_pruned_weights_stay_exactly_zero_after_every_step(small):
+    spec, d = small
+    model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
+    weights = models.get_weights(model)
+    prunable = models.prunable_variables(model, exclude=())
+    assert any("depthwise" in n for n in prunable)
+    mask, _ = masks.magnitude_mask({n: weights[n] for n in prunable}, 0.8)
+    training.install_mask(model, mask)
+    training.compile_model(model, training.make_optimizer(spec.dense, d.steps_per_epoch(32)))
+
+    seen = []
+
+    class Check(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            changed = 0
+            for name, var in prunable.items():
+                w = keras.ops.convert_to_numpy(var.value)
+                assert np.all(w[~mask[name]] == 0.0), f"{name} has non-zero pruned weights after step {batch}"
+                changed += bool(np.any(w[mask[name]] != weights[name][mask[name]]))
+            assert changed > len(prunable) // 2  # the survivors do train
+            seen.append(batch)
+
+    model.fit(data.train_batches(d, spec.data, 0, 0, 6), epochs=1, verbose=0, callbacks=[Check()])
+    assert seen == list(range(6))
+
+
+def test_schedule_resumes_at_the_rewind_step():
+    spec = _spec()
+    dense = training.Schedule(spec.dense, steps_per_epoch=10)
+    resumed = training.Schedule(spec.dense, steps_per_epoch=10, offset=7)
+    for k in range(0, 13):
+        assert float(resumed(k)) == pytest.approx(float(dense(k + 7)))
+    assert float(dense(0)) == pytest.approx(0.05 / 5)  # warm-up over half an epoch = 5 steps
+    assert float(dense(19)) < 0.001  # cosine decays to ~0 at the end
+
+
+def test_step_schedule_and_fractional_rewind():
+    spec = _spec(**{"dense.schedule": "{name: step, milestones: [1]}"})
+    s = training.Schedule(spec.dense, steps_per_epoch=10)
+    assert float(s(9)) == pytest.approx(0.05) and float(s(10)) == pytest.approx(0.005)
+    assert training.step_of(0.5, 8) == 4 and training.record_steps(spec, 8) == [0, 4, 16]
+
+
+def test_same_seed_gives_bit_identical_snapshots_and_masks(small, trajectory):
+    spec, d = small
+    a, b = trajectory, training.train_dense(spec, d, log=lambda _: None)
+    assert sorted(a.snapshots) == [0, 4, 16]
+    for step in a.snapshots:
+        for name in a.snapshots[step]:
+            assert np.array_equal(a.snapshots[step][name], b.snapshots[step][name]), (step, name)
+    model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
+    ta = training.make_ticket(spec, model, a.final, a.snapshots[4], 0.8, "ticket", 0)
+    tb = training.make_ticket(spec, model, b.final, b.snapshots[4], 0.8, "ticket", 0)
+    assert all(np.array_equal(ta.mask[k], tb.mask[k]) for k in ta.mask)
+
+
+def test_controls_share_counts_and_differ_where_they_should(small, trajectory):
+    spec, d = small
+    traj = trajectory
+    model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
+    t = training.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "ticket", 0)
+    rp = training.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "random_prune", 0)
+    ri = training.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "random_reinit", 0)
+    for k in t.mask:
+        assert rp.mask[k].sum() == t.mask[k].sum() and np.array_equal(ri.mask[k], t.mask[k])
+    k = next(iter(t.mask))
+    assert not np.array_equal(rp.mask[k], t.mask[k])
+    assert np.array_equal(t.start[k], np.where(t.mask[k], traj.snapshots[4][k], 0))
+    assert not np.array_equal(ri.start[k], t.start[k])
+
+
+def test_sparse_run_resumes_exactly_from_its_state(small, trajectory):
+    spec, d = small
+    traj = trajectory
+    model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
+    ticket = training.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "ticket", 0)
+    full = list(training.train_sparse(spec, d, model, ticket, 4, seed=1))
+    assert [p.epoch for p, _ in full] == [1, 2]  # from half an epoch to the end of the schedule
+    first_state = full[0][1]
+    model2 = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
+    resumed = list(training.train_sparse(spec, d, model2, ticket, 4, seed=1, resume=first_state))
+    assert [p.epoch for p, _ in resumed] == [2]
+    end_a, end_b = full[-1][1].weights, resumed[-1][1].weights
+    assert all(np.array_equal(end_a[k], end_b[k]) for k in end_a)
+
+
+@needs_cifar10()
+def test_finds_a_ticket_on_real_cifar10_without_ray():
+    """Conv-2 on a CIFAR-10 subset: dense, prune 80 % globally, rewind to init, retrain."""
+    training.configure(2)
+    spec = config.load("conv2-cifar10", [f"data.path={CIFAR10}", "data.subset={train: 5000, test: 1000}",
+                                         "dense.epochs=3", "search.rewind_epoch=[0]", "pruning.scope=global",
+                                         "dense.optimizer.learning_rate=0.0005"])
+    d = data.load(spec.data, spec.seed)
+    traj = training.train_dense(spec, d, log=print)
+    dense_acc = traj.metrics[-1]["test_accuracy"]
+    assert dense_acc > 0.35, dense_acc  # chance is 0.10
+    model = models.build(spec.model, d.input_shape, d.num_classes, seed=spec.seed)
+    ticket = training.make_ticket(spec, model, traj.final, traj.snapshots[0], 0.8, "ticket", 0)
+    report = masks.report(ticket.mask)
+    assert report["pruned"] == round(0.8 * report["total"])
+    *_, (last, state) = training.train_sparse(spec, d, model, ticket, 0, seed=1)
+    assert last.test_accuracy > 0.35, last.test_accuracy
+    for name, m in ticket.mask.items():
+        assert np.all(state.weights[name][~m] == 0.0)
