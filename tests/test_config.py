@@ -42,7 +42,7 @@ def test_dense_hash_ignores_the_grid_but_not_the_training():
 @pytest.mark.parametrize("raw, message", [
     ({"search": {"sparsity": 1.2}}, "search.sparsity: 1.2 is outside [0, 1)"),
     ({"search": {"sparsity": -0.1}}, "search.sparsity: -0.1 is outside [0, 1)"),
-    ({"dense": {"epochs": 30}, "search": {"rewind_epoch": 40}}, "search.rewind_epoch: 40.0 is past dense.epochs (30)"),
+    ({"dense": {"epochs": 30}, "search": {"rewind_epoch": 40}}, "search.rewind_epoch: 40 is past dense.epochs (30)"),
     ({"search": {"sparsity": []}}, "search.sparsity: [] is empty"),
     ({"search": {"control": ["tickett"]}}, "search.control[0]: 'tickett' is not one of"),
     ({"modle": {}}, "modle: unknown field (did you mean 'model'?)"),
@@ -54,7 +54,7 @@ def test_dense_hash_ignores_the_grid_but_not_the_training():
     ({"data": {"augment": "yes"}}, "data.augment: 'yes' must be true or false"),
     ({"data": {"half": "c"}}, "data.half: 'c' is not one of a, b"),
     ({"dense": {"optimizer": {"name": "rmsprop"}}}, "dense.optimizer.name: 'rmsprop' is not one of"),
-    ({"dense": {"optimizer": {"learning_rate": 0}}}, "dense.optimizer.learning_rate: 0.0 must be > 0"),
+    ({"dense": {"optimizer": {"learning_rate": 0}}}, "dense.optimizer.learning_rate: 0 must be > 0"),
     ({"dense": {"schedule": {"name": "linear"}}}, "dense.schedule.name: 'linear' is not one of"),
     ({"pruning": {"scope": "local"}}, "pruning.scope: 'local' is not one of"),
     ({"pruning": {"exclude": ["head"]}}, "pruning.exclude[0]: 'head' is not one of"),

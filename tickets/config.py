@@ -37,12 +37,16 @@ class SpecError(ValueError):
         super().__init__(f"{field_name}: {message}")
 
 
-def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+def show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float):
+        return f"{value:g}"  # 40.0 reads as the 40 the user wrote
+    return str(value)
 
 
 def _fail(name: str, value: Any, reason: str) -> typing.NoReturn:
-    raise SpecError(name, f"{_show(value)} {reason}")
+    raise SpecError(name, f"{show(value)} {reason}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -121,7 +121,8 @@ def resolve_resources(spec: config_lib.Spec, nodes: list[dict]) -> Resources:
     if r.cpus_per_trial == "auto":
         if gpus:
             # Share each GPU node's CPUs among the trials its GPUs can hold.
-            cpus = min(max(1, int(n.get("CPU", 1) * gpus // n["GPU"])) for n in nodes if n.get("GPU", 0) >= gpus)
+            cpus = min((max(1, int(n.get("CPU", 1) * gpus // n["GPU"])) for n in nodes if n.get("GPU", 0) >= gpus),
+                       default=1)
         else:
             cpus = 1
     else:
@@ -130,7 +131,7 @@ def resolve_resources(spec: config_lib.Spec, nodes: list[dict]) -> Resources:
         shape = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "no nodes"
         field = "resources.gpus_per_trial" if gpus > max_gpus else "resources.cpus_per_trial"
         value = r.gpus_per_trial if field.endswith("gpus_per_trial") else r.cpus_per_trial
-        raise SpecError(field, f"{value} cannot be met by any node of this cluster ({shape}): "
+        raise SpecError(field, f"{config_lib.show(value)} cannot be met by any node of this cluster ({shape}): "
                                f"trials would wait forever")
     return Resources(cpus, gpus, note)
 

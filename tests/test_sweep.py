@@ -1,0 +1,132 @@
+"""The sweep on real Ray: one dense run, a Tune grid, results.parquet, resume, a 2-node cluster."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tickets import artifacts, sweep
+
+FAST = ["--set", "dense.epochs=2", "--set", "search.sparsity=[0.5,0.9]", "--set", "search.rewind_epoch=[0,1]"]
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tickets.sweep", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def _run(args, timeout=400):
+    p = _cli(args)
+    out, _ = p.communicate(timeout=timeout)
+    return p.returncode, out
+
+
+def _dense_runs(exp: Path) -> int:
+    return len((exp / "dense" / sweep.DENSE_RUNS_LOG).read_text().splitlines())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["smoke", "--set", "search.sparsity=[1.2]"], "error: search.sparsity: 1.2 is outside [0, 1)"),
+    (["smoke", "--set", "search.sparsty=[0.5]"], "error: --set search.sparsty: no such field"),
+    (["smoke", "--set", "search.rewind_epoch=[9]"], "error: search.rewind_epoch: 9 is past dense.epochs (4)"),
+    (["nonexistent.yaml"], "error: SPEC: 'nonexistent.yaml' is not a file"),
+    (["smoke", "--set", "model.arch=vgg"], "error: model.arch: 'vgg' is not one of"),
+    (["smoke", "--resume"], "error: --resume:"),
+    (["smoke", "--set", "resources.gpus_per_trial=1", "--num-gpus", "0", "--dry-run"],
+     "error: resources.gpus_per_trial: 1 cannot be met by any node"),
+])
+def test_bad_input_exits_2_writes_nothing_starts_no_ray(tmp_path, capsys, argv, message):
+    import ray
+
+    storage = tmp_path / "results"
+    assert sweep.main([*argv, "--storage-path", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not storage.exists() and not ray.is_initialized()
+
+
+def test_dry_run_prints_the_grid(tmp_path, capsys):
+    assert sweep.main(["smoke", "--storage-path", str(tmp_path), "--dry-run", "--num-cpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "grid: 4 trials" in out and "1 CPU, 0 GPU" in out and "would start local Ray with 2 CPU" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_smoke_sweep_trains_dense_once_and_writes_every_trial_epoch(tmp_path):
+    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *FAST])
+    assert code == 0, out[-3000:]
+    exp = tmp_path / "smoke"
+    assert _dense_runs(exp) == 1
+    assert "dense epoch 2/2" in out and "4/4 trials finished" in out
+
+    df = pd.read_parquet(exp / "results.parquet")
+    trials = df[df.control != "dense"]
+    # rewind 0 trains epochs 1..2, rewind 1 trains epoch 2 only: 2 sparsities x (2 + 1) rows
+    assert len(trials) == 6 and len(df[df.control == "dense"]) == 2
+    assert sorted(map(tuple, trials[["sparsity", "rewind_epoch", "epoch"]].drop_duplicates().values.tolist())) == [
+        (0.5, 0.0, 1), (0.5, 0.0, 2), (0.5, 1.0, 2), (0.9, 0.0, 1), (0.9, 0.0, 2), (0.9, 1.0, 2)]
+    n = trials.iloc[0]["weights_remaining_count"] / trials.iloc[0]["weights_remaining"]
+    for _, row in trials.iterrows():  # exactly round(s * N) pruned, to the weight
+        assert row.weights_remaining_count == round(n) - round(row.sparsity * round(n))
+    assert set(trials.status) == {"finished"}
+
+    for ticket_file in exp.glob("*/ticket.npz"):
+        ticket = artifacts.load_ticket(ticket_file)
+        assert ticket["info"]["dense_hash"] and set(ticket["mask"]) <= set(ticket["final"])
+    assert len(list(exp.glob("*/ticket.npz"))) == 4
+
+    from ray import tune
+
+    analysis = tune.ExperimentAnalysis(str(exp))
+    assert len(analysis.trials) == 4
+
+
+def test_resume_after_interrupt_finishes_the_grid_without_redoing_work(tmp_path):
+    exp = tmp_path / "smoke"
+    p = _cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *FAST,
+              "--set", "resources.max_concurrent_trials=1"], start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(exp.glob("*/ticket.npz")):
+        time.sleep(0.5)
+    assert list(exp.glob("*/ticket.npz")), "no trial finished in time"
+    os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in the terminal
+    out, _ = p.communicate(timeout=120)
+    done_before = {f.parent.name: len((f.parent / "result.json").read_text().splitlines())
+                   for f in exp.glob("*/ticket.npz")}
+    assert 1 <= len(done_before) < 4, out[-3000:]
+
+    code, out = _run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
+    assert code == 0, out[-3000:]
+    assert _dense_runs(exp) == 1 and "reusing the dense run" in out
+    for trial, lines in done_before.items():  # finished trials were not run again
+        assert len((exp / trial / "result.json").read_text().splitlines()) == lines
+    df = pd.read_parquet(exp / "results.parquet")
+    trials = df[df.control != "dense"]
+    assert len(trials) == 6 and not trials.duplicated(["trial_id", "epoch"]).any()
+    assert set(trials.status) == {"finished"}
+
+
+def test_two_node_cluster_spreads_trials_and_gives_each_one_gpu(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+    try:
+        cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        code, out = _run(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address, *FAST,
+                          "--set", "resources.gpus_per_trial=1"])
+    finally:
+        cluster.shutdown()
+    assert code == 0, out[-3000:]
+    exp = tmp_path / "smoke"
+    rows = [json.loads(line) for f in exp.glob("*/result.json") for line in f.read_text().splitlines()]
+    assert len({r["node_id"] for r in rows}) == 2  # trials ran on both nodes
+    assert all(r["cuda_visible_devices"] in ("0", "1") for r in rows)  # exactly one GPU each
+    assert "1 CPU, 1 GPU" in out and _dense_runs(exp) == 1
