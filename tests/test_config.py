@@ -10,7 +10,7 @@ def test_defaults_make_a_valid_spec():
     assert spec.search.sparsity == (0.5, 0.8, 0.9, 0.95)
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2-cifar10", "smoke", "conv2-cifar10"])
+@pytest.mark.parametrize("name", ["mobilenetv2-cifar10", "smoke", "conv2-cifar10", "transfer-cifar10a-to-b"])
 def test_presets_load(name):
     spec = config.load(name)
     assert spec.name == name

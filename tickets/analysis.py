@@ -15,9 +15,9 @@ import pandas as pd
 from tickets import artifacts
 
 GRID = ("sparsity", "rewind_epoch", "control", "replicate")
-CONTROLS = ("dense", "ticket", "random_reinit", "random_prune")
+CONTROLS = ("dense", "ticket", "transfer", "random_reinit", "random_prune")
 RESULTS_FILE = "results.parquet"
-_METRICS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "actual_sparsity",
+_METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "train_accuracy", "train_loss", "actual_sparsity",
             "weights_remaining", "weights_remaining_count", "threshold", "early_stop_epoch", "best_test_loss",
             "epoch_seconds", "step")
 
@@ -64,6 +64,8 @@ def load(path) -> pd.DataFrame:
             row |= {"trial_id": r.get("trial_id", trial.name), "trial": trial.name, "status": status,
                     "epoch": r["epoch"], "node_id": r.get("node_id")}
             row |= {k: r.get(k, np.nan) for k in _METRICS}
+            row["level"] = r.get("level")
+            row["classifier_reinitialised"] = bool(r.get("classifier_reinitialised", False))
             rows.append(row)
     rows += _dense_rows(experiment)
     if not rows and (experiment / RESULTS_FILE).exists():
@@ -84,19 +86,21 @@ def _dense_rows(experiment: Path) -> list[dict]:
 
 
 def _columns() -> list[str]:
-    return [*GRID, "trial_id", "trial", "status", "epoch", "node_id", *_METRICS]
+    return [*GRID, "level", "trial_id", "trial", "status", "epoch", "node_id", *_METRICS, "classifier_reinitialised"]
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    # A restarted trial may report an epoch again: keep the last report of each.
-    df = df.drop_duplicates(subset=["trial_id", "epoch"], keep="last")
+    # A restarted trial may report an epoch (or IMP level) again: keep the last report of each.
+    df = df.astype({"level": "Int64"})
+    df = df.drop_duplicates(subset=["trial_id", "level", "epoch"], keep="last")
     df = df.astype({"sparsity": "float64", "rewind_epoch": "float64", "replicate": "int64", "epoch": "int64",
-                    "trial_id": "string", "trial": "string", "status": "string", "node_id": "string"})
+                    "trial_id": "string", "trial": "string", "status": "string", "node_id": "string",
+                    "classifier_reinitialised": "bool"})
     df["control"] = pd.Categorical(df["control"], categories=CONTROLS)
     for k in _METRICS:
         df[k] = pd.to_numeric(df[k], errors="coerce").astype("float64")
     order = df["control"].cat.codes
-    return (df.assign(_order=order).sort_values(["_order", "sparsity", "rewind_epoch", "replicate", "epoch"])
+    return (df.assign(_order=order).sort_values(["_order", "sparsity", "rewind_epoch", "replicate", "level", "epoch"])
               .drop(columns="_order").reset_index(drop=True))
 
 
@@ -108,3 +112,70 @@ def write_results(experiment: Path) -> Path:
     df.to_parquet(tmp, index=False)
     tmp.replace(out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries: the papers' questions.
+
+
+def _runs(df: pd.DataFrame) -> list[str]:
+    """What identifies one training run: a trial, or a trial's IMP level."""
+    return ["trial_id", "level"] if df["level"].notna().any() else ["trial_id"]
+
+
+def final_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The last reported epoch of every run: each trial, each IMP level, the dense run."""
+    last = df.groupby(_runs(df), observed=True, dropna=False)["epoch"].transform("max")
+    return df[df["epoch"] == last]
+
+
+def dense_accuracy(df: pd.DataFrame) -> float:
+    dense = final_rows(df[df["control"] == "dense"])
+    if dense.empty:
+        raise ValueError("Received results without dense reference rows (control == 'dense')")
+    return float(dense["test_accuracy"].mean())
+
+
+def _keys(df: pd.DataFrame) -> list[str]:
+    if df["level"].notna().any():  # IMP: replicates share levels; their sparsities match to the weight
+        return ["control", "level", "rewind_epoch"]
+    return ["control", "sparsity", "rewind_epoch"]
+
+
+def summary(df: pd.DataFrame, tolerance: float = 0.5) -> pd.DataFrame:
+    """One row per (control, sparsity or level, rewind_epoch) over replicates.
+
+    `matches` is the papers' winning-ticket test: mean final test accuracy within `tolerance`
+    percentage points of the dense network's, or better.
+    """
+    trials = df[df["control"] != "dense"]
+    dense = dense_accuracy(df)
+    runs = _runs(trials)
+    best = trials.groupby(runs, observed=True, dropna=False)["test_accuracy"].max().rename("best_accuracy")
+    final = final_rows(trials).join(best, on=runs)
+    if "best_test_accuracy" in final and final["best_test_accuracy"].notna().any():  # IMP: best within the level
+        final["best_accuracy"] = final["best_test_accuracy"].fillna(final["best_accuracy"])
+    keys = _keys(df)
+    out = final.groupby(keys, observed=True, dropna=False).agg(
+        replicates=("trial_id", "nunique"), sparsity_mean=("sparsity", "mean"),
+        weights_remaining=("weights_remaining", "mean"),
+        final_accuracy=("test_accuracy", "mean"), final_accuracy_std=("test_accuracy", "std"),
+        best_accuracy=("best_accuracy", "mean"), best_accuracy_std=("best_accuracy", "std"),
+        early_stop_epoch=("early_stop_epoch", "mean"), epochs=("epoch", "max"),
+    ).reset_index()
+    out["final_accuracy_std"] = out["final_accuracy_std"].fillna(0.0)
+    out["best_accuracy_std"] = out["best_accuracy_std"].fillna(0.0)
+    if "sparsity" not in keys:
+        out.insert(1, "sparsity", out["sparsity_mean"])
+    out = out.drop(columns="sparsity_mean")
+    out["dense_accuracy"] = dense
+    out["matches"] = out["final_accuracy"] >= dense - tolerance / 100
+    return out.sort_values(keys).reset_index(drop=True)
+
+
+def winning_tickets(df: pd.DataFrame, tolerance: float = 0.5) -> pd.DataFrame:
+    """Per rewind epoch, the sparsest ticket that matches the dense network."""
+    s = summary(df, tolerance)
+    wins = s[(s["control"] == "ticket") & s["matches"]]
+    idx = wins.groupby("rewind_epoch")["weights_remaining"].idxmin()
+    return wins.loc[idx].reset_index(drop=True)

@@ -99,3 +99,29 @@ def read_dense(directory: Path) -> dict | None:
         if not (directory / f"step_{step}.npz").is_file():
             raise ArtifactError(f"{directory / f'step_{step}.npz'}: missing, but {path} lists it")
     return manifest
+
+
+def find_trial(experiment: Path, **coordinates) -> Path | None:
+    """The finished trial dir of `experiment` whose params match `coordinates` (None: no such trial).
+
+    `trial=` matches a trial id or dir name instead. Reads `params.json` files only: no Ray.
+    """
+    trial = coordinates.pop("trial", None)
+    for params_file in sorted(experiment.glob("*/params.json")):
+        directory = params_file.parent
+        if not (directory / TICKET_FILE).exists():
+            continue
+        if trial is not None:
+            if trial in directory.name:
+                return directory
+            continue
+        params = json.loads(params_file.read_text())
+        if all(_same(params.get(k), v) for k, v in coordinates.items()):
+            return directory
+    return None
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) < 1e-9
+    return a == b

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 SCOPES = ("global", "layerwise")
 GROUPS = ("first_conv", "classifier", "depthwise")
-CONTROLS = ("ticket", "random_reinit", "random_prune")
+CONTROLS = ("ticket", "random_reinit", "random_prune", "transfer")
+MODES = ("oneshot", "imp")
 
 
 class SpecError(ValueError):
@@ -107,6 +109,34 @@ class DenseSpec:
 class PruningSpec:
     scope: str = "global"
     exclude: tuple[str, ...] = ("first_conv", "classifier")
+    mode: str = "oneshot"  # oneshot: the grid's sparsity axis | imp: iterative magnitude pruning
+    rate: float = 0.2  # imp: fraction of the remaining weights removed per level
+    levels: int | None = None  # imp: number of levels (or derived from target_sparsity)
+    target_sparsity: float | None = None  # imp: prune until at least this fraction is removed
+    rates: dict[str, float] = field(default_factory=dict)  # imp: per-group rates, e.g. {classifier: 0.1}
+
+    def num_levels(self) -> int:
+        if self.levels is not None:
+            return self.levels
+        # The first level whose remaining fraction (1 - rate)^k is at or below 1 - target.
+        return max(1, math.ceil(math.log(1 - self.target_sparsity) / math.log(1 - self.rate) - 1e-9))
+
+
+@dataclass(frozen=True)
+class TransferSelect:
+    """Which source trial gives the ticket; unset coordinates follow the target trial's grid point."""
+
+    sparsity: float | None = None
+    rewind_epoch: float | None = None
+    control: str = "ticket"
+    replicate: int | None = None
+    trial: str | None = None  # a trial id (or dir name) of the source experiment instead
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    source: str = ""  # written `from:` in YAML: the source experiment dir
+    select: TransferSelect = field(default_factory=TransferSelect)
 
 
 @dataclass(frozen=True)
@@ -135,9 +165,13 @@ class Spec:
     pruning: PruningSpec = field(default_factory=PruningSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    transfer: TransferSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        d = _plain(dataclasses.asdict(self))
+        if d["transfer"] is not None:
+            d["transfer"] = {("from" if k == "source" else k): v for k, v in d["transfer"].items()}
+        return d
 
     def dense_dict(self) -> dict[str, Any]:
         """The fields the dense trajectory depends on: equal dicts give equal dense runs."""
@@ -152,6 +186,10 @@ class Spec:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# YAML keys that are not Python identifiers.
+_ALIASES = {TransferSpec: {"from": "source"}}
 
 
 def _plain(obj: Any) -> Any:
@@ -196,6 +234,13 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         if not isinstance(value, dict):
             _fail(name, value, f"must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
         return _build(tp, value, name)
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            _fail(name, value, "must be a mapping")
+        return {_coerce(key_type, k, name): _coerce(value_type, v, f"{name}.{k}") for k, v in value.items()}
     if origin is tuple:
         item_type = typing.get_args(tp)[0]
         if not isinstance(value, (list, tuple)):
@@ -224,6 +269,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
 
 def _build(cls: type, raw: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
+    aliases = _ALIASES.get(cls, {})
+    raw = {aliases.get(k, k): v for k, v in raw.items()}
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
@@ -310,10 +357,29 @@ def validate(spec: Spec) -> Spec:
     _one_of("pruning.scope", p.scope, SCOPES)
     for i, g in enumerate(p.exclude):
         _one_of(f"pruning.exclude[{i}]", g, GROUPS)
+    _one_of("pruning.mode", p.mode, MODES)
+    if not 0 < p.rate < 1:
+        _fail("pruning.rate", p.rate, "is outside (0, 1)")
+    for group, rate in p.rates.items():
+        _one_of("pruning.rates", group, GROUPS)
+        if not 0 <= rate < 1:
+            _fail(f"pruning.rates.{group}", rate, "is outside [0, 1)")
+    if p.levels is not None and not 1 <= p.levels <= 100:
+        _fail("pruning.levels", p.levels, "is outside [1, 100]")
+    if p.target_sparsity is not None and not 0 < p.target_sparsity < 1:
+        _fail("pruning.target_sparsity", p.target_sparsity, "is outside (0, 1)")
+    imp = p.mode == "imp"
+    if imp and p.levels is None and p.target_sparsity is None:
+        _fail("pruning.levels", None, "must be set (or pruning.target_sparsity) when pruning.mode is 'imp'")
+    if imp and p.levels is not None and p.target_sparsity is not None:
+        _fail("pruning.target_sparsity", p.target_sparsity, "conflicts with pruning.levels: set one of them")
 
     s = spec.search
-    for axis in ("sparsity", "rewind_epoch", "control", "replicate"):
+    for axis in ("rewind_epoch", "control", "replicate") + (() if imp else ("sparsity",)):
         _grid(f"search.{axis}", getattr(s, axis))
+    if imp and s.sparsity:
+        _fail("search.sparsity", list(s.sparsity), "conflicts with pruning.mode 'imp': IMP levels set the "
+                                                   "sparsity (pruning.rate, pruning.levels); remove search.sparsity")
     for i, v in enumerate(s.sparsity):
         if not 0 <= v < 1:
             _fail(f"search.sparsity[{i}]" if len(s.sparsity) > 1 else "search.sparsity", v, "is outside [0, 1)")
@@ -327,6 +393,17 @@ def validate(spec: Spec) -> Spec:
             _fail(name, v, f"equals dense.epochs ({e.epochs}): nothing would be left to train")
     for i, c in enumerate(s.control):
         _one_of(f"search.control[{i}]", c, CONTROLS)
+    t = spec.transfer
+    if t is not None:
+        if not t.source:
+            _fail("transfer.from", t.source, "must name the source experiment dir")
+        if "transfer" not in s.control:
+            _fail("search.control", list(s.control), "has no 'transfer': add it to train the transferred tickets")
+        if imp:
+            _fail("transfer.from", t.source, "cannot be combined with pruning.mode 'imp'")
+        _one_of("transfer.select.control", t.select.control, CONTROLS[:3])
+    elif "transfer" in s.control:
+        _fail("search.control", list(s.control), "has 'transfer' but the spec has no transfer section")
     for i, r in enumerate(s.replicate):
         if r < 0:
             _fail(f"search.replicate[{i}]", r, "must be >= 0")
@@ -428,7 +505,11 @@ def apply_override(raw: dict, assignment: str) -> dict:
 
 
 def from_dict(raw: dict) -> Spec:
-    return validate(_build(Spec, raw))
+    spec = _build(Spec, raw)
+    if spec.pruning.mode == "imp" and "sparsity" not in (raw.get("search") or {}):
+        # IMP has no sparsity axis: the default grid's sparsities must not count as "set".
+        spec = dataclasses.replace(spec, search=dataclasses.replace(spec.search, sparsity=()))
+    return validate(spec)
 
 
 def load(spec: str | Path, overrides: typing.Sequence[str] = ()) -> Spec:

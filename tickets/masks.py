@@ -59,39 +59,71 @@ def magnitude_mask(weights: Weights, sparsity: float, scope: str = "global",
     Returns the new mask and the magnitude threshold (largest pruned magnitude; 0.0 if none).
     """
     old = _check(weights, mask)
+    sizes = [int(np.size(w)) for w in weights.values()]
+    total = sum(sizes)
+    pruned = [size - int(old[n].sum()) for n, size in zip(weights, sizes)]
+    target = _count(total, sparsity)
+    if target < sum(pruned):
+        raise ValueError(f"Received `sparsity={sparsity}` ({target} weights) below the existing mask's "
+                         f"{sum(pruned)} pruned weights")
+    if scope == "global":
+        return _prune(weights, old, target - sum(pruned))
+    if scope == "layerwise":
+        more = [k - p for k, p in zip(_apportion(sizes, target), pruned)]
+        if min(more) < 0:
+            raise ValueError(f"Received an existing mask that already prunes more of a tensor than "
+                             f"`sparsity={sparsity}` allows layerwise")
+        return _prune(weights, old, more)
+    raise ValueError(f"Received `scope={scope!r}`: expected 'global' or 'layerwise'")
+
+
+def prune_remaining(weights: Weights, rate: float, mask: Mask | None = None, scope: str = "global",
+                    rates: Mapping[str, float] | None = None) -> tuple[Mask, float]:
+    """One level of iterative magnitude pruning: remove `round(rate * survivors)` more weights.
+
+    `global` counts survivors over all tensors, `layerwise` per tensor. Tensors named in `rates`
+    are pruned at their own rate, each on its own (the papers prune the output layer at half rate).
+    """
+    old = _check(weights, mask)
+    rates = dict(rates or {})
+    for name, r in [("rate", rate), *rates.items()]:
+        if not 0 <= r < 1:
+            raise ValueError(f"Received `{name}={r}`: must be in [0, 1)")
+    alive = [int(old[n].sum()) for n in weights]
+    counts = [int(round(rates.get(n, rate) * a)) if (scope == "layerwise" or n in rates) else None
+              for n, a in zip(weights, alive)]
+    shared = [i for i, c in enumerate(counts) if c is None]
+    if shared:  # global scope over the tensors without their own rate
+        rest = {n: weights[n] for i, n in enumerate(weights) if i in shared}
+        sub, t_rest = _prune(rest, {n: old[n] for n in rest}, int(round(rate * sum(alive[i] for i in shared))))
+    else:
+        sub, t_rest = {}, 0.0
+    own = {n: weights[n] for i, n in enumerate(weights) if i not in shared}
+    sub_own, t_own = _prune(own, {n: old[n] for n in own}, [c for c in counts if c is not None]) if own else ({}, 0.0)
+    merged = {**sub, **sub_own}
+    return {n: merged[n] for n in weights}, max(t_rest, t_own)
+
+
+def _prune(weights: Weights, old: Mask, count: int | list[int]) -> tuple[Mask, float]:
+    """Remove the `count` smallest surviving magnitudes: one count over all tensors, or one per tensor."""
     names = list(weights)  # insertion order fixes the tie-break across tensors
     flat = {n: np.abs(np.asarray(weights[n], dtype=np.float64)).ravel() for n in names}
-    alive = {n: old[n].ravel() for n in names}
-    sizes = {n: flat[n].size for n in names}
-    total = sum(sizes.values())
-    already = total - sum(int(a.sum()) for a in alive.values())
-    target = _count(total, sparsity)
-    if target < already:
-        raise ValueError(f"Received `sparsity={sparsity}` ({target} weights) below the existing mask's "
-                         f"{already} pruned weights")
+    alive = {n: np.asarray(old[n], dtype=bool).ravel() for n in names}
     new = {n: alive[n].copy() for n in names}
-    pruned_magnitudes = []
-    if scope == "global":
+    dropped = []
+    if isinstance(count, int):
         magnitudes = np.concatenate([flat[n] for n in names])
-        live = np.concatenate([alive[n] for n in names])
-        drop = _smallest(magnitudes, live, target - already)
-        offsets = np.cumsum([0] + [sizes[n] for n in names])
+        drop = _smallest(magnitudes, np.concatenate([alive[n] for n in names]), count)
+        offsets = np.cumsum([0] + [flat[n].size for n in names])
         for i, n in enumerate(names):
-            local = drop[(drop >= offsets[i]) & (drop < offsets[i + 1])] - offsets[i]
-            new[n][local] = False
-        pruned_magnitudes.append(magnitudes[drop])
-    elif scope == "layerwise":
-        for n, k in zip(names, _apportion([sizes[n] for n in names], target)):
-            k_new = k - (sizes[n] - int(alive[n].sum()))
-            if k_new < 0:
-                raise ValueError(f"Received an existing mask that already prunes more of {n!r} than "
-                                 f"`sparsity={sparsity}` allows layerwise")
-            drop = _smallest(flat[n], alive[n], k_new)
-            new[n][drop] = False
-            pruned_magnitudes.append(flat[n][drop])
+            new[n][drop[(drop >= offsets[i]) & (drop < offsets[i + 1])] - offsets[i]] = False
+        dropped.append(magnitudes[drop])
     else:
-        raise ValueError(f"Received `scope={scope!r}`: expected 'global' or 'layerwise'")
-    dropped = np.concatenate(pruned_magnitudes)
+        for n, k in zip(names, count):
+            drop = _smallest(flat[n], alive[n], k)
+            new[n][drop] = False
+            dropped.append(flat[n][drop])
+    dropped = np.concatenate(dropped) if dropped else np.zeros(0)
     threshold = float(dropped.max()) if dropped.size else 0.0
     return {n: new[n].reshape(np.shape(weights[n])) for n in names}, threshold
 
@@ -108,14 +140,20 @@ def _apportion(sizes: list[int], total: int) -> list[int]:
     return parts
 
 
-def random_mask_like(mask: Mask, seed: int) -> Mask:
-    """A random mask keeping the same number of weights in each tensor as `mask` (seeded)."""
+def random_mask_like(mask: Mask, seed: int, within: Mask | None = None) -> Mask:
+    """A random mask keeping the same number of weights in each tensor as `mask` (seeded).
+
+    With `within`, the kept weights are drawn from its survivors only (nested, for IMP).
+    """
     rng = np.random.default_rng(seed)
     out = {}
     for name in mask:
         m = np.asarray(mask[name], dtype=bool)
+        pool = np.flatnonzero(within[name]) if within is not None else np.arange(m.size)
+        if int(m.sum()) > pool.size:
+            raise ValueError(f"Received `within` keeping {pool.size} weights of {name!r}; the mask keeps {int(m.sum())}")
         keep = np.zeros(m.size, dtype=bool)
-        keep[rng.permutation(m.size)[: int(m.sum())]] = True
+        keep[pool[rng.permutation(pool.size)[: int(m.sum())]]] = True
         out[name] = keep.reshape(m.shape)
     return out
 

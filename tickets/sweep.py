@@ -13,6 +13,7 @@ Exit codes: 0 every trial finished; 1 some trial errored (the others' results ar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from ray import tune
 from tickets import analysis, artifacts
 from tickets import config as config_lib
 from tickets.config import SpecError
-from tickets.trainable import DenseRefs, train_ticket
+from tickets.trainable import DenseRefs, train_imp_chain, train_ticket, transfer_key
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
 SPEC_FILE = "spec.yaml"
@@ -146,16 +147,33 @@ def local_gpus() -> int:
     return 0
 
 
-def grid_size(spec: config_lib.Spec) -> int:
+def grid(spec: config_lib.Spec) -> dict[str, list]:
+    """The Tune grid's axes; IMP has no sparsity axis (each trial walks the levels)."""
     s = spec.search
-    return len(s.sparsity) * len(s.rewind_epoch) * len(s.control) * len(s.replicate)
+    axes = {"sparsity": list(s.sparsity), "rewind_epoch": list(s.rewind_epoch), "control": list(s.control),
+            "replicate": list(s.replicate)}
+    if spec.pruning.mode == "imp":
+        del axes["sparsity"]
+    return axes
+
+
+def grid_points(spec: config_lib.Spec) -> list[dict]:
+    points = [{}]
+    for key, values in grid(spec).items():
+        points = [{**p, key: v} for p in points for v in values]
+    return points
 
 
 def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster: str) -> None:
-    s = spec.search
     print(f"experiment {exp}")
-    print(f"grid: {grid_size(spec)} trials = sparsity {list(s.sparsity)} x rewind_epoch {list(s.rewind_epoch)} "
-          f"x control {list(s.control)} x replicate {list(s.replicate)}")
+    axes = " x ".join(f"{k} {v}" for k, v in grid(spec).items())
+    print(f"grid: {len(grid_points(spec))} trials = {axes}")
+    p = spec.pruning
+    if p.mode == "imp":
+        print(f"IMP: {p.num_levels()} levels per trial, {p.rate:g} of the remaining weights pruned per level "
+              f"(down to {(1 - p.rate) ** p.num_levels() * 100:.2f} % remaining)")
+    if spec.transfer:
+        print(f"transfer: tickets from {spec.transfer.source}")
     print(f"model {spec.model.arch} (width {spec.model.width}) on {spec.data.dataset}, "
           f"{spec.dense.epochs} dense epochs, one dense run shared by all trials")
     if res:
@@ -224,8 +242,46 @@ def dense_snapshots(spec: config_lib.Spec, exp: Path, res: Resources) -> DenseRe
 # The sweep.
 
 
+def source_experiment(spec: config_lib.Spec, storage: Path) -> Path:
+    """The transfer source dir: as given, or relative to the storage path."""
+    given = Path(spec.transfer.source).expanduser()
+    for candidate in (given, storage / given):
+        if (candidate / SPEC_FILE).is_file():
+            return candidate.resolve()
+    raise UsageError(f"transfer.from: {spec.transfer.source!r} is not an experiment dir "
+                     f"(looked in {given} and {storage / given})")
+
+
+def check_transfer(spec: config_lib.Spec, storage: Path) -> dict[str, Path]:
+    """The source trial dir of every transfer trial, read from disk (no Ray): checked before anything runs."""
+    if spec.transfer is None:
+        return {}
+    source = source_experiment(spec, storage)
+    theirs = config_lib.load(source / SPEC_FILE)
+    if (theirs.model.arch, theirs.model.width) != (spec.model.arch, spec.model.width):
+        raise UsageError(f"transfer.from: {source} used model {theirs.model.arch} (width {theirs.model.width}); "
+                         f"this spec uses {spec.model.arch} (width {spec.model.width})")
+    sel = spec.transfer.select
+    found = {}
+    for point in grid_points(spec):
+        if point["control"] != "transfer":
+            continue
+        want = {"trial": sel.trial} if sel.trial else {
+            "sparsity": point["sparsity"] if sel.sparsity is None else sel.sparsity,
+            "rewind_epoch": point["rewind_epoch"] if sel.rewind_epoch is None else sel.rewind_epoch,
+            "control": sel.control,
+            "replicate": point["replicate"] if sel.replicate is None else sel.replicate}
+        trial = artifacts.find_trial(source, **want)
+        if trial is None:
+            shown = ", ".join(f"{k}={v}" for k, v in want.items())
+            raise UsageError(f"transfer.select: {source} has no finished trial with {shown}")
+        found[transfer_key(point["sparsity"], point["rewind_epoch"], point["replicate"])] = trial
+    return found
+
+
 def make_trainable(spec: config_lib.Spec, dense: DenseRefs, res: Resources):
-    trainable = tune.with_parameters(train_ticket, spec=spec.to_dict(), dense=dense)
+    function = train_imp_chain if spec.pruning.mode == "imp" else train_ticket
+    trainable = tune.with_parameters(function, spec=spec.to_dict(), dense=dense)
     return tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
 
 
@@ -234,13 +290,9 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
     if resume and tune.Tuner.can_restore(str(exp)):
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
     else:
-        s = spec.search
         tuner = tune.Tuner(
             trainable,
-            param_space={"sparsity": tune.grid_search(list(s.sparsity)),
-                         "rewind_epoch": tune.grid_search(list(s.rewind_epoch)),
-                         "control": tune.grid_search(list(s.control)),
-                         "replicate": tune.grid_search(list(s.replicate))},
+            param_space={key: tune.grid_search(values) for key, values in grid(spec).items()},
             tune_config=tune.TuneConfig(metric="test_accuracy", mode="max",
                                         max_concurrent_trials=spec.resources.max_concurrent_trials),
             run_config=tune.RunConfig(
@@ -250,8 +302,20 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
     return tuner.fit()
 
 
+def write_report(exp: Path) -> None:
+    from tickets import report
+
+    try:
+        written = report.write(exp)
+        print(f"report: {written[-1]} (summary.csv and plots beside it)")
+    except Exception as e:  # the results are safe on disk; a report problem must not fail the sweep
+        print(f"note: no report written ({type(e).__name__}: {e}); "
+              f"run `python -m tickets.report {exp}` to retry")
+
+
 def start_ray(args: argparse.Namespace) -> tuple[bool, str]:
     """Connect or start Ray; returns (whether we started it, a line describing the cluster)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers inherit it: no TensorFlow banner per trial
     if ray.is_initialized():
         return False, "the Ray instance this process already runs"
     if args.address:
@@ -273,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec, exp = load_spec(args)
         check_experiment(args, spec, exp)
+        sources = check_transfer(spec, exp.parent)
         if args.dry_run:
             if args.address:
                 cluster, res = f"would join {args.address} (resources resolved there)", None
@@ -303,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             (exp / SPEC_FILE).write_text(spec.to_yaml())
         try:
             dense = dense_snapshots(spec, exp, res)
+            if sources:
+                loaded = {}  # one object per source trial, however many grid points share it
+                for key, trial in sources.items():
+                    if trial not in loaded:
+                        loaded[trial] = ray.put(artifacts.load_ticket(trial / artifacts.TICKET_FILE))
+                dense = dataclasses.replace(dense, transfers={k: loaded[t] for k, t in sources.items()})
         except artifacts.ArtifactError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -310,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         results = analysis.write_results(exp)
         errors = len(grid.errors)
         print(f"\n{len(grid) - errors}/{len(grid)} trials finished; results: {results}")
+        write_report(exp)
         if errors:
             print(f"{errors} trial(s) errored; their logs are in their trial dirs under {exp}. "
                   f"Rerun with --resume to retry them.", file=sys.stderr)

@@ -1,15 +1,20 @@
-"""The Tune trainable: one grid point (sparsity, rewind epoch, control, replicate) per trial.
+"""The Tune trainables.
 
+One-shot (`train_ticket`), one grid point (sparsity, rewind epoch, control, replicate) per trial:
 fetch the two dense snapshots it needs → mask → rewind → masked training, reporting every epoch
 with a checkpoint, so a restarted trial continues from its last finished epoch.
+
+IMP (`train_imp_chain`), one chain per (rewind epoch, control, replicate): prune `rate` of the
+survivors → rewind → retrain, level after level; one report and one checkpoint per level.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,52 +38,85 @@ class DenseRefs:
     total_steps: int
     snapshots: dict  # step -> ObjectRef of dict[str, np.ndarray]
     data: ray.ObjectRef  # tickets.data.Dataset, loaded once per sweep
+    transfers: dict = field(default_factory=dict)  # transfer_key(...) -> ObjectRef of a loaded source ticket
 
 
-def _assigned_cpus() -> int:
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    return max(1, int(math.ceil(cpus)))
+def transfer_key(sparsity: float, rewind_epoch: float, replicate: int) -> str:
+    return f"{float(sparsity):g}|{float(rewind_epoch):g}|{int(replicate)}"
 
 
-def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
+@dataclass
+class _Trial:
+    spec: config_lib.Spec
+    data: object
+    model: object
+    rewind_epoch: float
+    rewind_step: int
+    control: str
+    replicate: int
+    seed: int  # the sparse runs' data order
+
+
+def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
     # Imports that start TensorFlow come after the thread counts are known.
     from tickets import models, training
 
-    training.configure(_assigned_cpus())
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    training.configure(max(1, int(math.ceil(cpus))))
     spec_obj = config_lib.from_dict(spec)
-    sparsity, rewind_epoch = float(config["sparsity"]), float(config["rewind_epoch"])
-    control, replicate = str(config["control"]), int(config["replicate"])
-    rewind_step = training.step_of(rewind_epoch, dense.steps_per_epoch)
-
+    rewind_epoch, replicate = float(config["rewind_epoch"]), int(config["replicate"])
     data = ray.get(dense.data)
-    final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[rewind_step]])
     model = models.build(spec_obj.model, data.input_shape, data.num_classes, seed=spec_obj.seed)
-    ticket = training.make_ticket(spec_obj, model, final, rewind, sparsity, control, replicate)
+    return _Trial(spec_obj, data, model, rewind_epoch, training.step_of(rewind_epoch, dense.steps_per_epoch),
+                  str(config["control"]), replicate, training.derive_seed(spec_obj.seed, replicate, 1))
+
+
+def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
     summary = masks_lib.report(ticket.mask, ticket.threshold)
+    return {"rewind_epoch": t.rewind_epoch, "control": t.control, "replicate": t.replicate,
+            "rewind_step": t.rewind_step, "actual_sparsity": summary["sparsity"],
+            "weights_remaining": summary["weights_remaining"], "weights_remaining_count": summary["remaining"],
+            "prunable_weights": summary["total"],
+            "threshold": summary["threshold"] if summary["threshold"] is not None else float("nan"),
+            "dense_hash": dense.dense_hash, "node_id": ray.get_runtime_context().get_node_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+
+def _checkpoint_dir():
+    checkpoint = tune.get_checkpoint()
+    return checkpoint.as_directory() if checkpoint is not None else None
+
+
+def _trial_dir() -> Path:
+    return Path(tune.get_context().get_trial_dir())
+
+
+def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
+    from tickets import training
+
+    t = _setup(config, spec, dense)
+    sparsity = float(config["sparsity"])
+    reinitialised = False
+    if t.control == "transfer":
+        source = ray.get(dense.transfers[transfer_key(sparsity, t.rewind_epoch, t.replicate)])
+        ticket, reinitialised = training.transfer_ticket(t.spec, t.model, source, t.replicate)
+    else:
+        final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[t.rewind_step]])
+        ticket = training.make_ticket(t.spec, t.model, final, rewind, sparsity, t.control, t.replicate)
 
     resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
+    if (context := _checkpoint_dir()) is not None:
+        with context as d:
             saved = artifacts.load_state(Path(d))
         if any(not np.array_equal(saved["mask"][k], ticket.mask[k]) for k in ticket.mask):
             raise RuntimeError("the checkpoint's mask differs from the one recomputed from the dense run")
         resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"],
                                       saved["best_test_loss"], saved["best_epoch"])
 
-    base = {
-        "sparsity": sparsity, "rewind_epoch": rewind_epoch, "control": control, "replicate": replicate,
-        "rewind_step": rewind_step, "actual_sparsity": summary["sparsity"],
-        "weights_remaining": summary["weights_remaining"], "weights_remaining_count": summary["remaining"],
-        "prunable_weights": summary["total"],
-        "threshold": summary["threshold"] if summary["threshold"] is not None else float("nan"),
-        "dense_hash": dense.dense_hash, "node_id": ray.get_runtime_context().get_node_id(),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "resumed_from_step": resume.step if resume else -1,
-    }
-    seed = training.derive_seed(spec_obj.seed, replicate, 1)
+    base = {"sparsity": sparsity, **_base_metrics(t, ticket, dense), "resumed_from_step": resume.step if resume else -1,
+            "classifier_reinitialised": reinitialised}
     state = None
-    for progress, state in training.train_sparse(spec_obj, data, model, ticket, rewind_step, seed, resume):
+    for progress, state in training.train_sparse(t.spec, t.data, t.model, ticket, t.rewind_step, t.seed, resume):
         metrics = {**base, "epoch": progress.epoch, "step": progress.step,
                    "test_accuracy": progress.test_accuracy, "test_loss": progress.test_loss,
                    "train_accuracy": progress.train_accuracy, "train_loss": progress.train_loss,
@@ -90,7 +128,46 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     state = state or resume  # restarted after its last epoch's checkpoint: nothing left to train
     if state is not None:
-        artifacts.save_ticket(Path(tune.get_context().get_trial_dir()) / artifacts.TICKET_FILE,
-                              ticket.mask, ticket.start, state.weights,
-                              {**{k: base[k] for k in GRID_KEYS}, "rewind_step": rewind_step,
-                               "spec_hash": spec_obj.spec_hash(), "dense_hash": dense.dense_hash})
+        artifacts.save_ticket(_trial_dir() / artifacts.TICKET_FILE, ticket.mask, ticket.start, state.weights,
+                              {**{k: base[k] for k in GRID_KEYS}, "rewind_step": t.rewind_step,
+                               "spec_hash": t.spec.spec_hash(), "dense_hash": dense.dense_hash})
+
+
+def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
+    from tickets import training
+
+    t = _setup(config, spec, dense)
+    final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[t.rewind_step]])
+    levels = t.spec.pruning.num_levels()
+    # Level 0 is the dense run: its final weights rank the first pruning.
+    first, trained, previous, resumed_from = 1, final, None, 0
+    if (context := _checkpoint_dir()) is not None:
+        with context as d:
+            saved = artifacts.load_state(Path(d))
+        first, trained, previous = saved["step"] + 1, saved["weights"], saved["mask"]
+        resumed_from = saved["step"]
+
+    for level in range(first, levels + 1):
+        ticket = training.imp_level(t.spec, t.model, trained, previous, rewind, level, t.control, t.replicate)
+        last, state, best_accuracy = None, None, 0.0
+        for progress, state in training.train_sparse(t.spec, t.data, t.model, ticket, t.rewind_step, t.seed):
+            last, best_accuracy = progress, max(best_accuracy, progress.test_accuracy)
+        base = _base_metrics(t, ticket, dense)
+        metrics = {"sparsity": base["actual_sparsity"], **base, "level": level, "levels": levels,
+                   "resumed_from_level": resumed_from, "epoch": last.epoch, "step": last.step,
+                   "test_accuracy": last.test_accuracy, "test_loss": last.test_loss,
+                   "train_accuracy": last.train_accuracy, "train_loss": last.train_loss,
+                   "best_test_accuracy": best_accuracy, "early_stop_epoch": state.best_epoch,
+                   "best_test_loss": state.best_test_loss, "epoch_seconds": last.seconds}
+        artifacts.save_ticket(_trial_dir() / f"level_{level}.npz", ticket.mask, ticket.start, state.weights,
+                              {"level": level, "rewind_epoch": t.rewind_epoch, "control": t.control,
+                               "replicate": t.replicate, "spec_hash": t.spec.spec_hash(),
+                               "dense_hash": dense.dense_hash})
+        with tempfile.TemporaryDirectory() as d:
+            # The level is the checkpoint's position; optimizer state restarts fresh at every level.
+            artifacts.save_state(Path(d), level, state.weights, [], ticket.mask, state.best_test_loss,
+                                 state.best_epoch)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        trained, previous = state.weights, ticket.mask
+    # ticket.npz marks a finished trial, as for one-shot trials: the chain's last level.
+    shutil.copyfile(_trial_dir() / f"level_{levels}.npz", _trial_dir() / artifacts.TICKET_FILE)

@@ -263,17 +263,59 @@ class Ticket:
 
 def make_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, sparsity: float,
                 control: str, replicate: int) -> Ticket:
-    """The mask (from the final dense weights) and starting weights for one grid point."""
+    """The one-shot mask (from the final dense weights) and starting weights for one grid point."""
     names = list(models.prunable_variables(model, spec.pruning.exclude))
     mask, threshold = masks_lib.magnitude_mask({n: final[n] for n in names}, sparsity, spec.pruning.scope)
-    start = rewind
     if control == "random_prune":
         mask, threshold = masks_lib.random_mask_like(mask, derive_seed(spec.seed, replicate, 3)), None
-    elif control == "random_reinit":
+    return Ticket(mask, start_weights(spec, model, rewind, mask, control, replicate), threshold)
+
+
+def imp_level(spec: Spec, model: keras.Model, trained: Weights, previous: masks_lib.Mask | None,
+              rewind: Weights, level: int, control: str, replicate: int) -> Ticket:
+    """Level `level` of an IMP chain: prune `pruning.rate` of the survivors of `previous` by the
+    magnitudes of the weights the previous level trained to, then rewind."""
+    names = list(models.prunable_variables(model, spec.pruning.exclude))
+    groups = models.groups(model)
+    rates = {n: r for g, r in spec.pruning.rates.items() for n in groups[g] if n in names}
+    mask, threshold = masks_lib.prune_remaining({n: trained[n] for n in names}, spec.pruning.rate, previous,
+                                                spec.pruning.scope, rates)
+    if control == "random_prune":
+        mask = masks_lib.random_mask_like(mask, derive_seed(spec.seed, replicate, 3, level), within=previous)
+        threshold = None
+    return Ticket(mask, start_weights(spec, model, rewind, mask, control, replicate), threshold)
+
+
+def start_weights(spec: Spec, model: keras.Model, rewind: Weights, mask: masks_lib.Mask, control: str,
+                  replicate: int) -> Weights:
+    """Rewound weights ⊙ mask; for `random_reinit`, a fresh initialisation of another seed ⊙ mask."""
+    if control == "random_reinit":
         fresh = models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
                              seed=derive_seed(spec.seed, replicate, 2))
-        start = models.get_weights(fresh)
-    return Ticket(mask, masks_lib.apply(start, mask), threshold)
+        rewind = models.get_weights(fresh)
+    return masks_lib.apply(rewind, mask)
+
+
+def transfer_ticket(spec: Spec, model: keras.Model, source: dict, replicate: int) -> tuple[Ticket, bool]:
+    """A ticket found on another data set (`artifacts.load_ticket` output) fitted to `model`.
+
+    Weights whose shape differs here (the classifier, when the class count differs) are
+    re-initialised and left dense. Returns the ticket and whether that happened.
+    """
+    fresh = models.get_weights(models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
+                                            seed=derive_seed(spec.seed, replicate, 4)))
+    names = models.prunable_variables(model, spec.pruning.exclude)
+    start, mask, reinit = {}, {}, False
+    for name, value in fresh.items():
+        theirs = source["start"].get(name)
+        if theirs is not None and theirs.shape == value.shape:
+            start[name] = theirs
+        else:
+            start[name], reinit = value, True
+        if name in names:
+            m = source["mask"].get(name)
+            mask[name] = m if m is not None and m.shape == value.shape else np.ones(value.shape, dtype=bool)
+    return Ticket(mask, masks_lib.apply(start, mask), None), reinit
 
 
 @dataclass

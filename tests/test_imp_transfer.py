@@ -1,0 +1,111 @@
+"""Iterative magnitude pruning chains and transfer tickets, on real Ray."""
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pandas as pd
+from test_sweep import _cli, _run
+
+from tickets import analysis, artifacts, config, sweep
+
+SMALL = ["--set", "dense.epochs=2", "--set", "search.rewind_epoch=[0]"]
+
+
+def _rows(trial_dir):
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+
+
+def test_imp_chain_prunes_exact_counts_nests_masks_and_resumes_after_a_kill(tmp_path):
+    exp = tmp_path / "imp"
+    p = _cli(["smoke", "--storage-path", str(tmp_path), "--name", "imp", "--num-cpus", "2", *SMALL,
+              "--set", "pruning.mode=imp", "--set", "pruning.levels=3", "--set", "search.sparsity=[]"],
+             start_new_session=True)
+    killed = None
+    deadline = time.time() + 300
+    while time.time() < deadline and killed is None and p.poll() is None:
+        for result in exp.glob("*/result.json"):
+            rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+            if rows and rows[-1]["level"] == 1:
+                killed = rows[-1]["pid"]
+                os.kill(killed, signal.SIGKILL)  # the trial's worker, mid level 2
+                break
+        time.sleep(0.1)
+    out, _ = p.communicate(timeout=400)
+    assert killed and p.returncode == 0, out[-3000:]
+
+    (trial,) = [d.parent for d in exp.glob("*/params.json")]
+    rows = _rows(trial)
+    assert [r["level"] for r in rows] == [1, 2, 3]  # level 1 was not trained again
+    assert [r["resumed_from_level"] for r in rows] == [0, 1, 1]
+    n = rows[0]["prunable_weights"]
+    expected, remaining = [], n
+    for _ in range(3):
+        remaining -= round(0.2 * remaining)
+        expected.append(remaining)
+    assert [r["weights_remaining_count"] for r in rows] == expected
+    assert [round(r["weights_remaining_count"] / n, 3) for r in rows] == [0.8, 0.64, 0.512]
+
+    masks = [artifacts.load_ticket(trial / f"level_{k}.npz")["mask"] for k in (1, 2, 3)]
+    for outer, inner in zip(masks, masks[1:]):
+        assert all(not (inner[k] & ~outer[k]).any() for k in outer)  # each level is a subset of the last
+    assert sum(int(m.sum()) for m in masks[2].values()) == expected[2]
+
+    df = analysis.load(exp)
+    assert df[df.control == "ticket"].level.tolist() == [1, 2, 3]
+    assert analysis.summary(df).level.tolist() == [1, 2, 3]
+
+
+def test_imp_and_sparsity_together_is_bad_input(tmp_path, capsys):
+    code = sweep.main(["smoke", "--storage-path", str(tmp_path), "--set", "pruning.mode=imp",
+                       "--set", "pruning.levels=2", "--set", "search.sparsity=[0.5]"])
+    assert code == 2 and "search.sparsity: [0.5] conflicts with pruning.mode 'imp'" in capsys.readouterr().err
+
+
+def test_per_group_rates_prune_the_output_layer_at_half_rate():
+    spec = config.from_dict({"pruning": {"mode": "imp", "levels": 1, "rate": 0.2, "exclude": [],
+                                         "rates": {"classifier": 0.1}}})
+    from tickets import masks, models, training
+
+    model = models.build(spec.model, (32, 32, 3), 10, seed=0)
+    weights = models.get_weights(model)
+    ticket = training.imp_level(spec, model, weights, None, weights, 1, "ticket", 0)
+    report = masks.report(ticket.mask)["layers"]
+    assert report["predictions/kernel"]["pruned"] == round(0.1 * report["predictions/kernel"]["total"])
+    rest = [v for k, v in report.items() if k != "predictions/kernel"]
+    assert sum(v["pruned"] for v in rest) == round(0.2 * sum(v["total"] for v in rest))
+
+
+def test_transfer_trains_a_ticket_from_another_experiment_on_the_other_half(tmp_path):
+    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--name", "source", "--num-cpus", "2", *SMALL,
+                      "--set", "data.half=a", "--set", "search.sparsity=[0.8]"])
+    assert code == 0, out[-3000:]
+    source_ticket = artifacts.load_ticket(next((tmp_path / "source").glob("*/ticket.npz")))
+
+    # The target has 5 classes: the classifier cannot be reused, so it is re-initialised and left dense.
+    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--name", "target", "--num-cpus", "2", *SMALL,
+                      "--set", "data.half=b", "--set", "data.classes=5", "--set", "search.sparsity=[0.8]",
+                      "--set", "search.control=[ticket,transfer]",
+                      "--set", "transfer={from: source, select: {control: ticket}}"])
+    assert code == 0, out[-3000:]
+    df = analysis.load(tmp_path / "target")
+    transfer = df[df.control == "transfer"]
+    assert len(transfer) == 2 and transfer.classifier_reinitialised.all()
+    assert not df[df.control == "ticket"].classifier_reinitialised.any()
+    (trial,) = [f.parent for f in (tmp_path / "target").glob("*/params.json")
+                if json.loads(f.read_text())["control"] == "transfer"]
+    ticket = artifacts.load_ticket(trial / "ticket.npz")
+    for name, m in ticket["mask"].items():
+        assert np.array_equal(m, source_ticket["mask"][name])
+        assert np.array_equal(ticket["start"][name], source_ticket["start"][name])
+
+
+def test_transfer_from_a_missing_trial_is_bad_input(tmp_path, capsys):
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "spec.yaml").write_text(config.load("smoke").to_yaml())
+    code = sweep.main(["smoke", "--storage-path", str(tmp_path), "--set", "search.control=[transfer]",
+                       "--set", "transfer={from: source}"])
+    assert code == 2
+    assert "transfer.select:" in capsys.readouterr().err and not (tmp_path / "smoke").exists()
