@@ -72,7 +72,7 @@ def test_step_schedule_and_fractional_rewind():
     spec = _spec(**{"dense.schedule": "{name: step, milestones: [1]}"})
     s = training.Schedule(spec.dense, steps_per_epoch=10)
     assert float(s(9)) == pytest.approx(0.05) and float(s(10)) == pytest.approx(0.005)
-    assert training.step_of(0.5, 8) == 4 and training.record_steps(spec, 8) == [0, 4, 16]
+    assert training.step_of(0.5, 8) == 4 and spec.record_steps(8) == [0, 4, 16]
 
 
 def test_same_seed_gives_bit_identical_snapshots_and_masks(small, trajectory):

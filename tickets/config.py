@@ -184,12 +184,22 @@ class Spec:
     def spec_hash(self) -> str:
         return _hash(self.to_dict())
 
+    def record_steps(self, steps_per_epoch: int) -> list[int]:
+        """Steps at which the dense run keeps snapshots: init, every rewind point, final."""
+        total = self.dense.epochs * steps_per_epoch
+        return sorted({0, total} | {step_of(r, steps_per_epoch) for r in self.search.rewind_epoch})
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 # YAML keys that are not Python identifiers.
 _ALIASES = {TransferSpec: {"from": "source"}}
+
+
+def step_of(epoch: float, steps_per_epoch: int) -> int:
+    """Fractional epochs become step counts (0.5 = half an epoch of steps)."""
+    return int(round(epoch * steps_per_epoch))
 
 
 def _plain(obj: Any) -> Any:

@@ -13,6 +13,7 @@ start at any step and give the same batches as an uninterrupted run.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import socket
@@ -38,7 +39,7 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    images: np.ndarray  # uint8 (n, h, w, 3) | object array of encoded bytes | str array of paths
+    images: np.ndarray | None  # uint8 (n, h, w, 3) | encoded bytes (object array) | paths | None: not read
     labels: np.ndarray  # int32 (n,)
     kind: str  # "decoded" | "encoded" | "files"
 
@@ -46,7 +47,7 @@ class Split:
         return len(self.labels)
 
     def take(self, index: np.ndarray) -> "Split":
-        return Split(self.images[index], self.labels[index], self.kind)
+        return Split(None if self.images is None else self.images[index], self.labels[index], self.kind)
 
 
 @dataclass
@@ -70,12 +71,25 @@ class Dataset:
 
 
 def load(spec: DataSpec, seed: int) -> Dataset:
-    """Read the data set a spec names, take its half/subset, and validate labels."""
+    """Read the data set a spec names, take its half/subset, validate labels, decode if small."""
+    d = _read(spec, seed, labels_only=False)
+    d.train, d.test = (_maybe_decode(s, spec.image_size) for s in (d.train, d.test))
+    return d
+
+
+def inspect(spec: DataSpec, seed: int) -> Dataset:
+    """What `load` would give, checked without TensorFlow and without reading every image: labels,
+    counts and one decoded sample per split. For the driver, before any cluster work starts.
+    Parquet images come back as None (only their labels are read)."""
+    return _read(spec, seed, labels_only=True)
+
+
+def _read(spec: DataSpec, seed: int, labels_only: bool) -> Dataset:
     if spec.dataset == "synthetic":
         train, test, classes, source = *_synthetic(spec), spec.classes, "synthetic"
     else:
         root = _locate(spec)
-        train, test, classes, source = *_read_dir(root, spec.dataset), None, str(root)
+        train, test, classes, source = *_read_dir(root, spec.dataset, labels_only), None, str(root)
         if train is None:  # a Keras-cache CIFAR-10 that still has to be downloaded
             train, test = _download_cifar10()
         classes = 10 if spec.dataset == "cifar10" else int(train.labels.max()) + 1
@@ -90,7 +104,6 @@ def load(spec: DataSpec, seed: int) -> Dataset:
             test = test.take(balanced_subset(test.labels, spec.subset.test, seed, "data.subset.test"))
     if len(train) < spec.batch_size:
         raise DataError(f"data.batch_size: {spec.batch_size} is larger than the {len(train)} training images")
-    train, test = (_maybe_decode(s, spec.image_size) for s in (train, test))
     return Dataset(train, test, classes, spec.image_size, source)
 
 
@@ -145,7 +158,7 @@ def _layout(root: Path) -> str | None:
     return None
 
 
-def _read_dir(root: Path, dataset: str) -> tuple[Split | None, Split | None]:
+def _read_dir(root: Path, dataset: str, labels_only: bool = False) -> tuple[Split | None, Split | None]:
     layout = _layout(root)
     if dataset == "cifar10" and layout is None:
         return None, None
@@ -157,10 +170,16 @@ def _read_dir(root: Path, dataset: str) -> tuple[Split | None, Split | None]:
     if layout == "batches":
         return _cifar_batches(root)
     if layout == "parquet":
-        return _parquet(_parquet_files(root, "train")), _parquet(_parquet_files(root, "test"))
+        return (_parquet(_parquet_files(root, "train"), labels_only),
+                _parquet(_parquet_files(root, "test"), labels_only))
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    return _folder(root / "train", classes), _folder(test_dir, classes)
+    splits = _folder(root / "train", classes), _folder(test_dir, classes)
+    if labels_only:
+        for split in splits:
+            if len(split):
+                _check_image(Path(split.images[0]).read_bytes(), split.images[0])
+    return splits
 
 
 def _parquet_files(root: Path, split: str) -> list[Path]:
@@ -170,18 +189,38 @@ def _parquet_files(root: Path, split: str) -> list[Path]:
     return files
 
 
-def _parquet(files: list[Path]) -> Split:
+def _parquet(files: list[Path], labels_only: bool = False) -> Split:
     import pyarrow.parquet as pq
 
     images, labels = [], []
     for f in files:
         try:
-            table = pq.read_table(f, columns=["image", "label"])
+            table = pq.read_table(f, columns=["label"] if labels_only else ["image", "label"])
+            if labels_only and f == files[0] and table.num_rows:
+                first = pq.ParquetFile(f).read_row_group(0, columns=["image"]).column("image")[0].as_py()
+                _check_image(first, f"{f} row 0")
+        except DataError:
+            raise
         except Exception as e:  # pyarrow raises several types for missing columns or bad files
             raise DataError(f"data.path: {str(f)!r} cannot be read as image/label Parquet: {e}") from None
-        images.extend(table.column("image").to_pylist())
+        if not labels_only:
+            images.extend(table.column("image").to_pylist())
         labels.append(table.column("label").to_numpy().astype(np.int32))
-    return Split(np.array(images, dtype=object), np.concatenate(labels), "encoded")
+    return Split(None if labels_only else np.array(images, dtype=object), np.concatenate(labels), "encoded")
+
+
+def _check_image(encoded: bytes, where) -> None:
+    """Decode one image with Pillow (no TensorFlow): it must be a 2-D greyscale or colour image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(encoded)) as im:
+            im.load()
+            shape = np.asarray(im).shape
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"data: {where} is not a readable image ({type(e).__name__})") from None
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)) or min(shape[:2]) < 1:
+        raise DataError(f"data: {where} has shape {shape}; expected height x width (x 1, 3 or 4 channels)")
 
 
 def _folder(root: Path, classes: list[str]) -> Split:
@@ -200,7 +239,11 @@ def _cifar_batches(root: Path) -> tuple[Split, Split]:
         for name in names:
             with open(root / name, "rb") as f:
                 d = pickle.load(f, encoding="bytes")
-            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            pixels = np.asarray(d[b"data"], dtype=np.uint8)
+            if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32:
+                raise DataError(f"data: {root / name} holds images of shape {pixels.shape[1:]}; CIFAR-10 batches "
+                                f"hold rows of 3072 values (32x32x3)")
+            xs.append(pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             ys.append(np.asarray(d[b"labels"], dtype=np.int32))
         return Split(np.concatenate(xs), np.concatenate(ys), "decoded")
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ from ray import tune
 
 from tickets import analysis, artifacts
 from tickets import config as config_lib
+from tickets import data as data_lib
 from tickets.config import SpecError
+from tickets.data import DataError
 from tickets.trainable import DenseRefs, train_imp_chain, train_ticket, transfer_key
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
@@ -97,8 +100,17 @@ def check_experiment(args: argparse.Namespace, spec: config_lib.Spec, exp: Path)
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"--storage-path: {probe} is not a writable directory")
-    if shutil.disk_usage(probe).free < 200 * 2**20:
-        raise UsageError(f"--storage-path: {probe} has less than 200 MiB free")
+    try:  # root passes every permission check: only a real write tells
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".tickets-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise UsageError(f"--storage-path: {probe} is not writable ({e.strerror})") from None
+    need = int(os.environ.get("TICKETS_MIN_FREE_MB", "200"))
+    free = shutil.disk_usage(probe).free
+    if free < need * 2**20:
+        raise UsageError(f"--storage-path: {probe} has {free / 2**20:.0f} MiB free; a sweep needs at least "
+                         f"{need} MiB (TICKETS_MIN_FREE_MB)")
 
 
 @dataclass(frozen=True)
@@ -182,7 +194,19 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ray tasks: the data set and the dense run, each done once per sweep.
+# The dense run: reused from disk when it fits, else trained once as a Ray task.
+
+
+def reusable_dense(spec: config_lib.Spec, exp: Path, steps: list[int]) -> dict | None:
+    """The snapshots of a finished dense run of this dense spec in `<exp>/dense`, read and checked
+    before Ray starts; None when there is none to reuse. A damaged run is an error, never retrained over."""
+    dense_dir = exp / DENSE_DIR
+    manifest = artifacts.read_dense(dense_dir)
+    if not manifest or manifest["dense_hash"] != spec.dense_hash():
+        return None
+    if not set(steps) <= set(manifest["snapshot_steps"]):
+        return None  # the grid gained rewind points: train again with all of them
+    return {s: artifacts.load_weights(dense_dir / f"step_{s}.npz") for s in steps}
 
 
 @ray.remote
@@ -190,12 +214,10 @@ def _load_data(spec_dict: dict):
     from tickets import data
 
     spec = config_lib.from_dict(spec_dict)
-    dataset = data.load(spec.data, spec.seed)
-    return dataset, {"train": len(dataset.train), "test": len(dataset.test), "classes": dataset.num_classes,
-                     "source": dataset.source}
+    return data.load(spec.data, spec.seed)
 
 
-def _train_dense(spec_dict: dict, dataset, out_dir: str, steps: list[int]):
+def _train_dense(spec_dict: dict, dataset, out_dir: str) -> list[dict]:
     from tickets import training
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
@@ -208,33 +230,27 @@ def _train_dense(spec_dict: dict, dataset, out_dir: str, steps: list[int]):
                             "node_id": ray.get_runtime_context().get_node_id()}) + "\n")
     trajectory = training.train_dense(spec, dataset, log=lambda line: print(line, flush=True))
     trajectory.save(out, spec.dense_hash())
-    return (trajectory.metrics, *[trajectory.snapshots[s] for s in steps])
+    return trajectory.metrics
 
 
-def dense_snapshots(spec: config_lib.Spec, exp: Path, res: Resources) -> DenseRefs:
-    """One object ref per needed snapshot, from `<exp>/dense` when it fits, else by training once."""
-    from tickets.training import record_steps  # keeps TensorFlow out of the driver until needed here
+def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_disk: dict | None) -> DenseRefs:
+    """The data set and one object ref per needed snapshot, each in the object store once.
 
-    data_ref, info_ref = _load_data.options(num_returns=2).remote(spec.to_dict())
-    info = ray.get(info_ref)
-    spe = info["train"] // spec.data.batch_size
-    steps = record_steps(spec, spe)
-    print(f"data: {info['train']} train / {info['test']} test images, {info['classes']} classes, "
-          f"from {info['source']}; {spe} steps per epoch")
+    The driver puts the snapshots itself (from `<exp>/dense`, where the dense task wrote them), so
+    they live on the driver's node: losing a worker node never loses them or retrains the dense net.
+    """
+    data_ref = _load_data.remote(spec.to_dict())
+    steps = spec.record_steps(spe)
     dense_dir = exp / DENSE_DIR
-    manifest = artifacts.read_dense(dense_dir)
-    if manifest and manifest["dense_hash"] == spec.dense_hash() and set(steps) <= set(manifest["snapshot_steps"]):
+    if on_disk is not None:
         print(f"dense: reusing the dense run in {dense_dir}")
-        refs = {s: ray.put(artifacts.load_weights(dense_dir / f"step_{s}.npz")) for s in steps}
     else:
-        if manifest:
-            print(f"dense: {dense_dir} holds a run of another spec or without these rewind points; retraining")
         print(f"dense: training {spec.dense.epochs} epochs once (snapshots at steps {steps})")
-        task = ray.remote(_train_dense).options(num_cpus=res.cpus, num_gpus=res.gpus, num_returns=1 + len(steps),
+        task = ray.remote(_train_dense).options(num_cpus=res.cpus, num_gpus=res.gpus,
                                                max_retries=spec.resources.max_failures)
-        metrics_ref, *snapshot_refs = task.remote(spec.to_dict(), data_ref, str(dense_dir), steps)
-        ray.get(metrics_ref)  # fail here, with the task's error, before any trial starts
-        refs = dict(zip(steps, snapshot_refs))
+        ray.get(task.remote(spec.to_dict(), data_ref, str(dense_dir)))  # its error, if any, stops the sweep here
+        on_disk = {s: artifacts.load_weights(dense_dir / f"step_{s}.npz") for s in steps}
+    refs = {s: ray.put(w) for s, w in on_disk.items()}
     return DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, refs, data_ref)
 
 
@@ -332,51 +348,55 @@ def start_ray(args: argparse.Namespace) -> tuple[bool, str]:
     return True, f"local Ray (dashboard http://{url})" if url else "local Ray"
 
 
+BAD_INPUT = (SpecError, UsageError, DataError, artifacts.ArtifactError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Everything that can be wrong with the input is found here, before Ray starts or a file is written.
     try:
         spec, exp = load_spec(args)
         check_experiment(args, spec, exp)
         sources = check_transfer(spec, exp.parent)
+        info = data_lib.inspect(spec.data, spec.seed)
+        spe = info.steps_per_epoch(spec.data.batch_size)
+        on_disk = reusable_dense(spec, exp, spec.record_steps(spe)) if args.resume else None
+        source_tickets = {t: artifacts.load_ticket(t / artifacts.TICKET_FILE) for t in set(sources.values())}
+        res, cluster = None, f"would join {args.address} (resources resolved there)"
+        if not args.address:
+            nodes = [{"CPU": args.num_cpus or os.cpu_count() or 1,
+                      "GPU": args.num_gpus if args.num_gpus is not None else local_gpus()}]
+            res = resolve_resources(spec, nodes)
+            cluster = f"local Ray with {nodes[0]['CPU']} CPU, {nodes[0]['GPU']} GPU"
+        print(f"data: {len(info.train)} train / {len(info.test)} test images, {info.num_classes} classes, "
+              f"from {info.source}; {spe} steps per epoch")
         if args.dry_run:
-            if args.address:
-                cluster, res = f"would join {args.address} (resources resolved there)", None
-            else:
-                nodes = [{"CPU": args.num_cpus or os.cpu_count() or 1,
-                          "GPU": args.num_gpus if args.num_gpus is not None else local_gpus()}]
-                res = resolve_resources(spec, nodes)
-                cluster = f"would start local Ray with {nodes[0]['CPU']} CPU, {nodes[0]['GPU']} GPU"
-            print_plan(spec, exp, res, cluster)
+            print_plan(spec, exp, res, f"would start {cluster}" if not args.address else cluster)
             return 0
-    except (SpecError, UsageError) as e:
+    except BAD_INPUT as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     started, cluster = start_ray(args)
     try:
-        try:
-            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-            res = resolve_resources(spec, nodes)
-        except SpecError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print_plan(spec, exp, res, f"{cluster}, {len(nodes)} node(s)")
+        if args.address:
+            try:
+                nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+                res = resolve_resources(spec, nodes)
+            except SpecError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            cluster = f"{cluster}, {len(nodes)} node(s)"
+        print_plan(spec, exp, res, cluster)
         if res.note:
             print(f"note: {res.note}")
         exp.mkdir(parents=True, exist_ok=True)
         if not (exp / SPEC_FILE).exists():
             (exp / SPEC_FILE).write_text(spec.to_yaml())
-        try:
-            dense = dense_snapshots(spec, exp, res)
-            if sources:
-                loaded = {}  # one object per source trial, however many grid points share it
-                for key, trial in sources.items():
-                    if trial not in loaded:
-                        loaded[trial] = ray.put(artifacts.load_ticket(trial / artifacts.TICKET_FILE))
-                dense = dataclasses.replace(dense, transfers={k: loaded[t] for k, t in sources.items()})
-        except artifacts.ArtifactError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        dense = dense_refs(spec, exp, res, spe, on_disk)
+        if sources:
+            refs = {t: ray.put(ticket) for t, ticket in source_tickets.items()}  # one object per source trial
+            dense = dataclasses.replace(dense, transfers={k: refs[t] for k, t in sources.items()})
         grid = run_tuner(spec, exp, dense, res, args.resume)
         results = analysis.write_results(exp)
         errors = len(grid.errors)

@@ -67,7 +67,7 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
     rewind_epoch, replicate = float(config["rewind_epoch"]), int(config["replicate"])
     data = ray.get(dense.data)
     model = models.build(spec_obj.model, data.input_shape, data.num_classes, seed=spec_obj.seed)
-    return _Trial(spec_obj, data, model, rewind_epoch, training.step_of(rewind_epoch, dense.steps_per_epoch),
+    return _Trial(spec_obj, data, model, rewind_epoch, config_lib.step_of(rewind_epoch, dense.steps_per_epoch),
                   str(config["control"]), replicate, training.derive_seed(spec_obj.seed, replicate, 1))
 
 

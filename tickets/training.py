@@ -27,7 +27,7 @@ import numpy as np
 from tickets import artifacts
 from tickets import masks as masks_lib
 from tickets import models
-from tickets.config import DenseSpec, Spec
+from tickets.config import DenseSpec, Spec, step_of
 from tickets.data import Dataset, test_batches, train_batches
 
 Weights = dict[str, np.ndarray]
@@ -57,11 +57,6 @@ def configure(cpus: int | None = None, deterministic: bool = True) -> None:
 def derive_seed(*parts: int) -> int:
     """A 31-bit seed from several integers: distinct streams for data order, controls, replicates."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def step_of(epoch: float, steps_per_epoch: int) -> int:
-    """Fractional epochs become step counts (0.5 = half an epoch of steps)."""
-    return int(round(epoch * steps_per_epoch))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,16 +220,10 @@ class Trajectory:
         tmp.replace(directory / "manifest.json")
 
 
-def record_steps(spec: Spec, steps_per_epoch: int) -> list[int]:
-    """Steps at which the dense run keeps snapshots: init, every rewind point, final."""
-    total = spec.dense.epochs * steps_per_epoch
-    return sorted({0, total} | {step_of(r, steps_per_epoch) for r in spec.search.rewind_epoch})
-
-
 def train_dense(spec: Spec, data: Dataset, log: Callable[[str], None] = print) -> Trajectory:
     spe = data.steps_per_epoch(spec.data.batch_size)
     total = spec.dense.epochs * spe
-    keep = set(record_steps(spec, spe))
+    keep = set(spec.record_steps(spe))
     model = models.build(spec.model, data.input_shape, data.num_classes, seed=spec.seed)
     compile_model(model, make_optimizer(spec.dense, spe))
     snapshots = {0: models.get_weights(model)}

@@ -1,0 +1,342 @@
+"""Faults injected into real sweeps, bad input catalogued, and the security promises checked."""
+
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CIFAR10
+from test_sweep import _cli, _dense_runs, _run
+
+from tickets import sweep
+
+SMALL = ["--set", "dense.epochs=2", "--set", "search.rewind_epoch=[0]"]
+
+
+def _results(trial: Path) -> list[dict]:
+    path = trial / "result.json"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait(predicate, timeout=300, every=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def _pids_alive(pids) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    return alive
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults.
+
+
+def test_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
+    exp = tmp_path / "smoke"
+    p = _cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", "--set", "dense.epochs=5",
+              "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5]"])
+
+    def first_epoch():
+        rows = [r for t in exp.glob("*/") for r in _results(t)]
+        return rows[0] if rows else None
+
+    row = _wait(first_epoch)
+    os.kill(row["pid"], signal.SIGKILL)  # the trial's worker, during epoch 2
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out[-3000:]
+    (trial,) = [t.parent for t in exp.glob("*/params.json")]
+    rows = _results(trial)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]  # epoch 1 was not trained again
+    assert rows[0]["resumed_from_step"] == -1
+    assert {r["resumed_from_step"] for r in rows[1:]} == {rows[0]["step"]}
+    assert rows[1]["pid"] != rows[0]["pid"]
+
+
+def test_driver_killed_mid_sweep_then_resume_completes_without_redoing_work(tmp_path):
+    exp = tmp_path / "smoke"
+    p = _cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *SMALL,
+              "--set", "search.sparsity=[0.5,0.7,0.9]", "--set", "resources.max_concurrent_trials=1"])
+    _wait(lambda: list(exp.glob("*/ticket.npz")))
+    ray_pids = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate(timeout=60)
+    # Ray's processes share the fate of the driver that started them.
+    _wait(lambda: not _pids_alive(ray_pids), timeout=60, every=0.5)
+    done = {f.parent.name: len(_results(f.parent)) for f in exp.glob("*/ticket.npz")}
+    assert 1 <= len(done) < 3
+
+    code, out = _run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
+    assert code == 0, out[-3000:]
+    assert _dense_runs(exp) == 1
+    for trial, count in done.items():
+        assert len(_results(exp / trial)) == count
+    df = pd.read_parquet(exp / "results.parquet")
+    trials = df[df.control != "dense"]
+    assert not trials.duplicated(["trial_id", "epoch"]).any()
+    assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"} and len(trials) == 6
+
+
+def test_a_node_removed_mid_sweep_does_not_stop_the_grid(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    exp = tmp_path / "smoke"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        p = _cli(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address,
+                  "--set", "dense.epochs=3", "--set", "search.rewind_epoch=[0]",
+                  "--set", "search.sparsity=[0.5,0.7,0.8,0.9]"])
+        _wait(lambda: [r for t in exp.glob("*/") for r in _results(t) if r["node_id"] == worker.unique_id])
+        cluster.remove_node(worker)
+        out, _ = p.communicate(timeout=400)
+    finally:
+        cluster.shutdown()
+    assert p.returncode == 0, out[-3000:]
+    df = pd.read_parquet(exp / "results.parquet")
+    trials = df[df.control != "dense"]
+    assert trials.trial_id.nunique() == 4 and set(trials.status) == {"finished"}
+    assert _dense_runs(exp) == 1
+    assert worker.unique_id in set(trials.node_id)
+
+
+def test_unwritable_or_full_storage_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    assert sweep.main(["smoke", "--storage-path", "/proc/tickets-results"]) == 2
+    assert "--storage-path: /proc is not writable" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert sweep.main(["smoke", "--storage-path", str(tmp_path / "file")]) == 2
+    assert "is not a writable directory" in capsys.readouterr().err
+    monkeypatch.setenv("TICKETS_MIN_FREE_MB", str(10**12))
+    assert sweep.main(["smoke", "--storage-path", str(tmp_path / "r")]) == 2
+    assert "MiB free; a sweep needs at least" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A sweep stopped (Ctrl-C) while its second trial was between epochs."""
+    storage = tmp_path_factory.mktemp("interrupted")
+    exp = storage / "smoke"
+    p = _cli(["smoke", "--storage-path", str(storage), "--num-cpus", "2", "--set", "dense.epochs=3",
+              "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5,0.9]",
+              "--set", "resources.max_concurrent_trials=1", "--set", "resources.max_failures=1"],
+             start_new_session=True)
+
+    def second_trial_mid_way():
+        return [t for t in exp.glob("*/") if not (t / "ticket.npz").exists() and len(_results(t)) == 1
+                and list(t.glob("checkpoint_*"))]
+
+    (trial,) = _wait(second_trial_mid_way)
+    os.killpg(p.pid, signal.SIGINT)
+    p.communicate(timeout=120)
+    return exp, trial
+
+
+def test_corrupted_dense_snapshot_is_named_and_never_retrained_over(interrupted, tmp_path, capsys):
+    exp, _ = interrupted
+    copy = tmp_path / "smoke"
+    shutil.copytree(exp, copy)
+    snapshot = copy / "dense" / "step_0.npz"
+    snapshot.write_bytes(snapshot.read_bytes()[:100])
+    runs = _dense_runs(copy)
+    assert sweep.main(["--resume", "--name", "smoke", "--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(snapshot) in err and err.count("\n") == 1
+    assert _dense_runs(copy) == runs
+    (copy / "dense" / "manifest.json").write_text("{not json")
+    assert sweep.main(["--resume", "--name", "smoke", "--storage-path", str(tmp_path)]) == 2
+    assert "manifest.json: cannot be read" in capsys.readouterr().err
+
+
+def test_corrupted_checkpoint_fails_its_trial_by_name_and_keeps_the_rest(interrupted):
+    exp, trial = interrupted
+    weights = sorted(trial.glob("checkpoint_*"))[-1] / "weights.npz"
+    weights.write_bytes(b"not a zip file")
+    code, out = _run(["--resume", "--name", "smoke", "--storage-path", str(exp.parent), "--num-cpus", "2"])
+    assert code == 1, out[-3000:]
+    assert "weights.npz" in (trial / "error.txt").read_text()
+    df = pd.read_parquet(exp / "results.parquet")
+    statuses = df[df.control != "dense"].drop_duplicates("trial_id").set_index("trial").status
+    assert statuses[trial.name] == "error" and "finished" in set(statuses)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: every case exits 2 with one line naming the field and value, writes nothing, starts no Ray.
+
+
+def _cifar_batches(root: Path, columns=3072, labels=None):
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 255, (20, columns), dtype=np.uint8),
+                         b"labels": labels if labels is not None else list(rng.integers(0, 10, 20))}, f)
+    return root
+
+
+def _parquet(root: Path, labels=(0, 1, 2, 3), image=None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    if image is None:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, format="JPEG")
+        image = buf.getvalue()
+    for split in ("train", "test"):
+        pq.write_table(pa.table({"image": [image] * len(labels), "label": pa.array(list(labels), pa.int16())}),
+                       root / f"{split}.parquet")
+    return root
+
+
+SPEC_CASES = [
+    # (spec file text or preset, --set overrides, expected message start)
+    ("name: x\nsearch: {sparsity: [0.5,\n", [], "is not valid YAML at line"),
+    ("- just\n- a list\n", [], "must hold a mapping of spec fields"),
+    ("name: x\nmodle: {arch: conv2}\n", [], "modle: unknown field (did you mean 'model'?)"),
+    ("name: x\ndata: {batchsize: 4}\n", [], "data.batchsize: unknown field (did you mean 'batch_size'?)"),
+    ("smoke", ["data.batch_size=many"], "data.batch_size: 'many' must be an integer"),
+    ("smoke", ["dense.epochs=2.5"], "dense.epochs: 2.5 must be an integer"),
+    ("smoke", ["data.augment=7"], "data.augment: 7 must be true or false"),
+    ("smoke", ["search.sparsity=[1.0]"], "search.sparsity: 1 is outside [0, 1)"),
+    ("smoke", ["search.sparsity=[1.2]"], "search.sparsity: 1.2 is outside [0, 1)"),
+    ("smoke", ["search.sparsity=[-0.1]"], "search.sparsity: -0.1 is outside [0, 1)"),
+    ("smoke", ["search.sparsity=[]"], "search.sparsity: [] is empty"),
+    ("smoke", ["search.rewind_epoch=[]"], "search.rewind_epoch: [] is empty"),
+    ("smoke", ["search.replicate=[]"], "search.replicate: [] is empty"),
+    ("smoke", ["search.rewind_epoch=[40]"], "search.rewind_epoch: 40 is past dense.epochs (4)"),
+    ("smoke", ["search.rewind_epoch=[4]"], "search.rewind_epoch: 4 equals dense.epochs (4)"),
+    ("smoke", ["model.arch=resnet18"], "model.arch: 'resnet18' is not one of"),
+    ("smoke", ["data.dataset=imagenet"], "data.dataset: 'imagenet' is not one of"),
+    ("smoke", ["search.control=[lucky]"], "search.control[0]: 'lucky' is not one of"),
+    ("smoke", ["pruning.scope=local"], "pruning.scope: 'local' is not one of"),
+    ("smoke", ["dense.optimizer.name=rmsprop"], "dense.optimizer.name: 'rmsprop' is not one of"),
+    ("smoke", ["dense.optimizer.momentum=1.5"], "dense.optimizer.momentum: 1.5 is outside [0, 1)"),
+    ("smoke", ["model.width=0"], "model.width: 0 is outside (0, 4]"),
+    ("smoke", ["search.sparsty=[0.5]"], "--set search.sparsty: no such field (did you mean 'sparsity'?)"),
+    ("smoke", ["data.nothing.deeper=1"], "--set data.nothing: no such field"),
+    ("smoke", ["pruning.mode=imp", "pruning.levels=3", "search.sparsity=[0.5]"],
+     "search.sparsity: [0.5] conflicts with pruning.mode 'imp'"),
+    ("smoke", ["pruning.mode=imp"], "pruning.levels: None must be set"),
+    ("smoke", ["resources.gpus_per_trial=1"], "resources.gpus_per_trial: 1 cannot be met by any node"),
+    ("smoke", ["resources.cpus_per_trial=64"], "resources.cpus_per_trial: 64 cannot be met by any node"),
+    ("smoke", ["search.control=[transfer]"], "search.control: ['transfer'] has 'transfer' but the spec has no"),
+    ("smoke", ["data.subset={train: 10}"], "data.subset.train: 10 is smaller than data.batch_size (64)"),
+]
+
+
+@pytest.mark.parametrize("spec, overrides, message", SPEC_CASES)
+def test_bad_spec_catalogue(tmp_path, capsys, spec, overrides, message):
+    _assert_bad_input(tmp_path, capsys, spec, overrides, message)
+
+
+DATA_CASES = [
+    ("missing data path", lambda d: ["data.dataset=parquet", f"data.path={d / 'nowhere'}"],
+     "data.path: '{d}/nowhere' is not a directory"),
+    ("cifar10 path without a copy", lambda d: ["data.dataset=cifar10", f"data.path={d}"], "holds no CIFAR-10"),
+    ("folder without class dirs", lambda d: ["data.dataset=image_folder", f"data.path={d}"],
+     "has no train/ and test/ (or val/) class folders"),
+    ("label out of range", lambda d: ["data.dataset=parquet", f"data.path={_parquet(d / 'p', labels=(0, 1, 2, -3))}",
+                                      "data.batch_size=2"], "label -3"),
+    ("not an image", lambda d: ["data.dataset=parquet", f"data.path={_parquet(d / 'p', image=b'garbage')}",
+                                "data.batch_size=2"], "is not a readable image"),
+    ("images of the wrong shape", lambda d: ["data.dataset=cifar10", f"data.path={_cifar_batches(d / 'c', 1024)}",
+                                             "data.batch_size=10"], "holds images of shape (1024,)"),
+    ("subset larger than a class", lambda d: ["data.dataset=cifar10", "data.batch_size=10",
+                                              f"data.path={_cifar_batches(d / 'c', labels=[0, 0] + [1] * 18)}",
+                                              "data.subset={train: 90}"],
+     "data.subset.train: 90 needs 45 images of class 0; the data has 10"),
+]
+
+
+@pytest.mark.parametrize("name, overrides, message", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_catalogue(tmp_path, capsys, name, overrides, message):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _assert_bad_input(tmp_path, capsys, "smoke", overrides(data_dir), message.format(d=data_dir),
+                      ignore={"data"})
+
+
+def _assert_bad_input(tmp_path, capsys, spec, overrides, message, ignore=()):
+    import ray
+
+    if "\n" in spec:
+        (tmp_path / "spec.yaml").write_text(spec)
+        spec = str(tmp_path / "spec.yaml")
+    before = {p for p in tmp_path.rglob("*")}
+    argv = [spec, "--storage-path", str(tmp_path / "results"), "--num-cpus", "2", "--num-gpus", "0"]
+    for o in overrides:
+        argv += ["--set", o]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert {p for p in tmp_path.rglob("*")} == before  # nothing written
+    assert not ray.is_initialized()
+
+
+def test_the_catalogue_has_at_least_30_cases():
+    assert len(SPEC_CASES) + len(DATA_CASES) >= 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Security.
+
+
+def test_local_ray_keeps_token_auth_and_secrets_stay_out_of_logs_and_results(tmp_path):
+    exp = tmp_path / "smoke"
+    p = _cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *SMALL, "--set", "search.sparsity=[0.5]"])
+    lines = []
+    url = None
+    for line in p.stdout:
+        lines.append(line)
+        match = re.search(r"dashboard (http://127\.0\.0\.1:\d+)", line)
+        if match:
+            url = match.group(1)
+            break
+    assert url, "".join(lines)[-3000:]
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    assert stat.S_IMODE((Path.home() / ".ray" / "auth_token").stat().st_mode) & 0o077 == 0
+    for path in ("/api/version", "/api/jobs/"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + path, timeout=10)
+        assert e.value.code == 401
+    authorised = urllib.request.Request(url + "/api/version", headers={"Authorization": f"Bearer {token}"})
+    assert urllib.request.urlopen(authorised, timeout=10).status == 200
+    rest, _ = p.communicate(timeout=300)
+    assert p.returncode == 0
+    output = "".join(lines) + rest
+    assert token not in output
+    for f in exp.rglob("*"):
+        mode = stat.S_IMODE(f.stat().st_mode)
+        assert not mode & stat.S_IWOTH, f"{f} is world-writable"
+        if f.is_file() and f.stat().st_size < 5_000_000:
+            assert token.encode() not in f.read_bytes(), f"token found in {f}"
