@@ -116,9 +116,9 @@ def test_resume_after_interrupt_finishes_the_grid_without_redoing_work(tmp_path)
 def test_two_node_cluster_spreads_trials_and_gives_each_one_gpu(tmp_path):
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "node_ip_address": "127.0.0.2"})
     try:
-        cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.3")
         cluster.wait_for_nodes()
         code, out = _run(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address, *FAST,
                           "--set", "resources.gpus_per_trial=1"])

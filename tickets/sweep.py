@@ -339,8 +339,11 @@ def start_ray(args: argparse.Namespace) -> tuple[bool, str]:
         return False, f"cluster at {args.address}"
     # Ray >= 2.59 turns token authentication on for local instances and generates the token;
     # the dashboard listens on loopback only (reach it from elsewhere through an SSH tunnel).
+    # The embedded Ray is one node: it advertises a loopback address, so its traffic stays on this
+    # machine (Ray replaces exactly 127.0.0.1 with the interface address, other loopbacks it keeps).
     ctx = ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=True,
-                   dashboard_host="127.0.0.1", log_to_driver=True)
+                   dashboard_host="127.0.0.1", log_to_driver=True,
+                   _node_ip_address=os.environ.get("TICKETS_NODE_IP", "127.0.0.2"))
     token = Path.home() / ".ray" / "auth_token"
     if token.is_file():
         token.chmod(0o600)  # Ray writes it world-readable
