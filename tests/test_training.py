@@ -106,16 +106,26 @@ def test_controls_share_counts_and_differ_where_they_should(small, trajectory):
 def test_sparse_run_resumes_exactly_from_its_state(small, trajectory):
     spec, d = small
     traj = trajectory
-    model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
+    model = training.sparse_model(spec, d)
     ticket = training.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "ticket", 0)
-    full = list(training.train_sparse(spec, d, model, ticket, 4, seed=1))
+    full = list(training.train_sparse(spec, d, ticket, 4, seed=1))
     assert [p.epoch for p, _ in full] == [1, 2]  # from half an epoch to the end of the schedule
     first_state = full[0][1]
-    model2 = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
-    resumed = list(training.train_sparse(spec, d, model2, ticket, 4, seed=1, resume=first_state))
+    resumed = list(training.train_sparse(spec, d, ticket, 4, seed=1, resume=first_state))
     assert [p.epoch for p, _ in resumed] == [2]
     end_a, end_b = full[-1][1].weights, resumed[-1][1].weights
     assert all(np.array_equal(end_a[k], end_b[k]) for k in end_a)
+
+    # The compiled model is reused by the next run in this process (as by the next trial in a Tune
+    # worker): nothing of the previous run may leak into it.
+    other = training.make_ticket(spec, model, traj.final, traj.snapshots[0], 0.5, "random_prune", 1)
+    list(training.train_sparse(spec, d, other, 0, seed=2))
+    again = list(training.train_sparse(spec, d, ticket, 4, seed=1))
+    training._COMPILED.clear()
+    fresh = list(training.train_sparse(spec, d, ticket, 4, seed=1))
+    for (pa, sa), (pb, sb) in zip(again, fresh):
+        assert pa.test_loss == pb.test_loss
+        assert all(np.array_equal(sa.weights[k], sb.weights[k]) for k in sa.weights)
 
 
 @needs_cifar10()
@@ -129,11 +139,11 @@ def test_finds_a_ticket_on_real_cifar10_without_ray():
     traj = training.train_dense(spec, d, log=print)
     dense_acc = traj.metrics[-1]["test_accuracy"]
     assert dense_acc > 0.35, dense_acc  # chance is 0.10
-    model = models.build(spec.model, d.input_shape, d.num_classes, seed=spec.seed)
+    model = training.sparse_model(spec, d)
     ticket = training.make_ticket(spec, model, traj.final, traj.snapshots[0], 0.8, "ticket", 0)
     report = masks.report(ticket.mask)
     assert report["pruned"] == round(0.8 * report["total"])
-    *_, (last, state) = training.train_sparse(spec, d, model, ticket, 0, seed=1)
+    *_, (last, state) = training.train_sparse(spec, d, ticket, 0, seed=1)
     assert last.test_accuracy > 0.35, last.test_accuracy
     for name, m in ticket.mask.items():
         assert np.all(state.weights[name][~m] == 0.0)

@@ -32,7 +32,7 @@ from tickets import config as config_lib
 from tickets import data as data_lib
 from tickets.config import SpecError
 from tickets.data import DataError
-from tickets.trainable import DenseRefs, train_imp_chain, train_ticket, transfer_key
+from tickets.trainable import DenseRefs, noop_trial, train_imp_chain, train_ticket, transfer_key
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
 SPEC_FILE = "spec.yaml"
@@ -309,13 +309,28 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
         tuner = tune.Tuner(
             trainable,
             param_space={key: tune.grid_search(values) for key, values in grid(spec).items()},
-            tune_config=tune.TuneConfig(metric="test_accuracy", mode="max",
+            # Reusing workers spares each trial a process start and the TensorFlow import.
+            tune_config=tune.TuneConfig(metric="test_accuracy", mode="max", reuse_actors=True,
                                         max_concurrent_trials=spec.resources.max_concurrent_trials),
             run_config=tune.RunConfig(
                 name=exp.name, storage_path=str(exp.parent),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     return tuner.fit()
+
+
+def run_noop_grid(points: int, snapshot: dict, storage: Path, reuse_actors: bool = True) -> dict:
+    """The scheduler benchmark: a `points`-point grid of trials that only fetch `snapshot`.
+
+    Runs in the Ray this process is connected to; returns wall seconds and the trials' results.
+    """
+    tuner = tune.Tuner(tune.with_resources(tune.with_parameters(noop_trial, snapshot=snapshot), {"cpu": 1}),
+                       param_space={"point": tune.grid_search(list(range(points)))},
+                       tune_config=tune.TuneConfig(reuse_actors=reuse_actors),
+                       run_config=tune.RunConfig(name="noop", storage_path=str(storage), verbose=0))
+    start = time.perf_counter()
+    grid = tuner.fit()
+    return {"seconds": time.perf_counter() - start, "trials": len(grid), "errors": len(grid.errors)}
 
 
 def write_report(exp: Path) -> None:

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,16 +58,28 @@ class _Trial:
     seed: int  # the sparse runs' data order
 
 
+def process_age() -> float:
+    """Seconds since this worker process started (Linux), to measure per-trial start-up cost."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
     # Imports that start TensorFlow come after the thread counts are known.
-    from tickets import models, training
+    from tickets import training
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     training.configure(max(1, int(math.ceil(cpus))))
     spec_obj = config_lib.from_dict(spec)
     rewind_epoch, replicate = float(config["rewind_epoch"]), int(config["replicate"])
     data = ray.get(dense.data)
-    model = models.build(spec_obj.model, data.input_shape, data.num_classes, seed=spec_obj.seed)
+    model = training.sparse_model(spec_obj, data)  # compiled once per worker process, reused by its trials
     return _Trial(spec_obj, data, model, rewind_epoch, config_lib.step_of(rewind_epoch, dense.steps_per_epoch),
                   str(config["control"]), replicate, training.derive_seed(spec_obj.seed, replicate, 1))
 
@@ -92,6 +105,7 @@ def _trial_dir() -> Path:
 
 
 def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
+    entered, worker_age = time.perf_counter(), process_age()
     from tickets import training
 
     t = _setup(config, spec, dense)
@@ -114,9 +128,12 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
                                       saved["best_test_loss"], saved["best_epoch"])
 
     base = {"sparsity": sparsity, **_base_metrics(t, ticket, dense), "resumed_from_step": resume.step if resume else -1,
-            "classifier_reinitialised": reinitialised}
+            "classifier_reinitialised": reinitialised,
+            # Start-up cost: worker process age on entry (0 when Tune reuses the worker) and the
+            # time from entry to the first training step (imports, data and snapshot fetch, model build).
+            "worker_age_seconds": worker_age, "setup_seconds": time.perf_counter() - entered}
     state = None
-    for progress, state in training.train_sparse(t.spec, t.data, t.model, ticket, t.rewind_step, t.seed, resume):
+    for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):
         metrics = {**base, "epoch": progress.epoch, "step": progress.step,
                    "test_accuracy": progress.test_accuracy, "test_loss": progress.test_loss,
                    "train_accuracy": progress.train_accuracy, "train_loss": progress.train_loss,
@@ -150,7 +167,7 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
     for level in range(first, levels + 1):
         ticket = training.imp_level(t.spec, t.model, trained, previous, rewind, level, t.control, t.replicate)
         last, state, best_accuracy = None, None, 0.0
-        for progress, state in training.train_sparse(t.spec, t.data, t.model, ticket, t.rewind_step, t.seed):
+        for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed):
             last, best_accuracy = progress, max(best_accuracy, progress.test_accuracy)
         base = _base_metrics(t, ticket, dense)
         metrics = {"sparsity": base["actual_sparsity"], **base, "level": level, "levels": levels,
@@ -171,3 +188,9 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
         trained, previous = state.weights, ticket.mask
     # ticket.npz marks a finished trial, as for one-shot trials: the chain's last level.
     shutil.copyfile(_trial_dir() / f"level_{levels}.npz", _trial_dir() / artifacts.TICKET_FILE)
+
+
+def noop_trial(config: dict, snapshot: dict) -> None:
+    """For the scheduler benchmark: `tune.with_parameters` fetches the snapshot from the object store."""
+    weights = snapshot
+    tune.report({"point": config["point"], "weights": len(weights), "worker_age_seconds": process_age()})

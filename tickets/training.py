@@ -73,10 +73,11 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup = step_of(spec.schedule.warmup_epochs, steps_per_epoch)
         self.milestones = [step_of(m, steps_per_epoch) for m in spec.schedule.milestones]
         self.gamma = spec.schedule.gamma
-        self.offset = offset
+        # A variable, so a compiled model reused for another rewind point needs no retracing.
+        self.offset = keras.Variable(float(offset), dtype="float32", trainable=False, name="schedule_offset")
 
     def __call__(self, step):
-        t = keras.ops.cast(step, "float32") + float(self.offset)
+        t = keras.ops.cast(step, "float32") + self.offset
         if self.name == "cosine":
             progress = keras.ops.clip((t - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
             lr = 0.5 * self.base * (1.0 + keras.ops.cos(math.pi * progress))
@@ -90,7 +91,8 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self):
-        return {"base": self.base, "name": self.name, "total": self.total, "offset": self.offset}
+        return {"base": self.base, "name": self.name, "total": self.total,
+                "offset": float(keras.ops.convert_to_numpy(self.offset))}
 
 
 def make_optimizer(spec: DenseSpec, steps_per_epoch: int, offset: int = 0) -> keras.optimizers.Optimizer:
@@ -322,18 +324,47 @@ def optimizer_state(optimizer: keras.optimizers.Optimizer) -> list[np.ndarray]:
     return [keras.ops.convert_to_numpy(v.value) for v in optimizer.variables]
 
 
-def train_sparse(spec: Spec, data: Dataset, model: keras.Model, ticket: Ticket, rewind_step: int,
-                 seed: int, resume: SparseState | None = None) -> Iterator[tuple[Progress, SparseState]]:
+_COMPILED: dict[str, tuple] = {}
+
+
+def sparse_model(spec: Spec, data: Dataset) -> keras.Model:
+    """The compiled model sparse runs train, kept per process for the sweep's architecture.
+
+    Tune reuses worker processes between trials; keeping the model keeps its traced train and
+    test steps, so only the first trial in a worker pays for tracing. Everything a run changes
+    (weights, masks, optimizer state, schedule offset) is reset by `train_sparse`.
+    """
+    return _compiled(spec, data)[0]
+
+
+def _compiled(spec: Spec, data: Dataset) -> tuple:
+    spe = data.steps_per_epoch(spec.data.batch_size)
+    key = json.dumps([spec.to_dict()["model"], spec.to_dict()["dense"], data.input_shape, data.num_classes, spe])
+    if key not in _COMPILED:
+        _COMPILED.clear()
+        keras.backend.clear_session()
+        model = models.build(spec.model, data.input_shape, data.num_classes, seed=spec.seed)
+        optimizer = make_optimizer(spec.dense, spe)
+        compile_model(model, optimizer)
+        optimizer.build(model.trainable_variables)
+        _COMPILED[key] = (model, optimizer)
+    return _COMPILED[key]
+
+
+def train_sparse(spec: Spec, data: Dataset, ticket: Ticket, rewind_step: int, seed: int,
+                 resume: SparseState | None = None) -> Iterator[tuple[Progress, SparseState]]:
     """Train the masked network from `rewind_step` to the end of the dense schedule.
 
     Yields at every epoch boundary; the state yielded there restarts the run exactly there.
     """
     spe = data.steps_per_epoch(spec.data.batch_size)
     total = spec.dense.epochs * spe
-    # A fresh optimizer whose schedule continues from the rewind step, as OpenLTH does.
-    optimizer = make_optimizer(spec.dense, spe, offset=rewind_step)
-    compile_model(model, optimizer)
-    optimizer.build(model.trainable_variables)
+    model, optimizer = _compiled(spec, data)
+    # A fresh optimizer (zero momentum, step 0) whose schedule continues from the rewind step, as
+    # OpenLTH does; or, when resuming, the checkpoint's optimizer state.
+    optimizer._learning_rate.offset.assign(float(rewind_step))
+    for var in optimizer.variables:
+        var.assign(keras.ops.zeros_like(var))
     state = resume or SparseState(rewind_step, ticket.start, optimizer_state(optimizer))
     models.set_weights(model, state.weights)
     for var, value in zip(optimizer.variables, state.optimizer):
@@ -344,7 +375,3 @@ def train_sparse(spec: Spec, data: Dataset, model: keras.Model, ticket: Ticket, 
         if p.test_loss < best_loss:
             best_loss, best_epoch = p.test_loss, p.epoch
         yield p, SparseState(p.step, models.get_weights(model), optimizer_state(optimizer), best_loss, best_epoch)
-
-
-def default_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

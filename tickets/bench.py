@@ -1,0 +1,382 @@
+"""`python -m tickets.bench`: the speed figures, each a ratio measured in one run.
+
+  1. masked vs dense training step (MobileNetV2, same batch and in-memory data)    goal >= 0.95
+  2. dense sharing: one sweep vs the naive design that retrains dense in each trial  goal: 1 dense run
+  3. parallel vs sequential: sweep efficiency = ideal / measured                   goal >= 0.9
+  4. per-trial overhead: start of a trial to its first training step, of the trial  goal < 5 %
+  5. scheduler scale: a grid of no-op trials that fetch a MobileNetV2 snapshot     goal < 0.2 s/trial
+  6. input pipeline: decoded + augmented images/s vs images/s the model trains at   goal >= 3x
+  7. GPU (only where one is present): 224 px training img/s, masked vs dense, mixed precision on/off
+
+Prints a table and writes JSON (`--out`, default bench.json). `--quick` runs every CPU figure in a
+few minutes on 2 CPUs; `--tiny` only checks that every figure still runs. Sweeps run as
+`python -m tickets.sweep` subprocesses, exactly as users run them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {
+    # batch/steps for figure 1, sweep grid for 2-4, grid points for 5, batches for 6
+    "tiny": dict(batch=16, steps=2, repeats=1, dense_epochs=1, sparsity=[0.5], rewind=[0, 0.5], noop=8,
+                 pipeline_batches=4, train=512),
+    "quick": dict(batch=128, steps=12, repeats=2, dense_epochs=3, sparsity=[0.5, 0.9], rewind=[0, 1], noop=200,
+                  pipeline_batches=60, train=2048),
+    "full": dict(batch=128, steps=40, repeats=3, dense_epochs=6, sparsity=[0.5, 0.8, 0.9, 0.95], rewind=[0, 1],
+                 noop=1000, pipeline_batches=200, train=4096),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1 and 7: training-step throughput, masked vs dense.
+
+
+def step_throughput(size: int, batch: int, steps: int, repeats: int, sparsities=(0.0, 0.8, 0.95),
+                    mixed_precision: bool = False) -> dict:
+    """Images/s of plain Keras training of MobileNetV2 and of masked training at each sparsity."""
+    import keras
+
+    from tickets import masks, models, training
+    from tickets.config import DenseSpec, ModelSpec
+
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * steps, size, size, 3)).astype("float32")
+    y = rng.integers(0, 10, size=batch * steps).astype("int32")
+    spec = DenseSpec(epochs=1)
+
+    def measure(sparsity):
+        keras.backend.clear_session()
+        model = models.build(ModelSpec(width=0.35), (size, size, 3), 10, seed=0)
+        if sparsity is not None:  # masked: a magnitude mask installed as the training constraint
+            names = models.prunable_variables(model, ("first_conv", "classifier"))
+            w = models.get_weights(model)
+            mask, _ = masks.magnitude_mask({n: w[n] for n in names}, sparsity)
+            training.install_mask(model, mask)
+        training.compile_model(model, training.make_optimizer(spec, steps))
+        model.fit(x[: batch * 2], y[: batch * 2], batch_size=batch, epochs=1, verbose=0, shuffle=False)  # compile
+        best = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+            best = max(best, batch * steps / (time.perf_counter() - start))
+        return best
+
+    dense = measure(None)
+    out = {"image_size": size, "batch": batch, "steps": steps, "mixed_precision": mixed_precision,
+           "dense_images_per_s": dense, "masked": {}}
+    for s in sparsities:
+        masked = measure(s)
+        out["masked"][f"{s:g}"] = {"images_per_s": masked, "ratio": masked / dense}
+    out["ratio"] = min(v["ratio"] for v in out["masked"].values())
+    keras.mixed_precision.set_global_policy("float32")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 2, 3, 4: sweeps.
+
+
+def _sweep(storage: Path, name: str, size: dict, extra: list[str]) -> dict:
+    argv = [sys.executable, "-m", "tickets.sweep", "smoke", "--storage-path", str(storage), "--name", name,
+            "--set", f"dense.epochs={size['dense_epochs']}",
+            "--set", f"data.synthetic_size={{train: {size['train']}, test: 256}}", *extra]
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"sweep {name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    exp = storage / name
+    trials = []
+    for result in sorted(exp.glob("*/result.json")):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        trials.append(rows)
+    manifest = json.loads((exp / "dense" / "manifest.json").read_text())
+    return {"wall": wall, "trials": trials, "dense_runs": len((exp / "dense" / "runs.jsonl").read_text().splitlines()),
+            "dense_seconds": sum(m["seconds"] for m in manifest["metrics"]),
+            "dense_epochs": len(manifest["metrics"]), "trial_epochs": sum(len(t) for t in trials)}
+
+
+def sweeps(size: dict, storage: Path) -> dict:
+    grid = ["--set", f"search.sparsity={size['sparsity']}", "--set", f"search.rewind_epoch={size['rewind']}"]
+    log("sweep, trials one at a time")
+    sequential = _sweep(storage, "sequential", size, grid + ["--set", "resources.max_concurrent_trials=1"])
+    log("sweep, trials in parallel")
+    parallel = _sweep(storage, "parallel", size, grid)
+    naive = {"wall": 0.0, "dense_runs": 0, "epochs": 0}
+    for s in size["sparsity"]:
+        for r in size["rewind"]:
+            log(f"naive design: its own dense run for sparsity {s}, rewind {r}")
+            one = _sweep(storage, f"naive-{s}-{r}", size,
+                         ["--set", f"search.sparsity=[{s}]", "--set", f"search.rewind_epoch=[{r}]"])
+            naive["wall"] += one["wall"]
+            naive["dense_runs"] += one["dense_runs"]
+            naive["epochs"] += one["dense_epochs"] + one["trial_epochs"]
+    return {"sequential": sequential, "parallel": parallel, "naive": naive}
+
+
+def dense_sharing(runs: dict) -> dict:
+    ours = runs["sequential"]
+    return {"trials": len(ours["trials"]), "dense_runs": ours["dense_runs"], "naive_dense_runs": runs["naive"]["dense_runs"],
+            "epochs": ours["dense_epochs"] + ours["trial_epochs"], "naive_epochs": runs["naive"]["epochs"],
+            "wall_s": ours["wall"], "naive_wall_s": runs["naive"]["wall"],
+            "ratio": runs["naive"]["wall"] / ours["wall"]}
+
+
+def parallel_efficiency(runs: dict, slots: int) -> dict:
+    par, seq = runs["parallel"], runs["sequential"]
+    trial_seconds = [t[-1]["time_total_s"] for t in par["trials"]]
+    ideal = par["dense_seconds"] + sum(trial_seconds) / slots
+    return {"slots": slots, "sequential_wall_s": seq["wall"], "parallel_wall_s": par["wall"],
+            "speedup": seq["wall"] / par["wall"], "ideal_s": ideal, "ratio": ideal / par["wall"],
+            "note": "measured = the whole command: Ray start, data load, dense run, trials, results"}
+
+
+def trial_overhead(runs: dict) -> dict:
+    per_trial = []
+    for rows in runs["parallel"]["trials"]:
+        epochs = [r["epoch_seconds"] for r in rows]
+        steady = statistics.median(epochs[1:]) if len(epochs) > 1 else 0.0
+        first_extra = max(0.0, epochs[0] - steady)  # graph tracing on the first epoch
+        startup = rows[0]["setup_seconds"] + first_extra
+        per_trial.append({"setup_s": rows[0]["setup_seconds"], "first_epoch_extra_s": first_extra,
+                          "worker_age_s": rows[0]["worker_age_seconds"], "trial_s": rows[-1]["time_total_s"],
+                          "fraction": startup / rows[-1]["time_total_s"]})
+    return {"trials": per_trial, "ratio": statistics.mean(t["fraction"] for t in per_trial),
+            "note": "setup + first-epoch tracing over the trial's time; smoke epochs are short, so this is "
+                    "an upper bound for real epochs"}
+
+
+# ---------------------------------------------------------------------------------------------
+# 5: scheduler scale.
+
+
+def scheduler_scale(points: int, storage: Path) -> dict:
+    import ray
+
+    from tickets import models, sweep
+    from tickets.config import ModelSpec
+
+    snapshot = models.get_weights(models.build(ModelSpec(width=0.35), (32, 32, 3), 10, seed=0))
+    size_mb = sum(v.nbytes for v in snapshot.values()) / 2**20
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             _node_ip_address=os.environ.get("TICKETS_NODE_IP", "127.0.0.2"))
+    try:
+        before = _rss_mb()
+        result = sweep.run_noop_grid(points, snapshot, storage)
+        after = _rss_mb()
+    finally:
+        ray.shutdown()
+    return {"points": points, "snapshot_mb": size_mb, "seconds": result["seconds"], "errors": result["errors"],
+            "ratio": result["seconds"] / points, "driver_rss_mb_before": before, "driver_rss_mb_after": after}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# 6: input pipeline.
+
+
+def input_pipeline(batches: int, batch: int, model_images_per_s: float | None) -> dict:
+    from tickets import data
+    from tickets.config import DataSpec, SubsetSpec
+
+    root = Path(os.environ.get("TICKETS_DATA_DIR", "../shared/data")) / "cifar10"
+    if not (root / "train.parquet").exists():
+        return {"skipped": f"no CIFAR-10 Parquet shards at {root} (set TICKETS_DATA_DIR)"}
+    out = {}
+    spec = DataSpec(dataset="cifar10", path=str(root), batch_size=batch, augment=True,
+                    subset=SubsetSpec(train=max(batch * batches, 1000), test=100))
+    for mode, cache_bytes in (("decode_each_epoch", 0), ("decoded_once", data.DECODE_CACHE_BYTES)):
+        saved, data.DECODE_CACHE_BYTES = data.DECODE_CACHE_BYTES, cache_bytes
+        try:
+            start = time.perf_counter()
+            d = data.load(spec, seed=0)
+            load_s = time.perf_counter() - start
+        finally:
+            data.DECODE_CACHE_BYTES = saved
+        ds = data.train_batches(d, spec, seed=0, start_step=0, num_steps=batches)
+        iterator = iter(ds)
+        next(iterator)  # pipeline start-up
+        start = time.perf_counter()
+        n = 1
+        for _ in iterator:
+            n += 1
+        rate = (n - 1) * batch / (time.perf_counter() - start)
+        out[mode] = {"images_per_s": rate, "load_s": load_s, "kind": d.train.kind}
+    slowest = min(v["images_per_s"] for v in out.values())
+    out["model_images_per_s"] = model_images_per_s
+    out["ratio"] = slowest / model_images_per_s if model_images_per_s else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def gpu_present() -> str | None:
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        return str(gpus[0].device_kind) if gpus else None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return gpus[0].name if gpus else None
+
+
+def machine() -> dict:
+    import keras
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "keras": keras.__version__, "backend": keras.backend.backend()}
+    try:
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+    except ImportError:
+        pass
+    try:
+        import ray
+
+        info["ray"] = ray.__version__
+    except ImportError:
+        pass
+    info["gpu"] = gpu_present()
+    return info
+
+
+GOALS = {1: (">=", 0.95), 2: ("==", 1), 3: (">=", 0.9), 4: ("<", 0.05), 5: ("<", 0.2), 6: (">=", 3.0),
+         7: (">=", 0.95)}
+NAMES = {1: "masked / dense step", 2: "naive / shared wall time", 3: "sweep efficiency", 4: "per-trial overhead",
+         5: "scheduler s/trial", 6: "pipeline / model img/s", 7: "GPU masked / dense"}
+
+
+def run(figures: list[int], size_name: str) -> dict:
+    size = SIZES[size_name]
+    from tickets import training
+
+    training.configure(os.cpu_count())
+    results: dict = {"size": size_name, "machine": machine(), "figures": {}}
+    figs = results["figures"]
+    with tempfile.TemporaryDirectory(prefix="tickets-bench-") as tmp:
+        storage = Path(tmp)
+        if 1 in figures or 6 in figures:
+            log("figure 1: masked vs dense training step")
+            figs[1] = step_throughput(32, size["batch"], size["steps"], size["repeats"])
+        if {2, 3, 4} & set(figures):
+            runs = sweeps(size, storage)
+            if 2 in figures:
+                figs[2] = dense_sharing(runs)
+                figs[2]["measured"] = figs[2]["dense_runs"]
+            if 3 in figures:
+                figs[3] = parallel_efficiency(runs, slots=os.cpu_count() or 1)
+            if 4 in figures:
+                figs[4] = trial_overhead(runs)
+        if 5 in figures:
+            log(f"figure 5: scheduler, {size['noop']}-point grid")
+            figs[5] = scheduler_scale(size["noop"], storage)
+        if 6 in figures:
+            log("figure 6: input pipeline")
+            figs[6] = input_pipeline(size["pipeline_batches"], size["batch"], figs[1]["dense_images_per_s"])
+        if 7 in figures:
+            gpu = results["machine"]["gpu"]
+            if gpu is None:
+                figs[7] = {"skipped": "no GPU on this machine"}
+            else:
+                log(f"figure 7: GPU {gpu}")
+                figs[7] = {"fp32": step_throughput(224, 64, 20, 3, (0.0, 0.8, 0.95)),
+                           "mixed": step_throughput(224, 64, 20, 3, (0.0, 0.8, 0.95), mixed_precision=True)}
+                figs[7]["ratio"] = min(figs[7]["fp32"]["ratio"], figs[7]["mixed"]["ratio"])
+        if 1 not in figures:
+            figs.pop(1, None)
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f"{'figure':<28} {'measured':>10} {'goal':>8}  detail", "-" * 90]
+    for number, fig in sorted(results["figures"].items()):
+        op, goal = GOALS[number]
+        if "skipped" in fig:
+            lines.append(f"{number}. {NAMES[number]:<25} {'skipped':>10} {op + str(goal):>8}  {fig['skipped']}")
+            continue
+        value = fig.get("measured", fig["ratio"])
+        ok = {">=": value >= goal, "==": value == goal, "<": value < goal}[op] if value is not None else False
+        lines.append(f"{number}. {NAMES[number]:<25} {value:>10.3f} {op + str(goal):>8}  "
+                     f"{'meets' if ok else 'MISSES'}; {_detail(number, fig)}")
+    return "\n".join(lines)
+
+
+def _detail(number: int, fig: dict) -> str:
+    if number == 1:
+        return (f"dense {fig['dense_images_per_s']:.0f} img/s; masked "
+                + ", ".join(f"{k}: {v['images_per_s']:.0f}" for k, v in fig["masked"].items()))
+    if number == 2:
+        return (f"{fig['dense_runs']} vs {fig['naive_dense_runs']} dense runs, {fig['epochs']} vs "
+                f"{fig['naive_epochs']} epochs, {fig['wall_s']:.0f}s vs {fig['naive_wall_s']:.0f}s")
+    if number == 3:
+        return (f"speedup {fig['speedup']:.2f} on {fig['slots']} slots; {fig['parallel_wall_s']:.0f}s measured, "
+                f"{fig['ideal_s']:.0f}s ideal")
+    if number == 4:
+        t = fig["trials"][0]
+        return f"setup {t['setup_s']:.1f}s + tracing {t['first_epoch_extra_s']:.1f}s of {t['trial_s']:.1f}s"
+    if number == 5:
+        return (f"{fig['points']} trials in {fig['seconds']:.0f}s, {fig['snapshot_mb']:.1f} MB snapshot, "
+                f"driver RSS {fig['driver_rss_mb_before']:.0f} -> {fig['driver_rss_mb_after']:.0f} MB")
+    if number == 6:
+        return ", ".join(f"{k}: {v['images_per_s']:.0f} img/s" for k, v in fig.items() if isinstance(v, dict))
+    if number == 7:
+        return (f"fp32 dense {fig['fp32']['dense_images_per_s']:.0f} img/s, "
+                f"mixed dense {fig['mixed']['dense_images_per_s']:.0f} img/s")
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tickets.bench", description=__doc__.split("\n")[0])
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="every CPU figure in a few minutes on 2 CPUs")
+    group.add_argument("--tiny", action="store_true", help="smallest sizes: checks that the figures run")
+    p.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated figure numbers")
+    p.add_argument("--out", type=Path, default=Path("bench.json"))
+    args = p.parse_args(argv)
+    try:
+        figures = sorted({int(f) for f in args.only.split(",")})
+    except ValueError:
+        print(f"error: --only: {args.only!r} is not a list of figure numbers", file=sys.stderr)
+        return 2
+    if not set(figures) <= set(GOALS):
+        print(f"error: --only: {args.only!r} names figures outside 1..7", file=sys.stderr)
+        return 2
+    results = run(figures, "tiny" if args.tiny else "quick" if args.quick else "full")
+    print(table(results))
+    args.out.write_text(json.dumps(results, indent=1, default=float))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
