@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -395,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    # SLURM (scancel, time limits) and other schedulers stop jobs with SIGTERM: treat it as Ctrl-C,
+    # so Tune stops the trials and saves the experiment state for --resume.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     started, cluster = start_ray(args)
     try:
         if args.address:

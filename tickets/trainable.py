@@ -101,7 +101,9 @@ def _checkpoint_dir():
 
 
 def _trial_dir() -> Path:
-    return Path(tune.get_context().get_trial_dir())
+    """The trial's dir in the experiment (storage path). Not `get_trial_dir()`: in a worker that Tune
+    reuses for another trial that names a local staging dir instead."""
+    return Path(tune.get_context().get_storage().trial_fs_path)
 
 
 def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
@@ -132,22 +134,24 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
             # Start-up cost: worker process age on entry (0 when Tune reuses the worker) and the
             # time from entry to the first training step (imports, data and snapshot fetch, model build).
             "worker_age_seconds": worker_age, "setup_seconds": time.perf_counter() - entered}
-    state = None
+    info = {**{k: base[k] for k in GRID_KEYS}, "rewind_step": t.rewind_step, "spec_hash": t.spec.spec_hash(),
+            "dense_hash": dense.dense_hash}
+    ticket_file = _trial_dir() / artifacts.TICKET_FILE
+    if resume is not None and resume.step == dense.total_steps:  # restarted after its last checkpoint
+        artifacts.save_ticket(ticket_file, ticket.mask, ticket.start, resume.weights, info)
     for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):
         metrics = {**base, "epoch": progress.epoch, "step": progress.step,
                    "test_accuracy": progress.test_accuracy, "test_loss": progress.test_loss,
                    "train_accuracy": progress.train_accuracy, "train_loss": progress.train_loss,
                    "early_stop_epoch": state.best_epoch, "best_test_loss": state.best_test_loss,
                    "epoch_seconds": progress.seconds}
+        if progress.step == dense.total_steps:
+            # Before the last report: Tune may end a finished trial's worker as soon as it has it.
+            artifacts.save_ticket(ticket_file, ticket.mask, ticket.start, state.weights, info)
         with tempfile.TemporaryDirectory() as d:
             artifacts.save_state(Path(d), state.step, state.weights, state.optimizer, ticket.mask,
                                  state.best_test_loss, state.best_epoch)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-    state = state or resume  # restarted after its last epoch's checkpoint: nothing left to train
-    if state is not None:
-        artifacts.save_ticket(_trial_dir() / artifacts.TICKET_FILE, ticket.mask, ticket.start, state.weights,
-                              {**{k: base[k] for k in GRID_KEYS}, "rewind_step": t.rewind_step,
-                               "spec_hash": t.spec.spec_hash(), "dense_hash": dense.dense_hash})
 
 
 def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
@@ -176,18 +180,19 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
                    "train_accuracy": last.train_accuracy, "train_loss": last.train_loss,
                    "best_test_accuracy": best_accuracy, "early_stop_epoch": state.best_epoch,
                    "best_test_loss": state.best_test_loss, "epoch_seconds": last.seconds}
-        artifacts.save_ticket(_trial_dir() / f"level_{level}.npz", ticket.mask, ticket.start, state.weights,
+        level_file = _trial_dir() / f"level_{level}.npz"
+        artifacts.save_ticket(level_file, ticket.mask, ticket.start, state.weights,
                               {"level": level, "rewind_epoch": t.rewind_epoch, "control": t.control,
                                "replicate": t.replicate, "spec_hash": t.spec.spec_hash(),
                                "dense_hash": dense.dense_hash})
+        if level == levels:  # ticket.npz marks a finished trial: the chain's last level, before its report
+            shutil.copyfile(level_file, _trial_dir() / artifacts.TICKET_FILE)
         with tempfile.TemporaryDirectory() as d:
             # The level is the checkpoint's position; optimizer state restarts fresh at every level.
             artifacts.save_state(Path(d), level, state.weights, [], ticket.mask, state.best_test_loss,
                                  state.best_epoch)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         trained, previous = state.weights, ticket.mask
-    # ticket.npz marks a finished trial, as for one-shot trials: the chain's last level.
-    shutil.copyfile(_trial_dir() / f"level_{levels}.npz", _trial_dir() / artifacts.TICKET_FILE)
 
 
 def noop_trial(config: dict, snapshot: dict) -> None:

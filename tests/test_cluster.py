@@ -1,0 +1,118 @@
+"""cluster/ray-cluster.sbatch on a real two-node SLURM (Debian's slurmctld, slurmd, munge)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from slurm_harness import Slurm, available
+
+ROOT = Path(__file__).resolve().parent.parent
+SBATCH = ROOT / "cluster" / "ray-cluster.sbatch"
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=f"no real SLURM here: {available()}")
+
+
+def _ray_processes() -> list[str]:
+    """Ray daemons and workers still alive (listed, never killed by name)."""
+    out = subprocess.run(["ps", "-eo", "pid=,comm=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()
+            if re.search(r"\b(raylet|gcs_server)\b|ray::|/tmp/ray-\d+", line) and "ps -eo" not in line]
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    assert not _ray_processes(), "a Ray is already running on this machine"
+    harness = Slurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        harness.start()
+        yield harness
+    finally:
+        harness.stop()
+        _wait_for(lambda: not subprocess.run(["pgrep", "-x", "slurmstepd"], capture_output=True).stdout,
+                  60, "slurmstepd to exit")
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    return tmp_path / "token"
+
+
+def _submit(slurm, tmp_path, token_file, *args) -> tuple[str, Path]:
+    out = tmp_path / f"job-{len(list(tmp_path.glob('job-*')))}.out"
+    env = {"TICKETS_PYTHON": sys.executable, "TICKETS_TOKEN_FILE": str(token_file),
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    job = slurm.run(["sbatch", "--parsable", "--nodes=2", f"--output={out}", str(SBATCH), *args],
+                    env=env, cwd=tmp_path).stdout.strip()
+    return job, out
+
+
+SMOKE = ["smoke", "--set", "dense.epochs=2", "--set", "search.rewind_epoch=[0]"]
+
+
+def test_sweep_across_two_slurm_nodes(slurm, tmp_path, token_file):
+    storage = tmp_path / "results"
+    job, out = _submit(slurm, tmp_path, token_file, *SMOKE, "--storage-path", str(storage),
+                       "--set", "search.sparsity=[0.5,0.7,0.9]")
+    line = _wait_for(lambda: out.exists() and re.search(r"dashboard: on n1 at (127\.0\.0\.1:\d+)", out.read_text()),
+                     300, "the dashboard line")
+    url = f"http://{line.group(1)}"
+    token = token_file.read_text().strip()
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url + "/api/version", timeout=10)
+    assert e.value.code == 401
+    request = urllib.request.Request(url + "/api/version", headers={"Authorization": f"Bearer {token}"})
+    assert urllib.request.urlopen(request, timeout=10).status == 200
+
+    state = slurm.wait_job(job)
+    log = out.read_text()
+    assert state == "COMPLETED", log[-4000:]
+    assert "2/2 nodes joined" in log and "sweep exited with 0" in log
+    assert token not in log
+    exp = storage / "smoke"
+    df = pd.read_parquet(exp / "results.parquet")
+    trials = df[df.control != "dense"]
+    assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"} and len(trials) == 6
+    assert trials.node_id.nunique() == 2  # trials ran on both nodes
+    assert _wait_for(lambda: not _ray_processes(), 60, "Ray processes to exit")
+
+
+def test_scancel_mid_sweep_leaves_no_ray_and_resume_completes(slurm, tmp_path, token_file):
+    storage = tmp_path / "results"
+    exp = storage / "smoke"
+    job, out = _submit(slurm, tmp_path, token_file, *SMOKE, "--storage-path", str(storage),
+                       "--set", "search.sparsity=[0.5,0.6,0.7,0.8,0.9]", "--set", "resources.max_concurrent_trials=1")
+    _wait_for(lambda: list(exp.glob("*/ticket.npz")), 400, "a finished trial")
+    slurm.run(["scancel", job])
+    assert slurm.wait_job(job, timeout=120) == "CANCELLED"
+    _wait_for(lambda: not _ray_processes(), 90, "Ray processes to exit after scancel")
+    done = len(list(exp.glob("*/ticket.npz")))
+    assert done < 5, "the sweep finished before it was cancelled"
+
+    job, out = _submit(slurm, tmp_path, token_file, "--resume", "--name", "smoke", "--storage-path", str(storage))
+    state = slurm.wait_job(job)
+    assert state == "COMPLETED", out.read_text()[-4000:]
+    df = pd.read_parquet(exp / "results.parquet")
+    trials = df[df.control != "dense"]
+    assert trials.trial_id.nunique() == 5 and set(trials.status) == {"finished"}
+    assert not trials.duplicated(["trial_id", "epoch"]).any()
+    assert len((exp / "dense" / "runs.jsonl").read_text().splitlines()) == 1
+    assert _wait_for(lambda: not _ray_processes(), 60, "Ray processes to exit")
