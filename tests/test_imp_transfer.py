@@ -15,24 +15,28 @@ SMALL = ["--set", "dense.epochs=2", "--set", "search.rewind_epoch=[0]"]
 
 
 def _rows(trial_dir):
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    return [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_imp_chain_prunes_exact_counts_nests_masks_and_resumes_after_a_kill(tmp_path):
     exp = tmp_path / "imp"
+    # Levels of several seconds each, so the kill lands while level 2 trains.
     p = _cli(["smoke", "--storage-path", str(tmp_path), "--name", "imp", "--num-cpus", "2", *SMALL,
+              "--set", "data.synthetic_size={train: 3072, test: 256}",
               "--set", "pruning.mode=imp", "--set", "pruning.levels=3", "--set", "search.sparsity=[]"],
              start_new_session=True)
     killed = None
     deadline = time.time() + 300
     while time.time() < deadline and killed is None and p.poll() is None:
-        for result in exp.glob("*/result.json"):
-            rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-            if rows and rows[-1]["level"] == 1:
-                killed = rows[-1]["pid"]
+        # Level files are written by the trial itself the moment a level ends.
+        for level_1 in exp.glob("*/level_1.npz"):
+            if not (level_1.parent / "level_2.npz").exists():
+                try:
+                    killed = artifacts.load_ticket(level_1)["info"]["pid"]
+                except artifacts.ArtifactError:
+                    continue  # still being written
                 os.kill(killed, signal.SIGKILL)  # the trial's worker, mid level 2
-                break
-        time.sleep(0.1)
+        time.sleep(0.05)
     out, _ = p.communicate(timeout=400)
     assert killed and p.returncode == 0, out[-3000:]
 

@@ -26,7 +26,7 @@ SMALL = ["--set", "dense.epochs=2", "--set", "search.rewind_epoch=[0]"]
 
 
 def _results(trial: Path) -> list[dict]:
-    path = trial / "result.json"
+    path = trial / "metrics.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

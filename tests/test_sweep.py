@@ -98,7 +98,7 @@ def test_resume_after_interrupt_finishes_the_grid_without_redoing_work(tmp_path)
     assert list(exp.glob("*/ticket.npz")), "no trial finished in time"
     os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in the terminal
     out, _ = p.communicate(timeout=120)
-    done_before = {f.parent.name: len((f.parent / "result.json").read_text().splitlines())
+    done_before = {f.parent.name: len((f.parent / "metrics.jsonl").read_text().splitlines())
                    for f in exp.glob("*/ticket.npz")}
     assert 1 <= len(done_before) < 4, out[-3000:]
 
@@ -106,7 +106,7 @@ def test_resume_after_interrupt_finishes_the_grid_without_redoing_work(tmp_path)
     assert code == 0, out[-3000:]
     assert _dense_runs(exp) == 1 and "reusing the dense run" in out
     for trial, lines in done_before.items():  # finished trials were not run again
-        assert len((exp / trial / "result.json").read_text().splitlines()) == lines
+        assert len((exp / trial / "metrics.jsonl").read_text().splitlines()) == lines
     df = pd.read_parquet(exp / "results.parquet")
     trials = df[df.control != "dense"]
     assert len(trials) == 6 and not trials.duplicated(["trial_id", "epoch"]).any()
@@ -126,7 +126,7 @@ def test_two_node_cluster_spreads_trials_and_gives_each_one_gpu(tmp_path):
         cluster.shutdown()
     assert code == 0, out[-3000:]
     exp = tmp_path / "smoke"
-    rows = [json.loads(line) for f in exp.glob("*/result.json") for line in f.read_text().splitlines()]
+    rows = [json.loads(line) for f in exp.glob("*/metrics.jsonl") for line in f.read_text().splitlines()]
     assert len({r["node_id"] for r in rows}) == 2  # trials ran on both nodes
     assert all(r["cuda_visible_devices"] in ("0", "1") for r in rows)  # exactly one GPU each
     assert "1 CPU, 1 GPU" in out and _dense_runs(exp) == 1

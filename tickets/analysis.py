@@ -1,7 +1,7 @@
 """Results as pandas: one row per trial per reported epoch, read straight from the experiment dir.
 
 Works on finished, running and interrupted experiments, without Ray or TensorFlow: it reads the
-`params.json` / `result.json` files Tune writes into each trial dir, and the dense run's manifest.
+`metrics.jsonl` each trial appends to in its dir before every report, and the dense run's manifest.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ _METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "train_accuracy"
             "epoch_seconds", "step")
 
 
+METRICS_FILE = "metrics.jsonl"  # written by each trial itself (tickets.trainable)
+
+
 def _trial_dirs(experiment: Path) -> list[Path]:
-    return sorted(p.parent for p in experiment.glob("*/params.json"))
+    return sorted(p.parent for p in experiment.glob(f"*/{METRICS_FILE}"))
 
 
 def _status(trial: Path) -> str:
@@ -55,12 +58,11 @@ def load(path) -> pd.DataFrame:
         raise FileNotFoundError(f"Received `path={str(path)!r}`: no such experiment dir")
     rows = []
     for trial in _trial_dirs(experiment):
-        params = json.loads((trial / "params.json").read_text())
         status = _status(trial)
-        for r in _read_results(trial / "result.json"):
+        for r in _read_results(trial / METRICS_FILE):
             if "epoch" not in r:
                 continue
-            row = {k: params.get(k, r.get(k)) for k in GRID}
+            row = {k: r.get(k) for k in GRID}
             row |= {"trial_id": r.get("trial_id", trial.name), "trial": trial.name, "status": status,
                     "epoch": r["epoch"], "node_id": r.get("node_id")}
             row |= {k: r.get(k, np.nan) for k in _METRICS}

@@ -104,7 +104,7 @@ def _sweep(storage: Path, name: str, size: dict, extra: list[str]) -> dict:
         raise RuntimeError(f"sweep {name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     exp = storage / name
     trials = []
-    for result in sorted(exp.glob("*/result.json")):
+    for result in sorted(exp.glob("*/metrics.jsonl")):
         rows = [json.loads(line) for line in result.read_text().splitlines()]
         trials.append(rows)
     manifest = json.loads((exp / "dense" / "manifest.json").read_text())
@@ -141,7 +141,7 @@ def dense_sharing(runs: dict) -> dict:
 
 def parallel_efficiency(runs: dict, slots: int) -> dict:
     par, seq = runs["parallel"], runs["sequential"]
-    trial_seconds = [t[-1]["time_total_s"] for t in par["trials"]]
+    trial_seconds = [t[-1]["trial_seconds"] for t in par["trials"]]
     ideal = par["dense_seconds"] + sum(trial_seconds) / slots
     return {"slots": slots, "sequential_wall_s": seq["wall"], "parallel_wall_s": par["wall"],
             "speedup": seq["wall"] / par["wall"], "ideal_s": ideal, "ratio": ideal / par["wall"],
@@ -156,8 +156,8 @@ def trial_overhead(runs: dict) -> dict:
         first_extra = max(0.0, epochs[0] - steady)  # graph tracing on the first epoch
         startup = rows[0]["setup_seconds"] + first_extra
         per_trial.append({"setup_s": rows[0]["setup_seconds"], "first_epoch_extra_s": first_extra,
-                          "worker_age_s": rows[0]["worker_age_seconds"], "trial_s": rows[-1]["time_total_s"],
-                          "fraction": startup / rows[-1]["time_total_s"]})
+                          "worker_age_s": rows[0]["worker_age_seconds"], "trial_s": rows[-1]["trial_seconds"],
+                          "fraction": startup / rows[-1]["trial_seconds"]})
     return {"trials": per_trial, "ratio": statistics.mean(t["fraction"] for t in per_trial),
             "note": "setup + first-epoch tracing over the trial's time; smoke epochs are short, so this is "
                     "an upper bound for real epochs"}

@@ -10,6 +10,7 @@ survivors → rewind → retrain, level after level; one report and one checkpoi
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -100,6 +101,22 @@ def _checkpoint_dir():
     return checkpoint.as_directory() if checkpoint is not None else None
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def _report(metrics: dict, state_dir: Path) -> None:
+    """Append the row to the trial's own `metrics.jsonl`, then `tune.report` it with a checkpoint.
+
+    The trial writes its rows itself, straight into its dir on the storage path: they survive
+    whatever happens to Tune's copy (a restarted trial's `result.json` can lose rows that were not
+    yet synced from the driver's staging dir).
+    """
+    row = {**metrics, "trial_id": tune.get_context().get_trial_id(), "pid": os.getpid(), "time": time.time()}
+    with open(_trial_dir() / METRICS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
+
+
 def _trial_dir() -> Path:
     """The trial's dir in the experiment (storage path). Not `get_trial_dir()`: in a worker that Tune
     reuses for another trial that names a local staging dir instead."""
@@ -136,22 +153,19 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
             "worker_age_seconds": worker_age, "setup_seconds": time.perf_counter() - entered}
     info = {**{k: base[k] for k in GRID_KEYS}, "rewind_step": t.rewind_step, "spec_hash": t.spec.spec_hash(),
             "dense_hash": dense.dense_hash}
-    ticket_file = _trial_dir() / artifacts.TICKET_FILE
-    if resume is not None and resume.step == dense.total_steps:  # restarted after its last checkpoint
-        artifacts.save_ticket(ticket_file, ticket.mask, ticket.start, resume.weights, info)
+    state = resume  # restarted after its last epoch's checkpoint: nothing left to train
     for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):
         metrics = {**base, "epoch": progress.epoch, "step": progress.step,
                    "test_accuracy": progress.test_accuracy, "test_loss": progress.test_loss,
                    "train_accuracy": progress.train_accuracy, "train_loss": progress.train_loss,
                    "early_stop_epoch": state.best_epoch, "best_test_loss": state.best_test_loss,
-                   "epoch_seconds": progress.seconds}
-        if progress.step == dense.total_steps:
-            # Before the last report: Tune may end a finished trial's worker as soon as it has it.
-            artifacts.save_ticket(ticket_file, ticket.mask, ticket.start, state.weights, info)
+                   "epoch_seconds": progress.seconds, "trial_seconds": time.perf_counter() - entered}
         with tempfile.TemporaryDirectory() as d:
             artifacts.save_state(Path(d), state.step, state.weights, state.optimizer, ticket.mask,
                                  state.best_test_loss, state.best_epoch)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            _report(metrics, Path(d))
+    if state is not None:  # the ticket marks the trial finished: every report is in by now
+        artifacts.save_ticket(_trial_dir() / artifacts.TICKET_FILE, ticket.mask, ticket.start, state.weights, info)
 
 
 def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
@@ -184,15 +198,16 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
         artifacts.save_ticket(level_file, ticket.mask, ticket.start, state.weights,
                               {"level": level, "rewind_epoch": t.rewind_epoch, "control": t.control,
                                "replicate": t.replicate, "spec_hash": t.spec.spec_hash(),
-                               "dense_hash": dense.dense_hash})
-        if level == levels:  # ticket.npz marks a finished trial: the chain's last level, before its report
-            shutil.copyfile(level_file, _trial_dir() / artifacts.TICKET_FILE)
+                               "dense_hash": dense.dense_hash, "pid": os.getpid()})
+
         with tempfile.TemporaryDirectory() as d:
             # The level is the checkpoint's position; optimizer state restarts fresh at every level.
             artifacts.save_state(Path(d), level, state.weights, [], ticket.mask, state.best_test_loss,
                                  state.best_epoch)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            _report(metrics, Path(d))
         trained, previous = state.weights, ticket.mask
+    # ticket.npz marks a finished trial, as for one-shot trials: the chain's last level.
+    shutil.copyfile(_trial_dir() / f"level_{levels}.npz", _trial_dir() / artifacts.TICKET_FILE)
 
 
 def noop_trial(config: dict, snapshot: dict) -> None:

@@ -1,0 +1,33 @@
+"""`python -m tickets.bench --tiny`: every figure's code runs and lands in the JSON."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import DATA_DIR
+
+
+def test_bench_tiny_runs_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TICKETS_DATA_DIR": str(DATA_DIR)}
+    proc = subprocess.run([sys.executable, "-m", "tickets.bench", "--tiny", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    figures = results["figures"]
+    assert sorted(figures) == [str(n) for n in range(1, 8)]
+    assert figures["1"]["dense_images_per_s"] > 0 and set(figures["1"]["masked"]) == {"0", "0.8", "0.95"}
+    assert figures["2"]["dense_runs"] == 1 and figures["2"]["naive_dense_runs"] == figures["2"]["trials"] == 2
+    assert figures["3"]["speedup"] > 0 and 0 < figures["3"]["ratio"]
+    assert 0 < figures["4"]["ratio"]
+    assert figures["5"]["errors"] == 0 and figures["5"]["points"] == 8
+    assert "skipped" in figures["7"] or figures["7"]["ratio"] > 0
+    for line in ("1. masked / dense step", "5. scheduler s/trial", "7. GPU masked / dense"):
+        assert line in proc.stdout
+
+
+def test_bench_rejects_unknown_figures(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tickets.bench", "--only", "9"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and "error: --only: '9' names figures outside 1..7" in proc.stderr
