@@ -1,7 +1,5 @@
 """cluster/ray-cluster.sbatch on a real two-node SLURM (Debian's slurmctld, slurmd, munge)."""
 
-import json
-import os
 import re
 import subprocess
 import sys

@@ -6,7 +6,6 @@ import signal
 import time
 
 import numpy as np
-import pandas as pd
 from test_sweep import _cli, _run
 
 from tickets import analysis, artifacts, config, sweep

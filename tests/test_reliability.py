@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CIFAR10
 from test_sweep import _cli, _dense_runs, _run
 
 from tickets import sweep

@@ -123,18 +123,19 @@ def _locate(spec: DataSpec) -> Path:
         if not root.is_dir():
             raise DataError(f"data.path: {spec.path!r} is not a directory")
         return root
+    if spec.path:  # an explicit path is the only place looked: no fallback, never a silent download
+        root = Path(spec.path).expanduser()
+        if _layout(root) is None:
+            raise DataError(f"data.path: {spec.path!r} holds no CIFAR-10 (expected train/test Parquet shards "
+                            f"or the python batches data_batch_1..5, test_batch)")
+        return root
     candidates = []
-    if spec.path:
-        candidates.append(Path(spec.path).expanduser())
     if os.environ.get("TICKETS_DATA_DIR"):
         candidates.append(Path(os.environ["TICKETS_DATA_DIR"]).expanduser() / "cifar10")
     candidates.append(_keras_cache() / "cifar-10-batches-py")
     for c in candidates:
         if _layout(c) is not None:
             return c
-    if spec.path:  # an explicit path that holds no copy is an error, never a silent download
-        raise DataError(f"data.path: {spec.path!r} holds no CIFAR-10 (expected train/test Parquet shards "
-                        f"or the python batches data_batch_1..5, test_batch)")
     if os.environ.get("TICKETS_OFFLINE"):
         looked = ", ".join(str(c) for c in candidates)
         raise DataError(f"data.dataset: 'cifar10' has no local copy (looked in {looked}; downloads are off "

@@ -49,19 +49,8 @@ def accuracy_vs_weights(df: pd.DataFrame, tolerance: float = 0.5) -> Figure:
     ax.axhspan(dense - tolerance, dense + tolerance, color="tab:red", alpha=0.25, lw=0,
                label=f"dense {dense:.1f} % ± {tolerance:g} pt")
     ax.axhline(dense, color="tab:red", lw=1.2)
-    colors = _rewind_colors(s["rewind_epoch"].unique())
-    for (control, rewind), g in s.groupby(["control", "rewind_epoch"], observed=True):
-        g = g.sort_values("weights_remaining", ascending=False)
-        x = g["weights_remaining"] * 100
-        ax.errorbar(x, g["final_accuracy"] * 100, yerr=g["final_accuracy_std"] * 100, color=colors[rewind],
-                    ls=_STYLE.get(control, "-"), marker=_MARKER.get(control, "o"), ms=4, capsize=2,
-                    label=f"{control}, rewind {rewind:g}")
-    _percent_axis(ax, s["weights_remaining"] * 100)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy of sparse networks vs weights remaining")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    _lines(ax, s, "final_accuracy", 100, "final_accuracy_std")
+    _finish(fig, ax, "test accuracy (%)", "Accuracy of sparse networks vs weights remaining")
     return fig
 
 
@@ -69,19 +58,28 @@ def early_stop_vs_weights(df: pd.DataFrame) -> Figure:
     """Early-stop epoch (lowest test loss) vs percent of weights remaining."""
     s = analysis.summary(df)
     fig, ax = _figure(7, 4.5)
+    _lines(ax, s, "early_stop_epoch", 1)
+    _finish(fig, ax, "early-stop epoch (min test loss)", "Early-stop epoch vs weights remaining")
+    return fig
+
+
+def _lines(ax, s: pd.DataFrame, column: str, scale: float, error: str | None = None) -> None:
+    """One line per (control, rewind epoch) over weights remaining: colour by rewind, style by control."""
     colors = _rewind_colors(s["rewind_epoch"].unique())
     for (control, rewind), g in s.groupby(["control", "rewind_epoch"], observed=True):
         g = g.sort_values("weights_remaining", ascending=False)
-        ax.plot(g["weights_remaining"] * 100, g["early_stop_epoch"], color=colors[rewind],
-                ls=_STYLE.get(control, "-"), marker=_MARKER.get(control, "o"), ms=4,
-                label=f"{control}, rewind {rewind:g}")
+        ax.errorbar(g["weights_remaining"] * 100, g[column] * scale, yerr=g[error] * scale if error else None,
+                    color=colors[rewind], ls=_STYLE.get(control, "-"), marker=_MARKER.get(control, "o"), ms=4,
+                    capsize=2, label=f"{control}, rewind {rewind:g}")
     _percent_axis(ax, s["weights_remaining"] * 100)
-    ax.set_ylabel("early-stop epoch (min test loss)")
-    ax.set_title("Early-stop epoch vs weights remaining")
+
+
+def _finish(fig: Figure, ax, ylabel: str, title: str) -> None:
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return fig
 
 
 def heatmap(df: pd.DataFrame, control: str = "ticket") -> Figure:

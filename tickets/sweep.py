@@ -212,10 +212,8 @@ def reusable_dense(spec: config_lib.Spec, exp: Path, steps: list[int]) -> dict |
 
 @ray.remote
 def _load_data(spec_dict: dict):
-    from tickets import data
-
     spec = config_lib.from_dict(spec_dict)
-    return data.load(spec.data, spec.seed)
+    return data_lib.load(spec.data, spec.seed)
 
 
 def _train_dense(spec_dict: dict, dataset, out_dir: str) -> list[dict]:

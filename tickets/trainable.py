@@ -117,6 +117,17 @@ def _report(metrics: dict, state_dir: Path) -> None:
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
 
 
+def _finished_before() -> bool:
+    """True when this trial already finished: its ticket is written, but Tune's saved state (from
+    before a driver crash) did not record it. Re-report its last row instead of training again."""
+    trial = _trial_dir()
+    if not (trial / artifacts.TICKET_FILE).exists() or not (trial / METRICS_FILE).exists():
+        return False
+    rows = [json.loads(line) for line in (trial / METRICS_FILE).read_text().splitlines() if line.strip()]
+    tune.report({k: v for k, v in rows[-1].items() if k not in ("trial_id", "pid", "time")})
+    return True
+
+
 def _trial_dir() -> Path:
     """The trial's dir in the experiment (storage path). Not `get_trial_dir()`: in a worker that Tune
     reuses for another trial that names a local staging dir instead."""
@@ -125,6 +136,8 @@ def _trial_dir() -> Path:
 
 def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
     entered, worker_age = time.perf_counter(), process_age()
+    if _finished_before():
+        return
     from tickets import training
 
     t = _setup(config, spec, dense)
@@ -169,6 +182,8 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
 
 
 def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
+    if _finished_before():
+        return
     from tickets import training
 
     t = _setup(config, spec, dense)
