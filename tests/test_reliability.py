@@ -148,19 +148,22 @@ def interrupted(tmp_path_factory):
     """A sweep stopped (Ctrl-C) while a trial was between epochs."""
     storage = tmp_path_factory.mktemp("interrupted")
     exp = storage / "smoke"
-    p = _cli(["smoke", "--storage-path", str(storage), "--num-cpus", "2", "--set", "dense.epochs=3",
+    # Five epochs a trial: Tune takes a few seconds to stop after SIGINT, during which the running
+    # trial keeps training; it must still be unfinished when the sweep has exited.
+    p = _cli(["smoke", "--storage-path", str(storage), "--num-cpus", "2", "--set", "dense.epochs=5",
               "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5,0.9]",
               "--set", "data.synthetic_size={train: 2048, test: 256}",
               "--set", "resources.max_concurrent_trials=1", "--set", "resources.max_failures=1"],
              start_new_session=True)
 
-    def trial_mid_way():
-        return [t for t in exp.glob("*/") if not (t / "ticket.npz").exists() and _results(t)
-                and list(t.glob("checkpoint_*"))]
+    def unfinished(trial: Path) -> bool:
+        return not (trial / "ticket.npz").exists() and bool(_results(trial)) and bool(list(trial.glob("checkpoint_*")))
 
-    (trial,) = _wait(trial_mid_way, process=p)
+    _wait(lambda: [t for t in exp.glob("*/") if unfinished(t)], process=p)
     os.killpg(p.pid, signal.SIGINT)
-    p.communicate(timeout=120)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == sweep.EXIT_INTERRUPTED and "continue with: python -m tickets.sweep --resume" in out, out[-3000:]
+    (trial,) = [t for t in exp.glob("*/") if unfinished(t)]
     return exp, trial
 
 
@@ -185,7 +188,8 @@ def test_corrupted_checkpoint_fails_its_trial_by_name_and_keeps_the_rest(interru
     for weights in trial.glob("checkpoint_*/weights.npz"):  # whichever one Tune restores from
         weights.write_bytes(b"not a zip file")
     code, out = _run(["--resume", "--name", "smoke", "--storage-path", str(exp.parent), "--num-cpus", "2"])
-    assert code == 1, out[-3000:]
+    errors = "".join(f"\n--- {e}\n{e.read_text()[-2000:]}" for e in exp.glob("*/error.txt"))
+    assert code == 1, out[-3000:] + errors
     assert "weights.npz" in (trial / "error.txt").read_text()
     df = pd.read_parquet(exp / "results.parquet")
     statuses = df[df.control != "dense"].drop_duplicates("trial_id").set_index("trial").status

@@ -101,6 +101,7 @@ def test_resume_after_interrupt_finishes_the_grid_without_redoing_work(tmp_path)
     done_before = {f.parent.name: len((f.parent / "metrics.jsonl").read_text().splitlines())
                    for f in exp.glob("*/ticket.npz")}
     assert 1 <= len(done_before) < 4, out[-3000:]
+    assert p.returncode == sweep.EXIT_INTERRUPTED and "did not finish; continue with" in out, out[-3000:]
 
     code, out = _run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
     assert code == 0, out[-3000:]

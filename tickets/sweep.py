@@ -7,7 +7,8 @@
   3. a `tune.Tuner` grid over sparsity × rewind epoch × control × replicate;
   4. `<experiment>/results.parquet` from every trial's reports plus the dense reference rows.
 
-Exit codes: 0 every trial finished; 1 some trial errored (the others' results are kept); 2 bad input.
+Exit codes: 0 every trial finished; 1 some trial errored (the others' results are kept); 2 bad input;
+130 interrupted (Ctrl-C, SIGTERM) before the grid finished: continue it with --resume.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ DEFAULT_PRESET = "mobilenetv2-cifar10"
 SPEC_FILE = "spec.yaml"
 DENSE_DIR = "dense"
 DENSE_RUNS_LOG = "runs.jsonl"  # one line per dense training started: how often it really ran
+EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C'd command
 
 
 class UsageError(Exception):
@@ -419,12 +421,21 @@ def main(argv: list[str] | None = None) -> int:
             dense = dataclasses.replace(dense, transfers={k: refs[t] for k, t in sources.items()})
         grid = run_tuner(spec, exp, dense, res, args.resume)
         results = analysis.write_results(exp)
-        errors = len(grid.errors)
-        print(f"\n{len(grid) - errors}/{len(grid)} trials finished; results: {results}")
+        # Not `grid.num_terminated`: Tune marks trials it stopped on Ctrl-C as terminated too, and
+        # never creates the pending ones. A trial has finished when it has written its ticket.
+        errors = grid.num_errors
+        finished = sum(r.error is None and (Path(r.path) / artifacts.TICKET_FILE).exists() for r in grid)
+        total = len(grid_points(spec))
+        unfinished = total - finished - errors
+        print(f"\n{finished}/{total} trials finished; results: {results}")
         write_report(exp)
+        resume = f"python -m tickets.sweep --resume --name {exp.name} --storage-path {exp.parent}"
+        if unfinished:  # stopped by Ctrl-C, SIGTERM or a scheduler: nothing finished is lost
+            print(f"interrupted: {unfinished} trial(s) did not finish; continue with: {resume}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if errors:
             print(f"{errors} trial(s) errored; their logs are in their trial dirs under {exp}. "
-                  f"Rerun with --resume to retry them.", file=sys.stderr)
+                  f"Retry them with: {resume}", file=sys.stderr)
         return 1 if errors else 0
     finally:
         if started:
