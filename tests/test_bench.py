@@ -20,7 +20,9 @@ def test_bench_tiny_runs_every_figure(tmp_path):
     assert figures["1"]["dense_images_per_s"] > 0 and set(figures["1"]["masked"]) == {"0", "0.8", "0.95"}
     assert figures["2"]["dense_runs"] == 1 and figures["2"]["naive_dense_runs"] == figures["2"]["trials"] == 2
     assert figures["3"]["speedup"] > 0 and 0 < figures["3"]["ratio"]
-    assert 0 < figures["4"]["ratio"]
+    assert 0 < figures["3"]["trial_phase_efficiency"] and figures["3"]["trial_phase_s"] > 0
+    assert 0 < figures["4"]["ratio"] and figures["4"]["fresh_worker_startup_s"] > 0
+    assert figures["4"]["projected"]["trial_s"] > 0  # projected from figure 1's throughput
     assert figures["5"]["errors"] == 0 and figures["5"]["points"] == 8
     assert "skipped" in figures["7"] or figures["7"]["ratio"] > 0
     for line in ("1. masked / dense step", "5. scheduler s/trial", "7. GPU masked / dense"):

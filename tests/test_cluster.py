@@ -1,6 +1,7 @@
 """cluster/ray-cluster.sbatch on a real two-node SLURM (Debian's slurmctld, slurmd, munge)."""
 
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -65,7 +66,26 @@ def _submit(slurm, tmp_path, token_file, *args) -> tuple[str, Path]:
 SMOKE = ["smoke", "--set", "dense.epochs=2", "--set", "search.rewind_epoch=[0]"]
 
 
-def test_sweep_across_two_slurm_nodes(slurm, tmp_path, token_file):
+@pytest.fixture
+def ports_taken_but_one():
+    """Another job's Ray holding the head port of every port block but one."""
+    free_block = 20000 + 7 * 600
+    taken = []
+    try:
+        for base in range(20000, 32000, 600):
+            if base != free_block:
+                s = socket.socket()
+                taken.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past earlier runs' TIME_WAIT
+                s.bind(("", base))
+                s.listen()
+        yield free_block
+    finally:
+        for s in taken:
+            s.close()
+
+
+def test_sweep_across_two_slurm_nodes(slurm, tmp_path, token_file, ports_taken_but_one):
     storage = tmp_path / "results"
     job, out = _submit(slurm, tmp_path, token_file, *SMOKE, "--storage-path", str(storage),
                        "--set", "search.sparsity=[0.5,0.7,0.9]")
@@ -84,6 +104,7 @@ def test_sweep_across_two_slurm_nodes(slurm, tmp_path, token_file):
     log = out.read_text()
     assert state == "COMPLETED", log[-4000:]
     assert "2/2 nodes joined" in log and "sweep exited with 0" in log
+    assert f"ports {ports_taken_but_one}-{ports_taken_but_one + 599}" in log  # the one free block
     assert token not in log
     exp = storage / "smoke"
     df = pd.read_parquet(exp / "results.parquet")

@@ -37,7 +37,7 @@ def _status(trial: Path) -> str:
     return "incomplete"
 
 
-def _read_results(path: Path) -> list[dict]:
+def _read_metrics(path: Path) -> list[dict]:
     rows = []
     if not path.exists():
         return rows
@@ -59,7 +59,7 @@ def load(path) -> pd.DataFrame:
     rows = []
     for trial in _trial_dirs(experiment):
         status = _status(trial)
-        for r in _read_results(trial / METRICS_FILE):
+        for r in _read_metrics(trial / METRICS_FILE):
             if "epoch" not in r:
                 continue
             row = {k: r.get(k) for k in GRID}

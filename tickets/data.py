@@ -296,7 +296,7 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int, field_name: str) -> n
     per_class = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
     rng = np.random.default_rng(seed)
     chosen = []
-    for c, k in zip(classes, per_class):
+    for c, k in zip(classes, per_class, strict=True):
         members = np.flatnonzero(labels == c)
         if k > len(members):
             raise DataError(f"{field_name}: {n} needs {k} images of class {c}; the data has {len(members)}")

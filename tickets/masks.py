@@ -61,7 +61,7 @@ def magnitude_mask(weights: Weights, sparsity: float, scope: str = "global",
     old = _check(weights, mask)
     sizes = [int(np.size(w)) for w in weights.values()]
     total = sum(sizes)
-    pruned = [size - int(old[n].sum()) for n, size in zip(weights, sizes)]
+    pruned = [size - int(old[n].sum()) for n, size in zip(weights, sizes, strict=True)]
     target = _count(total, sparsity)
     if target < sum(pruned):
         raise ValueError(f"Received `sparsity={sparsity}` ({target} weights) below the existing mask's "
@@ -69,7 +69,7 @@ def magnitude_mask(weights: Weights, sparsity: float, scope: str = "global",
     if scope == "global":
         return _prune(weights, old, target - sum(pruned))
     if scope == "layerwise":
-        more = [k - p for k, p in zip(_apportion(sizes, target), pruned)]
+        more = [k - p for k, p in zip(_apportion(sizes, target), pruned, strict=True)]
         if min(more) < 0:
             raise ValueError(f"Received an existing mask that already prunes more of a tensor than "
                              f"`sparsity={sparsity}` allows layerwise")
@@ -91,7 +91,7 @@ def prune_remaining(weights: Weights, rate: float, mask: Mask | None = None, sco
             raise ValueError(f"Received `{name}={r}`: must be in [0, 1)")
     alive = [int(old[n].sum()) for n in weights]
     counts = [int(round(rates.get(n, rate) * a)) if (scope == "layerwise" or n in rates) else None
-              for n, a in zip(weights, alive)]
+              for n, a in zip(weights, alive, strict=True)]
     shared = [i for i, c in enumerate(counts) if c is None]
     if shared:  # global scope over the tensors without their own rate
         rest = {n: weights[n] for i, n in enumerate(weights) if i in shared}
@@ -119,7 +119,7 @@ def _prune(weights: Weights, old: Mask, count: int | list[int]) -> tuple[Mask, f
             new[n][drop[(drop >= offsets[i]) & (drop < offsets[i + 1])] - offsets[i]] = False
         dropped.append(magnitudes[drop])
     else:
-        for n, k in zip(names, count):
+        for n, k in zip(names, count, strict=True):
             drop = _smallest(flat[n], alive[n], k)
             new[n][drop] = False
             dropped.append(flat[n][drop])

@@ -59,6 +59,9 @@ class _Trial:
     seed: int  # the sparse runs' data order
 
 
+_TRIALS_IN_PROCESS = 0  # Tune reuses worker processes: the first trial in one pays for imports and tracing
+
+
 def process_age() -> float:
     """Seconds since this worker process started (Linux), to measure per-trial start-up cost."""
     try:
@@ -74,6 +77,9 @@ def process_age() -> float:
 def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
     # Imports that start TensorFlow come after the thread counts are known.
     from tickets import training
+
+    global _TRIALS_IN_PROCESS
+    _TRIALS_IN_PROCESS += 1
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     training.configure(max(1, int(math.ceil(cpus))))
@@ -161,9 +167,11 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
 
     base = {"sparsity": sparsity, **_base_metrics(t, ticket, dense), "resumed_from_step": resume.step if resume else -1,
             "classifier_reinitialised": reinitialised,
-            # Start-up cost: worker process age on entry (0 when Tune reuses the worker) and the
-            # time from entry to the first training step (imports, data and snapshot fetch, model build).
-            "worker_age_seconds": worker_age, "setup_seconds": time.perf_counter() - entered}
+            # Start-up cost: the worker's age on entry, which of its trials this is (the first pays
+            # for imports and tracing) and the time from entry to the first training step (imports,
+            # data and snapshot fetch, model build).
+            "worker_age_seconds": worker_age, "worker_trial": _TRIALS_IN_PROCESS,
+            "setup_seconds": time.perf_counter() - entered}
     info = {**{k: base[k] for k in GRID_KEYS}, "rewind_step": t.rewind_step, "spec_hash": t.spec.spec_hash(),
             "dense_hash": dense.dense_hash}
     state = resume  # restarted after its last epoch's checkpoint: nothing left to train

@@ -366,7 +366,7 @@ def train_sparse(spec: Spec, data: Dataset, ticket: Ticket, rewind_step: int, se
         var.assign(keras.ops.zeros_like(var))
     state = resume or SparseState(rewind_step, ticket.start, optimizer_state(optimizer))
     models.set_weights(model, state.weights)
-    for var, value in zip(optimizer.variables, state.optimizer):
+    for var, value in zip(optimizer.variables, state.optimizer, strict=True):
         var.assign(value)
     install_mask(model, ticket.mask)
     best_loss, best_epoch = state.best_test_loss, state.best_epoch
