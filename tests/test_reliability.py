@@ -118,7 +118,11 @@ def test_a_node_removed_mid_sweep_does_not_stop_the_grid(tmp_path):
         p = _cli(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address,
                   "--set", "dense.epochs=3", "--set", "search.rewind_epoch=[0]",
                   "--set", "search.sparsity=[0.5,0.7,0.8,0.9]"])
-        _wait(lambda: [r for t in exp.glob("*/") for r in _results(t) if r["node_id"] == worker.node_id], process=p)
+        # Two epochs reported from the worker node: a trial writes a row before `tune.report`ing it,
+        # and reports one at a time, so the first row's checkpoint is Tune's by then and that row
+        # survives the node's removal (a later epoch may be retrained elsewhere).
+        _wait(lambda: [t for t in exp.glob("*/") if len([r for r in _results(t) if r["node_id"] == worker.node_id]) >= 2],
+              process=p)
         cluster.remove_node(worker)
         out, _ = p.communicate(timeout=400)
     finally:
@@ -148,9 +152,9 @@ def interrupted(tmp_path_factory):
     """A sweep stopped (Ctrl-C) while a trial was between epochs."""
     storage = tmp_path_factory.mktemp("interrupted")
     exp = storage / "smoke"
-    # Five epochs a trial: Tune takes a few seconds to stop after SIGINT, during which the running
+    # Eight epochs a trial: Tune takes a few seconds to stop after SIGINT, during which the running
     # trial keeps training; it must still be unfinished when the sweep has exited.
-    p = _cli(["smoke", "--storage-path", str(storage), "--num-cpus", "2", "--set", "dense.epochs=5",
+    p = _cli(["smoke", "--storage-path", str(storage), "--num-cpus", "2", "--set", "dense.epochs=8",
               "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5,0.9]",
               "--set", "data.synthetic_size={train: 2048, test: 256}",
               "--set", "resources.max_concurrent_trials=1", "--set", "resources.max_failures=1"],
@@ -159,7 +163,9 @@ def interrupted(tmp_path_factory):
     def unfinished(trial: Path) -> bool:
         return not (trial / "ticket.npz").exists() and bool(_results(trial)) and bool(list(trial.glob("checkpoint_*")))
 
-    _wait(lambda: [t for t in exp.glob("*/") if unfinished(t)], process=p)
+    # Two epochs reported: rows are written before they are `tune.report`ed, one at a time, so by
+    # the second row Tune holds the first epoch's checkpoint and will restore the trial from it.
+    _wait(lambda: [t for t in exp.glob("*/") if unfinished(t) and len(_results(t)) >= 2], process=p)
     os.killpg(p.pid, signal.SIGINT)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == sweep.EXIT_INTERRUPTED and "continue with: python -m tickets.sweep --resume" in out, out[-3000:]

@@ -21,6 +21,7 @@ class ArtifactError(ValueError):
 
 def save_weights(path: Path, weights: dict[str, np.ndarray]) -> None:
     """Write to a temporary name and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # a trial dir Tune has not created yet
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **weights)
     tmp.replace(path)
@@ -40,6 +41,7 @@ def save_ticket(path: Path, mask: dict, start: dict, final: dict, info: dict) ->
     arrays |= {f"start/{k}": v for k, v in start.items()}
     arrays |= {f"final/{k}": v for k, v in final.items()}
     arrays["info"] = np.array(json.dumps(info))
+    path.parent.mkdir(parents=True, exist_ok=True)  # a trial dir Tune has not created yet
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)

@@ -304,6 +304,9 @@ def make_trainable(spec: config_lib.Spec, dense: DenseRefs, res: Resources):
 
 def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources, resume: bool):
     trainable = make_trainable(spec, dense, res)
+    # Trials checkpoint every epoch by design (resume loses at most one); Tune warns each time that
+    # happens within 5 s, which short epochs do all the time. Users can still set it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume and tune.Tuner.can_restore(str(exp)):
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
     else:

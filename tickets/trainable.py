@@ -118,7 +118,9 @@ def _report(metrics: dict, state_dir: Path) -> None:
     yet synced from the driver's staging dir).
     """
     row = {**metrics, "trial_id": tune.get_context().get_trial_id(), "pid": os.getpid(), "time": time.time()}
-    with open(_trial_dir() / METRICS_FILE, "a") as f:
+    trial = _trial_dir()
+    trial.mkdir(parents=True, exist_ok=True)  # Tune creates it lazily: not yet, for a trial's first report
+    with open(trial / METRICS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
 

@@ -182,7 +182,9 @@ def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: i
     cur, loss_sum, acc_sum, n = start, 0.0, 0.0, 0
     for b in boundaries:
         if b > cur:
-            hist = model.fit(train_batches(data, spec.data, seed, cur, b - cur), epochs=1, verbose=0).history
+            # The pipeline orders and augments batches itself (deterministically, by step).
+            batches = train_batches(data, spec.data, seed, cur, b - cur)
+            hist = model.fit(batches, epochs=1, verbose=0, shuffle=False).history
             loss_sum += hist["loss"][-1] * (b - cur)
             acc_sum += hist["accuracy"][-1] * (b - cur)
             n += b - cur
