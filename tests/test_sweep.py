@@ -36,6 +36,8 @@ def _dense_runs(exp: Path) -> int:
     (["smoke", "--set", "search.sparsity=[1.2]"], "error: search.sparsity: 1.2 is outside [0, 1)"),
     (["smoke", "--set", "search.sparsty=[0.5]"], "error: --set search.sparsty: no such field"),
     (["smoke", "--set", "search.rewind_epoch=[9]"], "error: search.rewind_epoch: 9 is past dense.epochs (4)"),
+    (["smoke", "--set", "search.rewind_epoch=[0,3.99]"],
+     "error: search.rewind_epoch: 3.99 is step 64 of 64 (16 per epoch): nothing would be left to train"),
     (["nonexistent.yaml"], "error: SPEC: 'nonexistent.yaml' is not a file"),
     (["smoke", "--set", "model.arch=vgg"], "error: model.arch: 'vgg' is not one of"),
     (["smoke", "--resume"], "error: --resume:"),

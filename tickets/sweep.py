@@ -373,6 +373,17 @@ def start_ray(args: argparse.Namespace) -> tuple[bool, str]:
 BAD_INPUT = (SpecError, UsageError, DataError, artifacts.ArtifactError)
 
 
+def check_rewind_steps(spec: config_lib.Spec, steps_per_epoch: int) -> None:
+    """A fractional rewind point that rounds to the last dense step leaves a trial nothing to train;
+    only the data's steps per epoch tell (the spec alone allows any rewind_epoch < dense.epochs)."""
+    total = spec.dense.epochs * steps_per_epoch
+    for v in spec.search.rewind_epoch:
+        step = config_lib.step_of(v, steps_per_epoch)
+        if step >= total:
+            raise SpecError("search.rewind_epoch", f"{config_lib.show(v)} is step {step} of {total} "
+                            f"({steps_per_epoch} per epoch): nothing would be left to train")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Everything that can be wrong with the input is found here, before Ray starts or a file is written.
@@ -382,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = check_transfer(spec, exp.parent)
         info = data_lib.inspect(spec.data, spec.seed)
         spe = info.steps_per_epoch(spec.data.batch_size)
+        check_rewind_steps(spec, spe)
         on_disk = reusable_dense(spec, exp, spec.record_steps(spe)) if args.resume else None
         source_tickets = {t: artifacts.load_ticket(t / artifacts.TICKET_FILE) for t in set(sources.values())}
         res, cluster = None, f"would join {args.address} (resources resolved there)"
