@@ -27,13 +27,15 @@ def test_imp_chain_prunes_exact_counts_nests_masks_and_resumes_after_a_kill(tmp_
     killed = None
     deadline = time.time() + 300
     while time.time() < deadline and killed is None and p.poll() is None:
-        # Level files are written by the trial itself the moment a level ends.
+        # Level files are written by the trial itself the moment a level ends, before the level is
+        # reported; once its checkpoint is persisted, a second's grace lets Tune take the report, so
+        # the chain restarts from level 1's checkpoint rather than from scratch.
         for level_1 in exp.glob("*/level_1.npz"):
-            if not (level_1.parent / "level_2.npz").exists():
-                try:
-                    killed = artifacts.load_ticket(level_1)["info"]["pid"]
-                except artifacts.ArtifactError:
-                    continue  # still being written
+            if (level_1.parent / "checkpoint_000000").exists() and not (level_1.parent / "level_2.npz").exists():
+                time.sleep(1.0)
+                if (level_1.parent / "level_2.npz").exists():
+                    continue
+                killed = artifacts.load_ticket(level_1)["info"]["pid"]
                 os.kill(killed, signal.SIGKILL)  # the trial's worker, mid level 2
         time.sleep(0.05)
     out, _ = p.communicate(timeout=400)
