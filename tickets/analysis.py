@@ -6,7 +6,6 @@ Works on finished, running and interrupted experiments, without Ray or TensorFlo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,10 @@ _METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "train_accuracy"
             "epoch_seconds", "step")
 
 
-METRICS_FILE = "metrics.jsonl"  # written by each trial itself (tickets.trainable)
 
 
 def _trial_dirs(experiment: Path) -> list[Path]:
-    return sorted(p.parent for p in experiment.glob(f"*/{METRICS_FILE}"))
+    return sorted(p.parent for p in experiment.glob(f"*/{artifacts.METRICS_FILE}"))
 
 
 def _status(trial: Path) -> str:
@@ -35,18 +33,6 @@ def _status(trial: Path) -> str:
     if (trial / "error.txt").exists() or (trial / "error.pkl").exists():
         return "error"
     return "incomplete"
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line still being written by a running trial
-    return rows
 
 
 def load(path) -> pd.DataFrame:
@@ -59,7 +45,7 @@ def load(path) -> pd.DataFrame:
     rows = []
     for trial in _trial_dirs(experiment):
         status = _status(trial)
-        for r in _read_metrics(trial / METRICS_FILE):
+        for r in artifacts.read_metrics(trial):
             if "epoch" not in r:
                 continue
             row = {k: r.get(k) for k in GRID}

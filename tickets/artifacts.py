@@ -13,6 +13,26 @@ import numpy as np
 from tickets import masks as masks_lib
 
 TICKET_FILE = "ticket.npz"
+METRICS_FILE = "metrics.jsonl"  # each trial's own rows, one JSON object per report
+
+
+def append_metrics(trial_dir: Path, row: dict) -> None:
+    trial_dir.mkdir(parents=True, exist_ok=True)  # Tune creates it lazily: not yet, for a first report
+    with open(trial_dir / METRICS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(trial_dir: Path) -> list[dict]:
+    rows = []
+    path = trial_dir / METRICS_FILE
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line still being written, or cut short when its worker was killed
+    return rows
 
 
 class ArtifactError(ValueError):

@@ -10,7 +10,6 @@ survivors → rewind → retrain, level after level; one report and one checkpoi
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -107,9 +106,6 @@ def _checkpoint_dir():
     return checkpoint.as_directory() if checkpoint is not None else None
 
 
-METRICS_FILE = "metrics.jsonl"
-
-
 def _report(metrics: dict, state_dir: Path) -> None:
     """Append the row to the trial's own `metrics.jsonl`, then `tune.report` it with a checkpoint.
 
@@ -118,10 +114,7 @@ def _report(metrics: dict, state_dir: Path) -> None:
     yet synced from the driver's staging dir).
     """
     row = {**metrics, "trial_id": tune.get_context().get_trial_id(), "pid": os.getpid(), "time": time.time()}
-    trial = _trial_dir()
-    trial.mkdir(parents=True, exist_ok=True)  # Tune creates it lazily: not yet, for a trial's first report
-    with open(trial / METRICS_FILE, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    artifacts.append_metrics(_trial_dir(), row)
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
 
 
@@ -129,9 +122,9 @@ def _finished_before() -> bool:
     """True when this trial already finished: its ticket is written, but Tune's saved state (from
     before a driver crash) did not record it. Re-report its last row instead of training again."""
     trial = _trial_dir()
-    if not (trial / artifacts.TICKET_FILE).exists() or not (trial / METRICS_FILE).exists():
+    rows = artifacts.read_metrics(trial)
+    if not (trial / artifacts.TICKET_FILE).exists() or not rows:
         return False
-    rows = [json.loads(line) for line in (trial / METRICS_FILE).read_text().splitlines() if line.strip()]
     tune.report({k: v for k, v in rows[-1].items() if k not in ("trial_id", "pid", "time")})
     return True
 
