@@ -10,7 +10,7 @@ def test_defaults_make_a_valid_spec():
     assert spec.search.sparsity == (0.5, 0.8, 0.9, 0.95)
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2-cifar10", "smoke", "conv2-cifar10", "transfer-cifar10a-to-b"])
+@pytest.mark.parametrize("name", config.presets())
 def test_presets_load(name):
     spec = config.load(name)
     assert spec.name == name
@@ -62,12 +62,36 @@ def test_dense_hash_ignores_the_grid_but_not_the_training():
     ({"resources": {"cpus_per_trial": 0}}, "resources.cpus_per_trial: 0 must be >= 1"),
     ({"search": {"replicate": [0, 0]}}, "search.replicate: [0, 0] has repeated values"),
     ({"dense": "fast"}, "dense: 'fast' must be a mapping"),
+    ({"pruning": {"scope": "lamp2"}}, "pruning.scope: 'lamp2' is not one of global, layerwise, lamp, erk"),
+    ({"model": {"arch": "lenet_300_100"}}, "pruning.exclude[0]: 'first_conv' is not a group of lenet_300_100"),
+    ({"model": {"arch": "conv2"}, "pruning": {"exclude": ["depthwise"]}},
+     "pruning.exclude[0]: 'depthwise' is not a group of conv2 (its groups: conv, dense, first_conv, classifier)"),
+    ({"pruning": {"exclude": ["conv", "classifier"]}}, "pruning.exclude: ['conv', 'classifier'] leaves no weights"),
+    ({"pruning": {"mode": "imp", "levels": 2, "rates": {"classifier": 0.1}}},
+     "pruning.rates: 'classifier' is in pruning.exclude"),
+    ({"pruning": {"mode": "imp", "levels": 2, "exclude": [], "rates": {"classifier": 1.5}}},
+     "pruning.rates.classifier: 1.5 is outside [0, 1)"),
+    ({"search": {"level": [2], "sparsity": [0.5]}}, "search.level: [2] conflicts with search.sparsity"),
+    ({"search": {"level": [0]}}, "search.level: 0 is outside [1, 100]"),
+    ({"pruning": {"mode": "imp", "levels": 2}, "search": {"level": [2]}}, "search.level: [2] conflicts with pruning.mode"),
+    ({"model": {"arch": "conv2", "strides": "cifar"}}, "model.strides: 'cifar' applies to mobilenet_v2 only"),
+    ({"model": {"strides": "tiny"}}, "model.strides: 'tiny' is not one of imagenet, cifar"),
+    ({"references": [{"source": "", "points": [{"test_accuracy": 50}]}]}, "references[0].source: '' must cite"),
+    ({"references": [{"source": "x", "points": [{"weights_remaining": 5}]}]},
+     "references[0].points[0]: 'test_accuracy/gain' needs exactly one of test_accuracy and gain"),
 ])
 def test_bad_values_name_field_and_value(raw, message):
     with pytest.raises(SpecError) as e:
         config.from_dict(raw)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_level_grids_and_null_lists():
+    spec = config.from_dict({"search": {"level": [3, 6]}, "pruning": {"rates": {"conv": 0.1}, "exclude": []}})
+    assert spec.search.sparsity == () and spec.search.level == (3, 6)  # the default sparsities step aside
+    assert config.load("smoke", ["pruning.mode=imp", "pruning.levels=2", "search.sparsity=null"]).search.sparsity == ()
+    assert config.load("smoke", ["dense.optimizer.weight_decay=5e-4"]).dense.optimizer.weight_decay == 5e-4
 
 
 def test_set_on_a_missing_key_is_an_error():

@@ -150,3 +150,82 @@ def test_masks_module_imports_no_framework():
     imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"tensorflow", "keras", "ray", "jax", "torch"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocations that never empty a layer (LAMP, ERK), and collapse detection.
+
+deep_sparsities = st.floats(0, 0.999, allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(weight_dicts(), deep_sparsities, st.sampled_from(["lamp", "erk"]))
+def test_lamp_and_erk_prune_exactly_and_never_empty_a_tensor(weights, s, scope):
+    mask, _ = masks.magnitude_mask(weights, s, scope)
+    n = sum(w.size for w in weights.values())
+    assert sum(int((~m).sum()) for m in mask.values()) == round(s * n)
+    if n - round(s * n) >= len(weights):  # enough weights kept for one per tensor
+        assert all(m.any() for m in mask.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(weight_dicts(ties=True), deep_sparsities, st.sampled_from(["lamp", "erk"]))
+def test_lamp_and_erk_ties_are_deterministic_and_nested_under_imp(weights, s, scope):
+    a, _ = masks.magnitude_mask(weights, s, scope)
+    b, _ = masks.magnitude_mask({k: v.copy() for k, v in weights.items()}, s, scope)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    step, _ = masks.prune_remaining(weights, 0.3, a, scope)
+    assert all(not (step[k] & ~a[k]).any() for k in a)  # an IMP level keeps a subset
+    alive = sum(int(m.sum()) for m in a.values())
+    assert sum(int(m.sum()) for m in step.values()) == alive - round(0.3 * alive)
+
+
+def test_lamp_keeps_the_largest_weights_of_each_tensor_and_ranks_by_normalised_magnitude():
+    # One tensor of large weights, one of small: global magnitude empties the small one; LAMP does not.
+    w = {"big": np.linspace(1.0, 10.0, 100).astype(np.float32), "small": np.linspace(0.001, 0.01, 100)}
+    assert not masks.magnitude_mask(w, 0.6, "global")[0]["small"].any()
+    mask, _ = masks.magnitude_mask(w, 0.6, "lamp")
+    for name, m in mask.items():
+        kept = np.abs(w[name])[m]
+        assert kept.size and kept.min() >= np.abs(w[name])[~m].max()  # within a tensor: by magnitude
+    scores = masks.lamp_scores({"a": np.array([1.0, 2.0, 2.0])}, {"a": np.ones(3, bool)}, 3)["a"]
+    assert scores.tolist() == pytest.approx([1 / 9, 4 / 8, 1.0])
+
+
+def test_erk_densities_follow_the_erdos_renyi_kernel_rule():
+    shapes = {"conv": (3, 3, 64, 64), "fc": (1024, 256), "out": (256, 10)}
+    keep = masks.erk_keep(shapes, {n: int(np.prod(s)) for n, s in shapes.items()}, 30_000)
+    assert sum(keep.values()) == pytest.approx(30_000)
+    density = {n: keep[n] / np.prod(s) for n, s in shapes.items()}
+    ratio = {n: density[n] / (sum(s) / np.prod(s)) for n, s in shapes.items() if density[n] < 1}
+    assert max(ratio.values()) == pytest.approx(min(ratio.values()))  # one epsilon for all uncapped tensors
+    capped = masks.erk_keep(shapes, {n: int(np.prod(s)) for n, s in shapes.items()}, 290_000)
+    assert capped["out"] == 2560  # a tensor whose share exceeds its size is kept whole, the rest re-shared
+    assert sum(capped.values()) == pytest.approx(290_000)
+
+
+def test_level_mask_reaches_the_counts_imp_reaches():
+    rng = np.random.default_rng(0)
+    w = {"conv": rng.normal(size=(3, 3, 8, 16)), "fc": rng.normal(size=(400, 50)), "out": rng.normal(size=(50, 10))}
+    mask, _ = masks.level_mask(w, 4, 0.2, "layerwise", rates={"conv": 0.1, "out": 0.1})
+    for name, rate in (("conv", 0.1), ("fc", 0.2), ("out", 0.1)):
+        n = w[name].size
+        for _ in range(4):
+            n -= round(rate * n)
+        assert int(mask[name].sum()) == n
+        # one shot: the survivors are the largest weights of the tensor
+        assert np.abs(w[name])[mask[name]].min() >= np.abs(w[name])[~mask[name]].max()
+    whole, _ = masks.level_mask(w, 0, 0.2)
+    assert all(m.all() for m in whole.values())
+
+
+def test_dead_units_counts_output_channels_without_weights():
+    conv = np.ones((3, 3, 4, 5), bool)
+    conv[..., 2] = False
+    assert masks.dead_units(conv) == (1, 5)
+    depthwise = np.ones((3, 3, 6, 1), bool)
+    depthwise[:, :, 4, 0] = False
+    assert masks.dead_units(depthwise, depthwise=True) == (1, 6)
+    dense = np.zeros((20, 10), bool)
+    dense[0, :7] = True
+    assert masks.dead_units(dense) == (3, 10)

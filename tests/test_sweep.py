@@ -43,6 +43,12 @@ def _dense_runs(exp: Path) -> int:
     (["smoke", "--resume"], "error: --resume:"),
     (["smoke", "--set", "resources.gpus_per_trial=1", "--num-gpus", "0", "--dry-run"],
      "error: resources.gpus_per_trial: 1 cannot be met by any node"),
+    (["smoke", "--name", "../../x"], "error: --name: '../../x' must be a single directory name"),
+    (["smoke", "--name", "/abs/path"], "error: --name: '/abs/path' must be a single directory name"),
+    (["smoke", "--set", "search.sparsity=null"], "error: search.sparsity: [] is empty"),
+    (["smoke", "--set", "pruning.rates={dense: 0.2}", "--set", "search.level=[2]"],
+     "error: pruning.rates: 'dense' is not a group of mobilenet_v2"),
+    (["smoke", "--set", "pruning.rates={conv: 0.1}"], "error: pruning.rates: {'conv': 0.1} apply per level"),
 ])
 def test_bad_input_exits_2_writes_nothing_starts_no_ray(tmp_path, capsys, argv, message):
     import ray
@@ -133,3 +139,53 @@ def test_two_node_cluster_spreads_trials_and_gives_each_one_gpu(tmp_path):
     assert len({r["node_id"] for r in rows}) == 2  # trials ran on both nodes
     assert all(r["cuda_visible_devices"] in ("0", "1") for r in rows)  # exactly one GPU each
     assert "1 CPU, 1 GPU" in out and _dense_runs(exp) == 1
+
+
+def test_the_smoke_preset_ends_with_every_trial_well_above_chance(tmp_path):
+    """The README's first command, as a new user runs it: no layer collapses, nothing at chance."""
+    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
+    assert code == 0, out[-3000:]
+    assert "masks: no grid point empties a layer" in out and "warning" not in out.lower()
+    df = pd.read_parquet(tmp_path / "smoke" / "results.parquet")
+    final = df[(df.control != "dense") & (df.epoch == df.epoch.max())]
+    assert len(final) == 4 and (final.collapsed_layers == "").all()
+    assert (final.test_accuracy > 0.5).all(), final[["sparsity", "rewind_epoch", "test_accuracy"]]  # chance: 0.1
+
+
+def test_layer_collapse_is_reported_before_training_in_the_results_and_the_report(tmp_path, capsys):
+    # Global magnitude pruning empties MobileNetV2's last 1x1 convolution (Conv_1) at 95 %.
+    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", "--set", "dense.epochs=2",
+                      "--set", "search.sparsity=[0.5,0.95]", "--set", "search.rewind_epoch=[0]",
+                      "--set", "pruning.scope=global"])
+    assert code == 0, out[-3000:]
+    before = out[:out.index("Trial status")] if "Trial status" in out else out
+    assert "warning: pruning.scope 'global' collapses layers at 1 of 2 grid points" in before
+    assert "s=0.95: " in before and "Conv_1/kernel no weights left (0 of 143,360)" in before
+    table = [line for line in before.splitlines() if line.strip().startswith("Conv_1/kernel ")]
+    assert table and table[0].split()[-1] == "0.00!"  # per-layer densities: Conv_1 empty at 0.95
+    assert "1 trial(s) trained a mask that empties a layer" in out
+
+    exp = tmp_path / "smoke"
+    df = pd.read_parquet(exp / "results.parquet")
+    trials = df[df.control != "dense"].drop_duplicates("trial_id").set_index("sparsity")
+    assert "Conv_1/kernel" in trials.loc[0.95, "collapsed_layers"] and trials.loc[0.5, "collapsed_layers"] == ""
+    report = (exp / "report.md").read_text()
+    assert "trial(s) trained a mask that empties a layer" in report and "Conv_1/kernel" in report
+
+    # A dry run on the finished dense run checks other sparsities without training anything.
+    assert sweep.main(["smoke", "--storage-path", str(tmp_path), "--dry-run", "--set", "dense.epochs=2",
+                       "--set", "search.sparsity=[0.5,0.9]", "--set", "search.rewind_epoch=[0]",
+                       "--set", "pruning.scope=lamp"]) == 0
+    out = capsys.readouterr().out
+    assert "a real run would stop here: --name: experiment" in out
+    assert "masks: no grid point empties a layer (scope lamp" in out
+
+
+def test_a_dry_run_downloads_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TICKETS_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("TICKETS_OFFLINE", raising=False)
+    assert sweep.main(["mobilenetv2-cifar10", "--storage-path", str(tmp_path / "results"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "a dry run downloads nothing" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from tickets import artifacts
+from tickets import config as config_lib
+from tickets.config import CONTROLS, GRID_KEYS
 
-GRID = ("sparsity", "rewind_epoch", "control", "replicate")
-CONTROLS = ("dense", "ticket", "transfer", "random_reinit", "random_prune")
 RESULTS_FILE = "results.parquet"
 _METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "train_accuracy", "train_loss", "actual_sparsity",
             "weights_remaining", "weights_remaining_count", "threshold", "early_stop_epoch", "best_test_loss",
@@ -39,7 +39,7 @@ def load(path) -> pd.DataFrame:
     """A tidy frame of an experiment dir (or of its `results.parquet` if only that is there)."""
     experiment = Path(path)
     if experiment.is_file():
-        return pd.read_parquet(experiment)
+        return _with_new_columns(pd.read_parquet(experiment))
     if not experiment.is_dir():
         raise FileNotFoundError(f"Received `path={str(path)!r}`: no such experiment dir")
     rows = []
@@ -48,33 +48,43 @@ def load(path) -> pd.DataFrame:
         for r in artifacts.read_metrics(trial):
             if "epoch" not in r:
                 continue
-            row = {k: r.get(k) for k in GRID}
+            row = {k: r.get(k) for k in GRID_KEYS}
             row |= {"trial_id": r.get("trial_id", trial.name), "trial": trial.name, "status": status,
                     "epoch": r["epoch"], "node_id": r.get("node_id")}
             row |= {k: r.get(k, np.nan) for k in _METRICS}
-            row["level"] = r.get("level")
             row["classifier_reinitialised"] = bool(r.get("classifier_reinitialised", False))
+            row["collapsed_layers"] = r.get("collapsed_layers") or ""
             rows.append(row)
     rows += _dense_rows(experiment)
     if not rows and (experiment / RESULTS_FILE).exists():
-        return pd.read_parquet(experiment / RESULTS_FILE)
+        return _with_new_columns(pd.read_parquet(experiment / RESULTS_FILE))
     return _typed(pd.DataFrame(rows, columns=_columns()))
 
 
+def _with_new_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A results.parquet written before a column existed reads with that column empty."""
+    for column, empty in (("level", pd.NA), ("collapsed_layers", "")):
+        if column not in df:
+            df[column] = pd.Series([empty] * len(df), dtype="Int64" if column == "level" else "string")
+    return df
+
+
 def _dense_rows(experiment: Path) -> list[dict]:
-    manifest = artifacts.read_dense(experiment / "dense") if (experiment / "dense").is_dir() else None
+    dense = experiment / artifacts.DENSE_DIR
+    manifest = artifacts.read_dense(dense) if dense.is_dir() else None
     if not manifest:
         return []
     return [{"sparsity": 0.0, "rewind_epoch": np.nan, "control": "dense", "replicate": 0, "trial_id": "dense",
              "trial": "dense", "status": "finished", "epoch": m["epoch"], "node_id": None,
              "test_accuracy": m["test_accuracy"], "test_loss": m["test_loss"],
              "train_accuracy": m["train_accuracy"], "train_loss": m["train_loss"], "actual_sparsity": 0.0,
-             "weights_remaining": 1.0, "step": m["step"], "epoch_seconds": m["seconds"]}
+             "weights_remaining": 1.0, "step": m["step"], "epoch_seconds": m["seconds"], "collapsed_layers": ""}
             for m in manifest["metrics"]]
 
 
 def _columns() -> list[str]:
-    return [*GRID, "level", "trial_id", "trial", "status", "epoch", "node_id", *_METRICS, "classifier_reinitialised"]
+    return [*GRID_KEYS, "trial_id", "trial", "status", "epoch", "node_id", *_METRICS, "classifier_reinitialised",
+            "collapsed_layers"]
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -83,8 +93,8 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df = df.drop_duplicates(subset=["trial_id", "level", "epoch"], keep="last")
     df = df.astype({"sparsity": "float64", "rewind_epoch": "float64", "replicate": "int64", "epoch": "int64",
                     "trial_id": "string", "trial": "string", "status": "string", "node_id": "string",
-                    "classifier_reinitialised": "bool"})
-    df["control"] = pd.Categorical(df["control"], categories=CONTROLS)
+                    "classifier_reinitialised": "bool", "collapsed_layers": "string"})
+    df["control"] = pd.Categorical(df["control"], categories=("dense", *CONTROLS))
     for k in _METRICS:
         df[k] = pd.to_numeric(df[k], errors="coerce").astype("float64")
     order = df["control"].cat.codes
@@ -130,11 +140,21 @@ def _keys(df: pd.DataFrame) -> list[str]:
     return ["control", "sparsity", "rewind_epoch"]
 
 
-def summary(df: pd.DataFrame, tolerance: float = 0.5) -> pd.DataFrame:
+def references(experiment) -> tuple[config_lib.Reference, ...]:
+    """The published reference points the experiment's spec carries (none for most specs)."""
+    path = Path(experiment) / artifacts.SPEC_FILE
+    return config_lib.load(path).references if path.is_file() else ()
+
+
+def summary(df: pd.DataFrame, tolerance: float = 0.5,
+            references: tuple[config_lib.Reference, ...] = ()) -> pd.DataFrame:
     """One row per (control, sparsity or level, rewind_epoch) over replicates.
 
     `matches` is the papers' winning-ticket test: mean final test accuracy within `tolerance`
-    percentage points of the dense network's, or better.
+    percentage points of the dense network's, or better. `collapsed` is true when a replicate's mask
+    emptied a layer (`collapsed_layers`): its accuracy measures a cut network, not a ticket.
+    With `references` (`references(experiment)`), each row gains the published point of its control
+    nearest in weights remaining (log scale) and `published_gap`, final minus published accuracy.
     """
     trials = df[df["control"] != "dense"]
     dense = dense_accuracy(df)
@@ -150,6 +170,7 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5) -> pd.DataFrame:
         final_accuracy=("test_accuracy", "mean"), final_accuracy_std=("test_accuracy", "std"),
         best_accuracy=("best_accuracy", "mean"), best_accuracy_std=("best_accuracy", "std"),
         early_stop_epoch=("early_stop_epoch", "mean"), epochs=("epoch", "max"),
+        collapsed=("collapsed_layers", lambda c: bool((c.fillna("") != "").any())),
     ).reset_index()
     out["final_accuracy_std"] = out["final_accuracy_std"].fillna(0.0)
     out["best_accuracy_std"] = out["best_accuracy_std"].fillna(0.0)
@@ -158,12 +179,38 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5) -> pd.DataFrame:
     out = out.drop(columns="sparsity_mean")
     out["dense_accuracy"] = dense
     out["matches"] = out["final_accuracy"] >= dense - tolerance / 100
+    if references:
+        out = _published(out, references, dense)
     return out.sort_values(keys).reset_index(drop=True)
 
 
+def _published(s: pd.DataFrame, references, dense: float) -> pd.DataFrame:
+    """The nearest published point (same control, log weights remaining) beside each row, as fractions."""
+    nearest = []
+    for row in s.itertuples():
+        points = [p for r in references if r.control == row.control for p in r.points]
+        if not points or not row.weights_remaining > 0:
+            nearest.append((np.nan, np.nan))
+            continue
+        p = min(points, key=lambda p: abs(np.log(p.weights_remaining / 100) - np.log(row.weights_remaining)))
+        nearest.append((p.weights_remaining / 100, p.accuracy(dense * 100) / 100))
+    s = s.copy()
+    s["published_weights_remaining"] = [w for w, _ in nearest]
+    s["published_accuracy"] = [a for _, a in nearest]
+    s["published_gap"] = s["final_accuracy"] - s["published_accuracy"]
+    return s
+
+
+def collapsed_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial whose mask emptied a layer: its grid point and `collapsed_layers`."""
+    trials = df[(df["control"] != "dense") & (df["collapsed_layers"].fillna("") != "")]
+    columns = [k for k in (*GRID_KEYS, "trial_id", "collapsed_layers") if trials[k].notna().any()]
+    return trials.drop_duplicates("trial_id")[columns].reset_index(drop=True)
+
+
 def winning_tickets(df: pd.DataFrame, tolerance: float = 0.5) -> pd.DataFrame:
-    """Per rewind epoch, the sparsest ticket that matches the dense network."""
+    """Per rewind epoch, the sparsest ticket that matches the dense network (a collapsed one never does)."""
     s = summary(df, tolerance)
-    wins = s[(s["control"] == "ticket") & s["matches"]]
+    wins = s[(s["control"] == "ticket") & s["matches"] & ~s["collapsed"]]
     idx = wins.groupby("rewind_epoch")["weights_remaining"].idxmin()
     return wins.loc[idx].reset_index(drop=True)

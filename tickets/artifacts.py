@@ -14,6 +14,8 @@ from tickets import masks as masks_lib
 
 TICKET_FILE = "ticket.npz"
 METRICS_FILE = "metrics.jsonl"  # each trial's own rows, one JSON object per report
+SPEC_FILE = "spec.yaml"  # the experiment's resolved spec
+DENSE_DIR = "dense"  # the dense run: step_<n>.npz snapshots and manifest.json
 
 
 def append_metrics(trial_dir: Path, row: dict) -> None:

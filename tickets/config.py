@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,13 +22,31 @@ from typing import Any
 
 import yaml
 
+from tickets.masks import SCOPES
+
 DATASETS = ("cifar10", "parquet", "image_folder", "synthetic")
 ARCHS = ("mobilenet_v2", "conv2", "conv4", "conv6", "lenet_300_100")
+STRIDES = ("imagenet", "cifar")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
-SCOPES = ("global", "layerwise")
-GROUPS = ("first_conv", "classifier", "depthwise")
+# Groups of prunable kernels, broadest first: a tensor in several groups takes the rate of the last
+# one (`pruning.rates: {conv: 0.1, first_conv: 0.05}` prunes the first convolution at 0.05).
+#   conv: every convolution (depthwise included); dense: the hidden dense layers; classifier: the
+#   output layer; first_conv: the first convolution; depthwise: MobileNetV2's depthwise convolutions.
+GROUPS = ("conv", "dense", "depthwise", "first_conv", "classifier")
+# The groups each architecture has (`models.groups` builds their members from the model; a test
+# checks the two agree), so a spec naming a group its model lacks fails before anything runs.
+ARCH_GROUPS = {
+    "mobilenet_v2": ("conv", "depthwise", "first_conv", "classifier"),
+    "conv2": ("conv", "dense", "first_conv", "classifier"),
+    "conv4": ("conv", "dense", "first_conv", "classifier"),
+    "conv6": ("conv", "dense", "first_conv", "classifier"),
+    "lenet_300_100": ("dense", "classifier"),
+}
 CONTROLS = ("ticket", "random_reinit", "random_prune", "transfer")
+# The Tune grid's keys, also the coordinate columns of the results. `level`: an IMP chain's level,
+# or a one-shot grid point that prunes to the per-layer sparsities IMP reaches at that level.
+GRID_KEYS = ("sparsity", "level", "rewind_epoch", "control", "replicate")
 MODES = ("oneshot", "imp")
 
 
@@ -79,6 +98,9 @@ class DataSpec:
 class ModelSpec:
     arch: str = "mobilenet_v2"
     width: float = 0.35
+    # MobileNetV2 only. imagenet: Keras's strides (32x downsampling: 1x1 feature maps by block_14 at
+    # 32 px); cifar: stride 1 in the stem and in block_1, as CIFAR adaptations do (8x downsampling).
+    strides: str = "imagenet"
 
 
 @dataclass(frozen=True)
@@ -107,13 +129,15 @@ class DenseSpec:
 
 @dataclass(frozen=True)
 class PruningSpec:
-    scope: str = "global"
+    # lamp | erk | layerwise | global: how the pruned weights spread over tensors. lamp by measurement
+    # (README, "Layer collapse and allocation"); global can empty whole layers of MobileNetV2.
+    scope: str = "lamp"
     exclude: tuple[str, ...] = ("first_conv", "classifier")
-    mode: str = "oneshot"  # oneshot: the grid's sparsity axis | imp: iterative magnitude pruning
-    rate: float = 0.2  # imp: fraction of the remaining weights removed per level
+    mode: str = "oneshot"  # oneshot: the grid's sparsity (or level) axis | imp: iterative magnitude pruning
+    rate: float = 0.2  # imp and search.level: fraction of the remaining weights removed per level
     levels: int | None = None  # imp: number of levels (or derived from target_sparsity)
     target_sparsity: float | None = None  # imp: prune until at least this fraction is removed
-    rates: dict[str, float] = field(default_factory=dict)  # imp: per-group rates, e.g. {classifier: 0.1}
+    rates: dict[str, float] = field(default_factory=dict)  # per-group rates per level, e.g. {classifier: 0.1}
 
     def num_levels(self) -> int:
         if self.levels is not None:
@@ -142,9 +166,37 @@ class TransferSpec:
 @dataclass(frozen=True)
 class SearchSpec:
     sparsity: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+    # One-shot instead of sparsities: prune, in one shot, to the per-layer sparsities IMP reaches at
+    # level k with pruning.rate and pruning.rates (the papers' one-shot comparisons).
+    level: tuple[int, ...] = ()
     rewind_epoch: tuple[float, ...] = (0.0, 1.0, 2.0)
     control: tuple[str, ...] = ("ticket",)
     replicate: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class ReferencePoint:
+    """One published result, in the paper's units: percent of weights remaining and either percent
+    test accuracy or, where a paper states improvements, `gain` in points over its own dense network
+    (drawn relative to this experiment's dense accuracy)."""
+
+    weights_remaining: float = 100.0
+    test_accuracy: float | None = None
+    gain: float | None = None
+    approximate: bool = False  # read off a plot rather than stated in the text or a table
+
+    def accuracy(self, dense: float) -> float:
+        """Percent accuracy, given this experiment's dense accuracy in percent."""
+        return self.test_accuracy if self.test_accuracy is not None else dense + self.gain
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Published numbers a preset's results are drawn beside (`plots.accuracy_vs_weights`, `summary`)."""
+
+    source: str = ""  # paper, and table or figure
+    control: str = "ticket"  # the curve the points belong to: ticket, random_reinit, ... or dense
+    points: tuple[ReferencePoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +218,7 @@ class Spec:
     search: SearchSpec = field(default_factory=SearchSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     transfer: TransferSpec | None = None
+    references: tuple[Reference, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = _plain(dataclasses.asdict(self))
@@ -223,6 +276,9 @@ def _did_you_mean(key: str, options: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(tp: Any, value: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -253,6 +309,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         return {_coerce(key_type, k, name): _coerce(value_type, v, f"{name}.{k}") for k, v in value.items()}
     if origin is tuple:
         item_type = typing.get_args(tp)[0]
+        if value is None:
+            return ()  # `--set search.sparsity=null`: no values
         if not isinstance(value, (list, tuple)):
             value = [value]  # a scalar where a list is expected means a one-point grid
         return tuple(_coerce(item_type, v, f"{name}[{i}]") for i, v in enumerate(value))
@@ -267,6 +325,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             _fail(name, value, "must be an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads 5e-4 (no dot) as a string; the user meant the number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(name, value, "must be a number")
         return float(value)
@@ -311,11 +371,21 @@ def _grid(name: str, values: tuple) -> None:
 
 
 def validate(spec: Spec) -> Spec:
+    """The spec, unchanged, when every value is usable; else a `SpecError` naming the first bad field.
+
+    One check per section, in the order of the YAML; each sees the sections before it.
+    """
     if not spec.name or any(c in spec.name for c in "/\\ \t\n") or spec.name.startswith("."):
         _fail("name", spec.name, "must be a non-empty name without slashes or spaces")
     if spec.seed < 0:
         _fail("seed", spec.seed, "must be >= 0")
+    for check in (_check_data, _check_model, _check_dense, _check_pruning, _check_search, _check_transfer,
+                  _check_resources, _check_references):
+        check(spec)
+    return spec
 
+
+def _check_data(spec: Spec) -> None:
     d = spec.data
     _one_of("data.dataset", d.dataset, DATASETS)
     if d.dataset in ("parquet", "image_folder") and not d.path:
@@ -336,13 +406,20 @@ def validate(spec: Spec) -> Spec:
     if d.subset and d.subset.train is not None and d.subset.train < d.batch_size:
         _fail("data.subset.train", d.subset.train, f"is smaller than data.batch_size ({d.batch_size})")
 
+
+def _check_model(spec: Spec) -> None:
     m = spec.model
     _one_of("model.arch", m.arch, ARCHS)
     if not 0 < m.width <= 4:
         _fail("model.width", m.width, "is outside (0, 4]")
-    if m.arch == "mobilenet_v2" and d.image_size < 32:
-        _fail("data.image_size", d.image_size, "is below 32, the smallest input MobileNetV2 accepts")
+    _one_of("model.strides", m.strides, STRIDES)
+    if m.strides != "imagenet" and m.arch != "mobilenet_v2":
+        _fail("model.strides", m.strides, f"applies to mobilenet_v2 only; model.arch is {m.arch!r}")
+    if m.arch == "mobilenet_v2" and spec.data.image_size < 32:
+        _fail("data.image_size", spec.data.image_size, "is below 32, the smallest input MobileNetV2 accepts")
 
+
+def _check_dense(spec: Spec) -> None:
     e = spec.dense
     if e.epochs < 1:
         _fail("dense.epochs", e.epochs, "must be >= 1")
@@ -363,61 +440,94 @@ def validate(spec: Spec) -> Spec:
     if not 0 < e.schedule.gamma <= 1:
         _fail("dense.schedule.gamma", e.schedule.gamma, "is outside (0, 1]")
 
-    p = spec.pruning
+
+def _check_group(name: str, group: str, arch: str) -> None:
+    _one_of(name, group, GROUPS)
+    if group not in ARCH_GROUPS[arch]:
+        _fail(name, group, f"is not a group of {arch} (its groups: {', '.join(ARCH_GROUPS[arch])})")
+
+
+def _check_pruning(spec: Spec) -> None:
+    p, arch = spec.pruning, spec.model.arch
     _one_of("pruning.scope", p.scope, SCOPES)
     for i, g in enumerate(p.exclude):
-        _one_of(f"pruning.exclude[{i}]", g, GROUPS)
+        _check_group(f"pruning.exclude[{i}]", g, arch)
+    if {"conv", "dense", "classifier"} & set(ARCH_GROUPS[arch]) <= set(p.exclude):
+        _fail("pruning.exclude", list(p.exclude), f"leaves no weights of {arch} to prune")
     _one_of("pruning.mode", p.mode, MODES)
     if not 0 < p.rate < 1:
         _fail("pruning.rate", p.rate, "is outside (0, 1)")
     for group, rate in p.rates.items():
-        _one_of("pruning.rates", group, GROUPS)
+        _check_group("pruning.rates", group, arch)
+        if group in p.exclude:
+            _fail("pruning.rates", group, "is in pruning.exclude: remove it there for its rate to apply")
         if not 0 <= rate < 1:
             _fail(f"pruning.rates.{group}", rate, "is outside [0, 1)")
     if p.levels is not None and not 1 <= p.levels <= 100:
         _fail("pruning.levels", p.levels, "is outside [1, 100]")
     if p.target_sparsity is not None and not 0 < p.target_sparsity < 1:
         _fail("pruning.target_sparsity", p.target_sparsity, "is outside (0, 1)")
-    imp = p.mode == "imp"
-    if imp and p.levels is None and p.target_sparsity is None:
+    if p.mode == "imp" and p.levels is None and p.target_sparsity is None:
         _fail("pruning.levels", None, "must be set (or pruning.target_sparsity) when pruning.mode is 'imp'")
-    if imp and p.levels is not None and p.target_sparsity is not None:
+    if p.mode == "imp" and p.levels is not None and p.target_sparsity is not None:
         _fail("pruning.target_sparsity", p.target_sparsity, "conflicts with pruning.levels: set one of them")
 
-    s = spec.search
-    for axis in ("rewind_epoch", "control", "replicate") + (() if imp else ("sparsity",)):
-        _grid(f"search.{axis}", getattr(s, axis))
+
+def _check_search(spec: Spec) -> None:
+    s, p, epochs = spec.search, spec.pruning, spec.dense.epochs
+    imp, by_level = p.mode == "imp", bool(s.level)
     if imp and s.sparsity:
         _fail("search.sparsity", list(s.sparsity), "conflicts with pruning.mode 'imp': IMP levels set the "
                                                    "sparsity (pruning.rate, pruning.levels); remove search.sparsity")
+    if imp and by_level:
+        _fail("search.level", list(s.level), "conflicts with pruning.mode 'imp': each IMP trial walks the levels "
+                                             "(pruning.levels); remove search.level")
+    if by_level and s.sparsity:
+        _fail("search.level", list(s.level), "conflicts with search.sparsity: a one-shot grid prunes to "
+                                             "sparsities or to IMP levels; set one of them")
+    if not imp and not by_level and p.rates:
+        _fail("pruning.rates", dict(p.rates), "apply per level: in one-shot mode use search.level (the per-layer "
+                                              "sparsities IMP reaches at level k), or pruning.mode 'imp'")
+    axes = ("rewind_epoch", "control", "replicate") + (() if imp else ("level",) if by_level else ("sparsity",))
+    for axis in axes:
+        _grid(f"search.{axis}", getattr(s, axis))
     for i, v in enumerate(s.sparsity):
         if not 0 <= v < 1:
             _fail(f"search.sparsity[{i}]" if len(s.sparsity) > 1 else "search.sparsity", v, "is outside [0, 1)")
+    for i, v in enumerate(s.level):
+        if not 1 <= v <= 100:
+            _fail(f"search.level[{i}]" if len(s.level) > 1 else "search.level", v, "is outside [1, 100]")
     for i, v in enumerate(s.rewind_epoch):
         name = f"search.rewind_epoch[{i}]" if len(s.rewind_epoch) > 1 else "search.rewind_epoch"
         if v < 0:
             _fail(name, v, "must be >= 0")
-        if v > e.epochs:
-            _fail(name, v, f"is past dense.epochs ({e.epochs})")
-        if v == e.epochs:
-            _fail(name, v, f"equals dense.epochs ({e.epochs}): nothing would be left to train")
+        if v > epochs:
+            _fail(name, v, f"is past dense.epochs ({epochs})")
+        if v == epochs:
+            _fail(name, v, f"equals dense.epochs ({epochs}): nothing would be left to train")
     for i, c in enumerate(s.control):
         _one_of(f"search.control[{i}]", c, CONTROLS)
-    t = spec.transfer
-    if t is not None:
-        if not t.source:
-            _fail("transfer.from", t.source, "must name the source experiment dir")
-        if "transfer" not in s.control:
-            _fail("search.control", list(s.control), "has no 'transfer': add it to train the transferred tickets")
-        if imp:
-            _fail("transfer.from", t.source, "cannot be combined with pruning.mode 'imp'")
-        _one_of("transfer.select.control", t.select.control, CONTROLS[:3])
-    elif "transfer" in s.control:
-        _fail("search.control", list(s.control), "has 'transfer' but the spec has no transfer section")
     for i, r in enumerate(s.replicate):
         if r < 0:
             _fail(f"search.replicate[{i}]", r, "must be >= 0")
 
+
+def _check_transfer(spec: Spec) -> None:
+    t, s = spec.transfer, spec.search
+    if t is None:
+        if "transfer" in s.control:
+            _fail("search.control", list(s.control), "has 'transfer' but the spec has no transfer section")
+        return
+    if not t.source:
+        _fail("transfer.from", t.source, "must name the source experiment dir")
+    if "transfer" not in s.control:
+        _fail("search.control", list(s.control), "has no 'transfer': add it to train the transferred tickets")
+    if spec.pruning.mode == "imp" or s.level:
+        _fail("transfer.from", t.source, "needs a one-shot grid over search.sparsity (not IMP levels)")
+    _one_of("transfer.select.control", t.select.control, CONTROLS[:3])
+
+
+def _check_resources(spec: Spec) -> None:
     r = spec.resources
     if isinstance(r.gpus_per_trial, str):
         _one_of("resources.gpus_per_trial", r.gpus_per_trial, ("auto",))
@@ -433,7 +543,23 @@ def validate(spec: Spec) -> Spec:
         _fail("resources.max_failures", r.max_failures, "must be >= 0")
     if r.max_concurrent_trials is not None and r.max_concurrent_trials < 1:
         _fail("resources.max_concurrent_trials", r.max_concurrent_trials, "must be >= 1")
-    return spec
+
+
+def _check_references(spec: Spec) -> None:
+    for i, ref in enumerate(spec.references):
+        name = f"references[{i}]"
+        if not ref.source.strip():
+            _fail(f"{name}.source", ref.source, "must cite the paper and the table or figure the points come from")
+        _one_of(f"{name}.control", ref.control, ("dense", *CONTROLS))
+        if not ref.points:
+            _fail(f"{name}.points", [], "is empty")
+        for j, point in enumerate(ref.points):
+            if not 0 < point.weights_remaining <= 100:
+                _fail(f"{name}.points[{j}].weights_remaining", point.weights_remaining, "is outside (0, 100] (percent)")
+            if (point.test_accuracy is None) == (point.gain is None):
+                _fail(f"{name}.points[{j}]", "test_accuracy/gain", "needs exactly one of test_accuracy and gain")
+            if point.test_accuracy is not None and not 0 <= point.test_accuracy <= 100:
+                _fail(f"{name}.points[{j}].test_accuracy", point.test_accuracy, "is outside [0, 100] (percent)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,8 +642,9 @@ def apply_override(raw: dict, assignment: str) -> dict:
 
 def from_dict(raw: dict) -> Spec:
     spec = _build(Spec, raw)
-    if spec.pruning.mode == "imp" and "sparsity" not in (raw.get("search") or {}):
-        # IMP has no sparsity axis: the default grid's sparsities must not count as "set".
+    search = raw.get("search") or {}
+    if (spec.pruning.mode == "imp" or spec.search.level) and "sparsity" not in search:
+        # IMP and level grids have no sparsity axis: the default sparsities must not count as "set".
         spec = dataclasses.replace(spec, search=dataclasses.replace(spec.search, sparsity=()))
     return validate(spec)
 

@@ -77,20 +77,24 @@ def load(spec: DataSpec, seed: int) -> Dataset:
     return d
 
 
-def inspect(spec: DataSpec, seed: int) -> Dataset:
+def inspect(spec: DataSpec, seed: int, download: bool = True) -> Dataset:
     """What `load` would give, checked without TensorFlow and without reading every image: labels,
     counts and one decoded sample per split. For the driver, before any cluster work starts.
-    Parquet images come back as None (only their labels are read)."""
-    return _read(spec, seed, labels_only=True)
+    Parquet images come back as None (only their labels are read). `download=False` (a dry run)
+    makes a missing CIFAR-10 an error instead of a download."""
+    return _read(spec, seed, labels_only=True, download=download)
 
 
-def _read(spec: DataSpec, seed: int, labels_only: bool) -> Dataset:
+def _read(spec: DataSpec, seed: int, labels_only: bool, download: bool = True) -> Dataset:
     if spec.dataset == "synthetic":
         train, test, classes, source = *_synthetic(spec), spec.classes, "synthetic"
     else:
         root = _locate(spec)
         train, test, classes, source = *_read_dir(root, spec.dataset, labels_only), None, str(root)
         if train is None:  # a Keras-cache CIFAR-10 that still has to be downloaded
+            if not download:
+                raise DataError(f"data.dataset: 'cifar10' has no local copy (looked in $TICKETS_DATA_DIR/cifar10 "
+                                f"and {root}); a dry run downloads nothing: set data.path or TICKETS_DATA_DIR")
             train, test = _download_cifar10()
         classes = 10 if spec.dataset == "cifar10" else int(train.labels.max()) + 1
     _check_labels(train, classes, "train", source)

@@ -3,16 +3,30 @@
 A mask maps each prunable tensor's name to a boolean array of the same shape: True keeps the
 weight. Sparsity `s` over `N` prunable weights always prunes exactly `round(s * N)` of them
 (OpenLTH and the original LTH code prune one weight too many at the threshold).
+
+How the pruned weights are spread over the tensors is the `scope`:
+  - `global`: one ranking of all magnitudes. Can empty whole layers: layers followed by BatchNorm
+    have no meaningful weight scale (Tanaka et al. 2020, "layer collapse").
+  - `layerwise`: the same fraction of every tensor.
+  - `lamp`: one ranking of layer-adaptive magnitude scores (Lee et al. 2021), w_u^2 / sum of the
+    squares of the tensor's weights at least as large as w_u. Every tensor's largest weight scores
+    1, the most any weight can, so no tensor is emptied while there are weights to keep.
+  - `erk`: Erdős–Rényi-kernel densities (Evci et al. 2020, RigL): a tensor of shape (k, k, in, out)
+    keeps in proportion to (k + k + in + out) / (k * k * in * out), densities capped at 1; the
+    largest weights of each tensor are kept.
+`global`, `lamp` and `erk` are scoring functions over one shared selection (the `count` lowest
+scores of all tensors, ties to the earlier tensor and lower index); `layerwise` sets per-tensor counts.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 Weights = Mapping[str, np.ndarray]
 Mask = dict[str, np.ndarray]
+SCOPES = ("global", "layerwise", "lamp", "erk")
 
 
 def ones_like(weights: Weights) -> Mask:
@@ -48,14 +62,79 @@ def _check(weights: Weights, mask: Mask | None) -> Mask:
     return {name: np.asarray(m, dtype=bool) for name, m in mask.items()}
 
 
+# ---------------------------------------------------------------------------------------------
+# Scores: higher keeps. Each sees the surviving weights (`alive`) and how many of them will be kept.
+
+Scores = dict[str, np.ndarray]
+
+
+def magnitude_scores(weights: Weights, alive: Mask, keep: int) -> Scores:
+    return {n: np.abs(np.asarray(w, dtype=np.float64)) for n, w in weights.items()}
+
+
+def _ascending(w: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """Flat indices of the live weights by increasing magnitude, ties by index (pruned first)."""
+    flat = np.abs(np.asarray(w, dtype=np.float64)).ravel()
+    return live[np.argsort(flat[live], kind="stable")]
+
+
+def lamp_scores(weights: Weights, alive: Mask, keep: int) -> Scores:
+    """LAMP (Lee et al. 2021): w_u^2 / sum over the tensor's survivors v >= u (by magnitude) of w_v^2."""
+    out = {}
+    for n, w in weights.items():
+        score = np.zeros(np.size(w))
+        order = _ascending(w, np.flatnonzero(np.ravel(alive[n])))
+        if order.size:
+            sq = np.square(np.asarray(w, dtype=np.float64).ravel()[order])
+            suffix = np.cumsum(sq[::-1])[::-1]
+            score[order] = np.divide(sq, suffix, out=np.zeros_like(sq), where=suffix > 0)
+            score[order[-1]] = 1.0  # also for an all-zero tensor: its largest weight is never ranked below another's
+        out[n] = score.reshape(np.shape(w))
+    return out
+
+
+def erk_keep(shapes: Mapping[str, tuple], alive: Mapping[str, int], keep: int) -> dict[str, float]:
+    """How many weights each tensor keeps under Erdős–Rényi-kernel densities (real-valued, summing to
+    `keep`): proportional to n * sum(shape) / prod(shape) = sum(shape), each capped at its survivors."""
+    raw = {n: float(sum(s)) for n, s in shapes.items()}
+    capped: dict[str, float] = {n: 0.0 for n in shapes if alive[n] == 0}
+    while True:  # water-filling: tensors whose share would exceed their survivors keep them all
+        free = [n for n in shapes if n not in capped]
+        budget = keep - sum(capped.values())
+        eps = budget / sum(raw[n] for n in free) if free else 0.0
+        over = [n for n in free if eps * raw[n] > alive[n]]
+        if not over:
+            return {**capped, **{n: eps * raw[n] for n in free}}
+        capped |= {n: float(alive[n]) for n in over}
+
+
+def erk_scores(weights: Weights, alive: Mask, keep: int) -> Scores:
+    """Rank j (0 = largest) of each survivor within its tensor, over the tensor's ERK share:
+    -j / share. One selection over all tensors then keeps about `share` of each, exactly `keep` in all."""
+    shapes = {n: np.shape(w) for n, w in weights.items()}
+    shares = erk_keep(shapes, {n: int(np.count_nonzero(alive[n])) for n in weights}, keep)
+    out = {}
+    for n, w in weights.items():
+        score = np.full(np.size(w), -np.inf)
+        order = _ascending(w, np.flatnonzero(np.ravel(alive[n])))
+        if order.size and shares[n] > 0:
+            score[order] = -np.arange(order.size - 1, -1, -1) / shares[n]
+        out[n] = score.reshape(shapes[n])
+    return out
+
+
+SCORES: dict[str, Callable[[Weights, Mask, int], Scores]] = {
+    "global": magnitude_scores, "lamp": lamp_scores, "erk": erk_scores}
+
+
 def magnitude_mask(weights: Weights, sparsity: float, scope: str = "global",
                    mask: Mask | None = None) -> tuple[Mask, float]:
-    """Prune the smallest-magnitude weights until exactly `round(sparsity * N)` are pruned.
+    """Prune the lowest-scoring weights until exactly `round(sparsity * N)` are pruned.
 
     `sparsity` is the total fraction of all N prunable weights removed, counting those an
     existing `mask` already removed; only its survivors compete, so the result is a subset of
-    it. `global` ranks all tensors together; `layerwise` prunes the same fraction of each tensor
-    (counts apportioned by largest remainder so the total is still exact).
+    it. `scope` spreads the count over the tensors (module docstring); `layerwise` apportions
+    counts by largest remainder so the total is still exact.
     Returns the new mask and the magnitude threshold (largest pruned magnitude; 0.0 if none).
     """
     old = _check(weights, mask)
@@ -66,58 +145,81 @@ def magnitude_mask(weights: Weights, sparsity: float, scope: str = "global",
     if target < sum(pruned):
         raise ValueError(f"Received `sparsity={sparsity}` ({target} weights) below the existing mask's "
                          f"{sum(pruned)} pruned weights")
-    if scope == "global":
-        return _prune(weights, old, target - sum(pruned))
     if scope == "layerwise":
         more = [k - p for k, p in zip(_apportion(sizes, target), pruned, strict=True)]
         if min(more) < 0:
             raise ValueError(f"Received an existing mask that already prunes more of a tensor than "
                              f"`sparsity={sparsity}` allows layerwise")
         return _prune(weights, old, more)
-    raise ValueError(f"Received `scope={scope!r}`: expected 'global' or 'layerwise'")
+    return _prune(weights, old, target - sum(pruned), _scores(scope, weights, old, total - target))
+
+
+def _scores(scope: str, weights: Weights, alive: Mask, keep: int) -> Scores:
+    if scope not in SCORES:
+        raise ValueError(f"Received `scope={scope!r}`: expected one of {', '.join(SCOPES)}")
+    return SCORES[scope](weights, alive, keep)
 
 
 def prune_remaining(weights: Weights, rate: float, mask: Mask | None = None, scope: str = "global",
                     rates: Mapping[str, float] | None = None) -> tuple[Mask, float]:
     """One level of iterative magnitude pruning: remove `round(rate * survivors)` more weights.
 
-    `global` counts survivors over all tensors, `layerwise` per tensor. Tensors named in `rates`
-    are pruned at their own rate, each on its own (the papers prune the output layer at half rate).
+    `layerwise` counts survivors per tensor; the other scopes count them over all tensors and
+    spread the count by their scores. Tensors named in `rates` are pruned at their own rate, each
+    on its own (the papers prune convolutions and the output layer at their own rates).
     """
     old = _check(weights, mask)
     rates = dict(rates or {})
     for name, r in [("rate", rate), *rates.items()]:
         if not 0 <= r < 1:
             raise ValueError(f"Received `{name}={r}`: must be in [0, 1)")
-    alive = [int(old[n].sum()) for n in weights]
-    counts = [int(round(rates.get(n, rate) * a)) if (scope == "layerwise" or n in rates) else None
-              for n, a in zip(weights, alive, strict=True)]
-    shared = [i for i, c in enumerate(counts) if c is None]
-    if shared:  # global scope over the tensors without their own rate
-        rest = {n: weights[n] for i, n in enumerate(weights) if i in shared}
-        sub, t_rest = _prune(rest, {n: old[n] for n in rest}, int(round(rate * sum(alive[i] for i in shared))))
-    else:
-        sub, t_rest = {}, 0.0
-    own = {n: weights[n] for i, n in enumerate(weights) if i not in shared}
-    sub_own, t_own = _prune(own, {n: old[n] for n in own}, [c for c in counts if c is not None]) if own else ({}, 0.0)
-    merged = {**sub, **sub_own}
-    return {n: merged[n] for n in weights}, max(t_rest, t_own)
+    alive = {n: int(old[n].sum()) for n in weights}
+    own = [n for n in weights if n in rates or scope == "layerwise"]
+    shared = [n for n in weights if n not in own]
+    parts, thresholds = {}, [0.0]
+    if own:
+        sub, t = _prune({n: weights[n] for n in own}, {n: old[n] for n in own},
+                        [int(round(rates.get(n, rate) * alive[n])) for n in own])
+        parts |= sub
+        thresholds.append(t)
+    if shared:
+        pool = {n: weights[n] for n in shared}
+        pool_old = {n: old[n] for n in shared}
+        survivors = sum(alive[n] for n in shared)
+        count = int(round(rate * survivors))
+        sub, t = _prune(pool, pool_old, count, _scores(scope, pool, pool_old, survivors - count))
+        parts |= sub
+        thresholds.append(t)
+    return {n: parts[n] for n in weights}, max(thresholds)
 
 
-def _prune(weights: Weights, old: Mask, count: int | list[int]) -> tuple[Mask, float]:
-    """Remove the `count` smallest surviving magnitudes: one count over all tensors, or one per tensor."""
+def level_mask(weights: Weights, level: int, rate: float, scope: str = "global",
+               rates: Mapping[str, float] | None = None) -> tuple[Mask, float]:
+    """In one shot, the mask of IMP level `level` on fixed weights: the per-tensor counts IMP reaches
+    there (`prune_remaining` `level` times, no training between), as the papers' one-shot comparisons."""
+    mask, threshold = None, 0.0
+    for _ in range(level):
+        mask, t = prune_remaining(weights, rate, mask, scope, rates)
+        threshold = max(threshold, t)
+    return (mask if mask is not None else ones_like(weights)), threshold
+
+
+def _prune(weights: Weights, old: Mask, count: int | list[int], scores: Scores | None = None) -> tuple[Mask, float]:
+    """Remove the `count` lowest-scoring survivors over all tensors (by magnitude unless `scores`
+    are given), or the given count of smallest magnitudes per tensor."""
     names = list(weights)  # insertion order fixes the tie-break across tensors
     flat = {n: np.abs(np.asarray(weights[n], dtype=np.float64)).ravel() for n in names}
     alive = {n: np.asarray(old[n], dtype=bool).ravel() for n in names}
     new = {n: alive[n].copy() for n in names}
     dropped = []
     if isinstance(count, int):
-        magnitudes = np.concatenate([flat[n] for n in names])
-        drop = _smallest(magnitudes, np.concatenate([alive[n] for n in names]), count)
+        ranked = np.concatenate([np.ravel(scores[n]) if scores is not None else flat[n] for n in names])
+        drop = _smallest(ranked, np.concatenate([alive[n] for n in names]), count)
         offsets = np.cumsum([0] + [flat[n].size for n in names])
         for i, n in enumerate(names):
-            new[n][drop[(drop >= offsets[i]) & (drop < offsets[i + 1])] - offsets[i]] = False
-        dropped.append(magnitudes[drop])
+            mine = drop[(drop >= offsets[i]) & (drop < offsets[i + 1])] - offsets[i]
+            new[n][mine] = False
+            dropped.append(flat[n][mine])
     else:
         for n, k in zip(names, count, strict=True):
             drop = _smallest(flat[n], alive[n], k)
@@ -176,6 +278,16 @@ def report(mask: Mask, threshold: float | None = None) -> dict:
             "sparsity": (total - kept) / total if total else 0.0,
             "weights_remaining": kept / total if total else 1.0,
             "threshold": threshold, "layers": layers}
+
+
+def dead_units(mask: np.ndarray, depthwise: bool = False) -> tuple[int, int]:
+    """(output units that keep no weight, output units): channels of a convolution, units of a dense
+    layer. Kernels are (..., out) for Conv2D and Dense, (kh, kw, channels, multiplier) when depthwise."""
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim < 2:
+        return int(not m.any()), 1
+    columns = m.reshape(m.shape[0] * m.shape[1], -1) if depthwise else m.reshape(-1, m.shape[-1])
+    return int((~columns.any(axis=0)).sum()), columns.shape[1]
 
 
 def save(path, mask: Mask) -> None:

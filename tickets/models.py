@@ -40,6 +40,9 @@ def build(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int, 
         model = keras.applications.MobileNetV2(
             input_shape=input_shape, alpha=spec.width, weights=None, classes=num_classes,
             classifier_activation=None)
+        if spec.strides == "cifar":
+            keras.utils.set_random_seed(seed)  # the same initial weights as the imagenet strides
+            model = _cifar_strides(model)
     elif spec.arch in _CONV_NETS:
         model = _conv_net(spec.arch, input_shape, num_classes)
     elif spec.arch == "lenet_300_100":
@@ -52,6 +55,28 @@ def build(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int, 
             # steps per epoch) the moving statistics would lag the weights for many epochs.
             layer.momentum = BN_MOMENTUM
     return model
+
+
+def _cifar_strides(model: keras.Model) -> keras.Model:
+    """MobileNetV2 with stride 1 in the stem (`Conv1`) and in `block_1`, the usual CIFAR adaptation
+    (e.g. kuangliu/pytorch-cifar): 32 px inputs end in 4x4 instead of 1x1 feature maps.
+
+    Rebuilt from Keras's own config, so every layer, name and initializer stays Keras's. `block_1`
+    pads (0, 1) for its stride-2 'valid' depthwise conv; at stride 1 it pads (1, 1) to keep the size.
+    """
+    config = model.get_config()
+    changed = set()
+    for layer in config["layers"]:
+        c = layer["config"]
+        if c["name"] in ("Conv1", "block_1_depthwise"):
+            c["strides"] = (1, 1)
+            changed.add(c["name"])
+        elif c["name"] == "block_1_pad":
+            c["padding"] = ((1, 1), (1, 1))
+            changed.add(c["name"])
+    if changed != {"Conv1", "block_1_depthwise", "block_1_pad"}:  # Keras renamed its layers
+        raise ValueError(f"Received a Keras MobileNetV2 without the layers the CIFAR strides change; found {changed}")
+    return keras.Model.from_config(config)
 
 
 def _conv_net(name: str, input_shape, num_classes: int) -> keras.Model:
@@ -91,15 +116,26 @@ def _kernel(layer: keras.layers.Layer):
 
 
 def groups(model: keras.Model) -> dict[str, list[str]]:
-    """Named groups of prunable kernels, for `pruning.exclude`."""
+    """The named groups of prunable kernels (`config.GROUPS`), each in layer order; empty when the
+    model has no such layer."""
     layers = _kernel_layers(model)
-    convs = [la for la in layers if isinstance(la, keras.layers.Conv2D)]
+    convs = [la for la in layers if isinstance(la, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    plain = [la for la in convs if isinstance(la, keras.layers.Conv2D)]
     denses = [la for la in layers if isinstance(la, keras.layers.Dense)]
     return {
-        "first_conv": [_kernel(convs[0]).path] if convs else [],
+        "conv": [_kernel(la).path for la in convs],
+        "dense": [_kernel(la).path for la in denses[:-1]],
+        "depthwise": [_kernel(la).path for la in convs if isinstance(la, keras.layers.DepthwiseConv2D)],
+        "first_conv": [_kernel(plain[0]).path] if plain else [],
         "classifier": [_kernel(denses[-1]).path] if denses else [],
-        "depthwise": [_kernel(la).path for la in layers if isinstance(la, keras.layers.DepthwiseConv2D)],
     }
+
+
+def layout(model: keras.Model) -> dict:
+    """What pruning needs to know of a model, as plain data (`tickets.pruning.Layout`): its prunable
+    kernels in layer order and its groups. Stored with the dense run, so the driver can check masks
+    without building the model."""
+    return {"names": [_kernel(la).path for la in _kernel_layers(model)], "groups": groups(model)}
 
 
 def prunable_variables(model: keras.Model, exclude=()) -> dict:

@@ -27,7 +27,8 @@ def _rewind_colors(rewinds) -> dict:
 
 def _percent_axis(ax, values) -> None:
     ax.set_xscale("log")
-    ax.invert_xaxis()  # sparser to the right, as in the papers
+    if not ax.xaxis_inverted():
+        ax.invert_xaxis()  # sparser to the right, as in the papers
     ticks = sorted({float(f"{v:.3g}") for v in values})
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
@@ -40,9 +41,10 @@ def _figure(width: float, height: float):
     return fig, fig.subplots()
 
 
-def accuracy_vs_weights(df: pd.DataFrame, tolerance: float = 0.5) -> Figure:
+def accuracy_vs_weights(df: pd.DataFrame, tolerance: float = 0.5, references=()) -> Figure:
     """Final test accuracy vs percent of weights remaining: a line per rewind epoch, controls dashed,
-    the dense network as a band (± the matching tolerance)."""
+    the dense network as a band (± the matching tolerance), configurations whose mask emptied a
+    layer crossed out, and `references` (`analysis.references(experiment)`) as grey "published" lines."""
     s = analysis.summary(df, tolerance)
     dense = analysis.dense_accuracy(df) * 100
     fig, ax = _figure(7, 4.5)
@@ -50,8 +52,26 @@ def accuracy_vs_weights(df: pd.DataFrame, tolerance: float = 0.5) -> Figure:
                label=f"dense {dense:.1f} % ± {tolerance:g} pt")
     ax.axhline(dense, color="tab:red", lw=1.2)
     _lines(ax, s, "final_accuracy", 100, "final_accuracy_std")
+    cut = s[s["collapsed"]]
+    if len(cut):
+        ax.scatter(cut["weights_remaining"] * 100, cut["final_accuracy"] * 100, marker="x", s=90, color="black",
+                   zorder=5, label="collapsed mask (a layer emptied)")
+    for ref in references:
+        _published(ax, ref, dense)
+    if references:  # label the published points' x positions too
+        _percent_axis(ax, [*(s["weights_remaining"] * 100), *(p.weights_remaining for r in references for p in r.points)])
     _finish(fig, ax, "test accuracy (%)", "Accuracy of sparse networks vs weights remaining")
     return fig
+
+
+def _published(ax, ref, dense: float) -> None:
+    points = sorted(ref.points, key=lambda p: -p.weights_remaining)
+    approximate = any(p.approximate for p in points)
+    ax.plot([p.weights_remaining for p in points], [p.accuracy(dense) for p in points], color="0.45",
+            ls=_STYLE.get(ref.control, "-"), marker="*", ms=8, mfc="white", lw=1.5,
+            label=f"published {ref.control}{' (≈, read off a plot)' if approximate else ''}"
+                  f"{' (gain over dense)' if any(p.gain is not None for p in points) else ''}: "
+                  f"{ref.source.split(',')[0][:60]}")  # the citation's first part; report.md has it whole
 
 
 def early_stop_vs_weights(df: pd.DataFrame) -> Figure:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import shutil
+import secrets
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from tickets import analysis, artifacts
+from tickets import analysis, artifacts, pruning
 from tickets import config as config_lib
 from tickets import data as data_lib
 from tickets.config import SpecError
@@ -37,8 +38,6 @@ from tickets.data import DataError
 from tickets.trainable import DenseRefs, noop_trial, train_imp_chain, train_ticket, transfer_key
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
-SPEC_FILE = "spec.yaml"
-DENSE_DIR = "dense"
 DENSE_RUNS_LOG = "runs.jsonl"  # one line per dense training started: how often it really ran
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C'd command
 
@@ -69,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def experiment_dir(args: argparse.Namespace, spec_name: str) -> Path:
+    """`<storage path>/<name>`; a name is one path component, so the experiment stays inside the storage path."""
+    if args.name is not None and (args.name in ("", ".", "..") or any(c in args.name for c in "/\\\0")):
+        raise UsageError(f"--name: {args.name!r} must be a single directory name (no '/', no '..')")
     storage = Path(args.storage_path or os.environ.get("TUNE_RESULT_DIR") or "~/ray_results").expanduser()
     return storage.resolve() / (args.name or spec_name)
 
@@ -78,21 +80,21 @@ def load_spec(args: argparse.Namespace) -> tuple[config_lib.Spec, Path]:
         # The experiment's own spec; its name is --name, or the default preset's name.
         name = args.name or config_lib.load(DEFAULT_PRESET).name
         exp = experiment_dir(args, name)
-        if not (exp / SPEC_FILE).is_file():
-            raise UsageError(f"--resume: {exp} holds no experiment ({SPEC_FILE} missing)")
-        return config_lib.load(exp / SPEC_FILE, args.overrides), exp
+        if not (exp / artifacts.SPEC_FILE).is_file():
+            raise UsageError(f"--resume: {exp} holds no experiment ({artifacts.SPEC_FILE} missing)")
+        return config_lib.load(exp / artifacts.SPEC_FILE, args.overrides), exp
     spec = config_lib.load(args.spec or DEFAULT_PRESET, args.overrides)
     return spec, experiment_dir(args, spec.name)
 
 
 def check_experiment(args: argparse.Namespace, spec: config_lib.Spec, exp: Path) -> None:
-    started = (exp / SPEC_FILE).exists()
+    started = (exp / artifacts.SPEC_FILE).exists()
     if args.resume:
         if not started:
             raise UsageError(f"--resume: {exp} holds no experiment to resume")
-        saved = config_lib.load(exp / SPEC_FILE)
+        saved = config_lib.load(exp / artifacts.SPEC_FILE)
         if saved.spec_hash() != spec.spec_hash():
-            raise UsageError(f"--resume: the spec differs from {exp / SPEC_FILE}; resume with the same spec "
+            raise UsageError(f"--resume: the spec differs from {exp / artifacts.SPEC_FILE}; resume with the same spec "
                              f"(or none), or start a new experiment with --name")
     elif started:
         raise UsageError(f"--name: experiment {exp} already exists; pass --resume to continue it "
@@ -163,13 +165,11 @@ def local_gpus() -> int:
 
 
 def grid(spec: config_lib.Spec) -> dict[str, list]:
-    """The Tune grid's axes; IMP has no sparsity axis (each trial walks the levels)."""
+    """The Tune grid's axes: sparsities or one-shot levels; IMP has neither (each trial walks the levels)."""
     s = spec.search
-    axes = {"sparsity": list(s.sparsity), "rewind_epoch": list(s.rewind_epoch), "control": list(s.control),
-            "replicate": list(s.replicate)}
-    if spec.pruning.mode == "imp":
-        del axes["sparsity"]
-    return axes
+    axes = {"sparsity": list(s.sparsity), "level": list(s.level), "rewind_epoch": list(s.rewind_epoch),
+            "control": list(s.control), "replicate": list(s.replicate)}
+    return {k: v for k, v in axes.items() if v}
 
 
 def grid_points(spec: config_lib.Spec) -> list[dict]:
@@ -184,16 +184,59 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
     axes = " x ".join(f"{k} {v}" for k, v in grid(spec).items())
     print(f"grid: {len(grid_points(spec))} trials = {axes}")
     p = spec.pruning
-    if p.mode == "imp":
-        print(f"IMP: {p.num_levels()} levels per trial, {p.rate:g} of the remaining weights pruned per level "
-              f"(down to {(1 - p.rate) ** p.num_levels() * 100:.2f} % remaining)")
+    rates = "".join(f", {g} {r:g}" for g, r in p.rates.items())
+    if p.mode == "imp" or spec.search.level:
+        what = f"IMP: {p.num_levels()} levels per trial" if p.mode == "imp" else "one shot to IMP levels"
+        deepest = p.num_levels() if p.mode == "imp" else max(spec.search.level)
+        print(f"{what}, {p.rate:g} of the remaining weights pruned per level{rates} "
+              f"(at level {deepest}, tensors at rate {p.rate:g} keep {(1 - p.rate) ** deepest * 100:.2f} %)")
+    print(f"pruning: scope {p.scope}, excluding {', '.join(p.exclude) or 'nothing'}")
     if spec.transfer:
         print(f"transfer: tickets from {spec.transfer.source}")
-    print(f"model {spec.model.arch} (width {spec.model.width}) on {spec.data.dataset}, "
-          f"{spec.dense.epochs} dense epochs, one dense run shared by all trials")
+    m = spec.model
+    shape = f" (width {m.width:g}, {m.strides} strides)" if m.arch == "mobilenet_v2" else ""
+    print(f"model {m.arch}{shape} on {spec.data.dataset}, {spec.dense.epochs} dense epochs, "
+          f"one dense run shared by all trials")
     if res:
         print(f"each trial and the dense run ask for {res.cpus:g} CPU, {res.gpus:g} GPU")
     print(f"cluster: {cluster}")
+
+
+def mask_points(spec: config_lib.Spec) -> dict[str, dict]:
+    """The one-shot masks a spec's grid trains, by label: its sparsities or levels. For IMP, the mask
+    of every level pruned in one shot from the dense weights, an estimate of what the chain prunes."""
+    if spec.pruning.mode == "imp":
+        return {f"level {k}*": {"level": k} for k in range(1, spec.pruning.num_levels() + 1)}
+    if spec.search.level:
+        return {f"level {k}": {"level": k} for k in spec.search.level}
+    return {f"s={v:g}": {"sparsity": v} for v in spec.search.sparsity}
+
+
+def check_collapse(spec: config_lib.Spec, layout: dict | None, final: dict) -> None:
+    """Before any trial trains: print the per-layer densities of the grid's masks when one of them
+    empties a layer (or leaves an output without weights); one line when none does."""
+    if not layout:
+        print("masks: not checked (the dense run predates layout records; train it again to check)")
+        return
+    lay = pruning.Layout.of(layout)
+    masks = {label: pruning.oneshot_mask(spec.pruning, lay, final, **point)[0]
+             for label, point in mask_points(spec).items()}
+    bad = {label: pruning.collapsed(m, lay) for label, m in masks.items()}
+    bad = {label: c for label, c in bad.items() if c}
+    if not bad:
+        print(f"masks: no grid point empties a layer (scope {spec.pruning.scope}, checked on the final dense weights)")
+        return
+    print(f"warning: pruning.scope {spec.pruning.scope!r} collapses layers at {len(bad)} of {len(masks)} grid points; "
+          f"those trials train a cut network (expect chance accuracy). pruning.scope lamp or erk never empties a layer.")
+    for label, layers in bad.items():
+        print(f"  {label}: " + "; ".join(f"{n} {why}" for n, why in layers.items()))
+    if spec.pruning.mode == "imp":  # many levels: show the first that collapses and the last
+        first = next(iter(bad))
+        masks = {k: m for k, m in masks.items() if k in (first, list(masks)[-1])}
+        print("  (* IMP levels pruned in one shot from the dense weights: an estimate of the chain's masks)")
+    print("per-layer density (%) of each grid point's mask; ! collapsed, * some output channels keep no weight:")
+    for line in pruning.density_table(masks, lay):
+        print("  " + line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +246,7 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
 def reusable_dense(spec: config_lib.Spec, exp: Path, steps: list[int]) -> dict | None:
     """The snapshots of a finished dense run of this dense spec in `<exp>/dense`, read and checked
     before Ray starts; None when there is none to reuse. A damaged run is an error, never retrained over."""
-    dense_dir = exp / DENSE_DIR
+    dense_dir = exp / artifacts.DENSE_DIR
     manifest = artifacts.read_dense(dense_dir)
     if not manifest or manifest["dense_hash"] != spec.dense_hash():
         return None
@@ -242,7 +285,7 @@ def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_di
     """
     data_ref = _load_data.remote(spec.to_dict())
     steps = spec.record_steps(spe)
-    dense_dir = exp / DENSE_DIR
+    dense_dir = exp / artifacts.DENSE_DIR
     if on_disk is not None:
         print(f"dense: reusing the dense run in {dense_dir}")
     else:
@@ -251,6 +294,7 @@ def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_di
                                                max_retries=spec.resources.max_failures)
         ray.get(task.remote(spec.to_dict(), data_ref, str(dense_dir)))  # its error, if any, stops the sweep here
         on_disk = {s: artifacts.load_weights(dense_dir / f"step_{s}.npz") for s in steps}
+    check_collapse(spec, artifacts.read_dense(dense_dir).get("layout"), on_disk[spec.dense.epochs * spe])
     refs = {s: ray.put(w) for s, w in on_disk.items()}
     return DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, refs, data_ref)
 
@@ -263,7 +307,7 @@ def source_experiment(spec: config_lib.Spec, storage: Path) -> Path:
     """The transfer source dir: as given, or relative to the storage path."""
     given = Path(spec.transfer.source).expanduser()
     for candidate in (given, storage / given):
-        if (candidate / SPEC_FILE).is_file():
+        if (candidate / artifacts.SPEC_FILE).is_file():
             return candidate.resolve()
     raise UsageError(f"transfer.from: {spec.transfer.source!r} is not an experiment dir "
                      f"(looked in {given} and {storage / given})")
@@ -274,7 +318,7 @@ def check_transfer(spec: config_lib.Spec, storage: Path) -> dict[str, Path]:
     if spec.transfer is None:
         return {}
     source = source_experiment(spec, storage)
-    theirs = config_lib.load(source / SPEC_FILE)
+    theirs = config_lib.load(source / artifacts.SPEC_FILE)
     if (theirs.model.arch, theirs.model.width) != (spec.model.arch, spec.model.width):
         raise UsageError(f"transfer.from: {source} used model {theirs.model.arch} (width {theirs.model.width}); "
                          f"this spec uses {spec.model.arch} (width {spec.model.width})")
@@ -356,18 +400,29 @@ def start_ray(args: argparse.Namespace) -> tuple[bool, str]:
     if args.address:
         ctx = ray.init(address=args.address, log_to_driver=True)
         return False, f"cluster at {args.address}"
-    # Ray >= 2.59 turns token authentication on for local instances and generates the token;
-    # the dashboard listens on loopback only (reach it from elsewhere through an SSH tunnel).
-    # The embedded Ray is one node: it advertises a loopback address, so its traffic stays on this
-    # machine (Ray replaces exactly 127.0.0.1 with the interface address, other loopbacks it keeps).
+    # Ray >= 2.59 (pyproject.toml requires it) turns token authentication on for local instances; the
+    # token is created here, readable by this user only, before Ray starts (Ray would write it
+    # world-readable first). The dashboard listens on loopback only (reach it from elsewhere through
+    # an SSH tunnel). The embedded Ray is one node: it advertises a loopback address, so its traffic
+    # stays on this machine (Ray replaces exactly 127.0.0.1 with the interface address, other
+    # loopbacks it keeps).
+    private_token(Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"))
     ctx = ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=True,
                    dashboard_host="127.0.0.1", log_to_driver=True,
                    _node_ip_address=os.environ.get("TICKETS_NODE_IP", "127.0.0.2"))
-    token = Path.home() / ".ray" / "auth_token"
-    if token.is_file():
-        token.chmod(0o600)  # Ray writes it world-readable
     url = getattr(ctx, "dashboard_url", None)
     return True, f"local Ray (dashboard http://{url})" if url else "local Ray"
+
+
+def private_token(path: Path) -> None:
+    """Ray's auth token at `path`, created with mode 600 if missing (as cluster/ray-cluster.sbatch does)."""
+    if path.is_file() and path.stat().st_size:
+        path.chmod(0o600)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
 
 
 BAD_INPUT = (SpecError, UsageError, DataError, artifacts.ArtifactError)
@@ -389,12 +444,18 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be wrong with the input is found here, before Ray starts or a file is written.
     try:
         spec, exp = load_spec(args)
-        check_experiment(args, spec, exp)
+        try:
+            check_experiment(args, spec, exp)
+        except UsageError as e:
+            if not args.dry_run:
+                raise
+            print(f"note: a real run would stop here: {e}")  # a dry run writes nothing: go on checking
         sources = check_transfer(spec, exp.parent)
-        info = data_lib.inspect(spec.data, spec.seed)
+        info = data_lib.inspect(spec.data, spec.seed, download=not args.dry_run)
         spe = info.steps_per_epoch(spec.data.batch_size)
         check_rewind_steps(spec, spe)
-        on_disk = reusable_dense(spec, exp, spec.record_steps(spe)) if args.resume else None
+        # A dry run also checks the grid's masks against a finished dense run of this spec, if there is one.
+        on_disk = reusable_dense(spec, exp, spec.record_steps(spe)) if args.resume or args.dry_run else None
         source_tickets = {t: artifacts.load_ticket(t / artifacts.TICKET_FILE) for t in set(sources.values())}
         res, cluster = None, f"would join {args.address} (resources resolved there)"
         if not args.address:
@@ -406,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
               f"from {info.source}; {spe} steps per epoch")
         if args.dry_run:
             print_plan(spec, exp, res, f"would start {cluster}" if not args.address else cluster)
+            if on_disk is None:
+                print(f"masks: checked once the dense run has trained (none of this spec in {exp / artifacts.DENSE_DIR})")
+            else:
+                check_collapse(spec, artifacts.read_dense(exp / artifacts.DENSE_DIR).get("layout"),
+                               on_disk[spec.dense.epochs * spe])
             return 0
     except BAD_INPUT as e:
         print(f"error: {e}", file=sys.stderr)
@@ -428,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         if res.note:
             print(f"note: {res.note}")
         exp.mkdir(parents=True, exist_ok=True)
-        if not (exp / SPEC_FILE).exists():
-            (exp / SPEC_FILE).write_text(spec.to_yaml())
+        if not (exp / artifacts.SPEC_FILE).exists():
+            (exp / artifacts.SPEC_FILE).write_text(spec.to_yaml())
         dense = dense_refs(spec, exp, res, spe, on_disk)
         if sources:
             refs = {t: ray.put(ticket) for t, ticket in source_tickets.items()}  # one object per source trial
@@ -443,6 +509,12 @@ def main(argv: list[str] | None = None) -> int:
         total = len(grid_points(spec))
         unfinished = total - finished - errors
         print(f"\n{finished}/{total} trials finished; results: {results}")
+        collapsed = analysis.collapsed_trials(analysis.load(results))
+        if len(collapsed):
+            print(f"warning: {len(collapsed)} trial(s) trained a mask that empties a layer; their accuracy is that "
+                  f"of a cut network, not of a ticket (collapsed_layers in the results):")
+            for row in collapsed.itertuples(index=False):
+                print("  " + ", ".join(f"{k} {getattr(row, k)}" for k in collapsed.columns))
         write_report(exp)
         resume = f"python -m tickets.sweep --resume --name {exp.name} --storage-path {exp.parent}"
         if unfinished:  # stopped by Ctrl-C, SIGTERM or a scheduler: nothing finished is lost

@@ -26,8 +26,6 @@ from tickets import artifacts
 from tickets import config as config_lib
 from tickets import masks as masks_lib
 
-# Keys of the grid; also the column names of the coordinates in results.
-GRID_KEYS = ("sparsity", "rewind_epoch", "control", "replicate")
 
 
 @dataclass(frozen=True)
@@ -91,8 +89,13 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
 
 
 def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
+    from tickets import pruning, training
+
     summary = masks_lib.report(ticket.mask, ticket.threshold)
+    # A mask that empties a layer trains a network that cannot learn: say so in every row.
+    collapsed = pruning.collapsed(ticket.mask, training.layout(t.model))
     return {"rewind_epoch": t.rewind_epoch, "control": t.control, "replicate": t.replicate,
+            "collapsed_layers": ", ".join(collapsed),
             "rewind_step": t.rewind_step, "actual_sparsity": summary["sparsity"],
             "weights_remaining": summary["weights_remaining"], "weights_remaining_count": summary["remaining"],
             "prunable_weights": summary["total"],
@@ -142,14 +145,16 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
     from tickets import training
 
     t = _setup(config, spec, dense)
-    sparsity = float(config["sparsity"])
+    # A grid point is a sparsity, or an IMP level reached in one shot.
+    level = int(config["level"]) if "level" in config else None
+    sparsity = float(config["sparsity"]) if level is None else None
     reinitialised = False
     if t.control == "transfer":
         source = ray.get(dense.transfers[transfer_key(sparsity, t.rewind_epoch, t.replicate)])
         ticket, reinitialised = training.transfer_ticket(t.spec, t.model, source, t.replicate)
     else:
         final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[t.rewind_step]])
-        ticket = training.make_ticket(t.spec, t.model, final, rewind, sparsity, t.control, t.replicate)
+        ticket = training.make_ticket(t.spec, t.model, final, rewind, sparsity, t.control, t.replicate, level)
 
     resume = None
     if (context := _checkpoint_dir()) is not None:
@@ -160,14 +165,16 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
         resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"],
                                       saved["best_test_loss"], saved["best_epoch"])
 
-    base = {"sparsity": sparsity, **_base_metrics(t, ticket, dense), "resumed_from_step": resume.step if resume else -1,
+    base = {**_base_metrics(t, ticket, dense), "resumed_from_step": resume.step if resume else -1,
             "classifier_reinitialised": reinitialised,
             # Start-up cost: the worker's age on entry, which of its trials this is (the first pays
             # for imports and tracing) and the time from entry to the first training step (imports,
             # data and snapshot fetch, model build).
             "worker_age_seconds": worker_age, "worker_trial": _TRIALS_IN_PROCESS,
             "setup_seconds": time.perf_counter() - entered}
-    info = {**{k: base[k] for k in GRID_KEYS}, "rewind_step": t.rewind_step, "spec_hash": t.spec.spec_hash(),
+    # The sparsity column is the grid's value, or for a level the sparsity that level reached.
+    base |= {"sparsity": base["actual_sparsity"] if sparsity is None else sparsity, "level": level}
+    info = {**{k: base[k] for k in config_lib.GRID_KEYS}, "rewind_step": t.rewind_step, "spec_hash": t.spec.spec_hash(),
             "dense_hash": dense.dense_hash}
     state = resume  # restarted after its last epoch's checkpoint: nothing left to train
     for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):

@@ -25,7 +25,7 @@ import numpy as np
 
 from tickets import artifacts
 from tickets import masks as masks_lib
-from tickets import models
+from tickets import models, pruning
 from tickets.config import DenseSpec, Spec, step_of
 from tickets.data import Dataset, test_batches, train_batches
 
@@ -211,6 +211,7 @@ class Trajectory:
     total_steps: int
     snapshots: dict[int, Weights]
     metrics: list[dict] = field(default_factory=list)
+    layout: dict = field(default_factory=dict)  # models.layout: lets the driver check masks without Keras
 
     @property
     def final(self) -> Weights:
@@ -223,7 +224,7 @@ class Trajectory:
             artifacts.save_weights(directory / f"step_{step}.npz", weights)
         manifest = {"dense_hash": dense_hash, "steps_per_epoch": self.steps_per_epoch,
                     "total_steps": self.total_steps, "snapshot_steps": sorted(self.snapshots),
-                    "metrics": self.metrics}
+                    "metrics": self.metrics, "layout": self.layout}
         tmp = directory / "manifest.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
         tmp.replace(directory / "manifest.json")
@@ -245,7 +246,7 @@ def train_dense(spec: Spec, data: Dataset, log: Callable[[str], None] = print) -
         metrics.append(vars(p))
         log(f"dense epoch {p.epoch}/{spec.dense.epochs}: train loss {p.train_loss:.4f} acc {p.train_accuracy:.4f}"
             f" | test loss {p.test_loss:.4f} acc {p.test_accuracy:.4f} ({p.seconds:.1f}s)")
-    return Trajectory(spe, total, snapshots, metrics)
+    return Trajectory(spe, total, snapshots, metrics, models.layout(model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,11 +260,11 @@ class Ticket:
     threshold: float | None
 
 
-def make_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, sparsity: float,
-                control: str, replicate: int) -> Ticket:
-    """The one-shot mask (from the final dense weights) and starting weights for one grid point."""
-    names = list(models.prunable_variables(model, spec.pruning.exclude))
-    mask, threshold = masks_lib.magnitude_mask({n: final[n] for n in names}, sparsity, spec.pruning.scope)
+def make_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, sparsity: float | None,
+                control: str, replicate: int, level: int | None = None) -> Ticket:
+    """The one-shot mask (from the final dense weights) and starting weights for one grid point: a
+    `sparsity`, or (sparsity None) an IMP `level` reached in one shot."""
+    mask, threshold = pruning.oneshot_mask(spec.pruning, layout(model), final, sparsity, level)
     if control == "random_prune":
         mask, threshold = masks_lib.random_mask_like(mask, derive_seed(spec.seed, replicate, 3)), None
     return Ticket(mask, start_weights(spec, model, rewind, mask, control, replicate), threshold)
@@ -273,15 +274,15 @@ def imp_level(spec: Spec, model: keras.Model, trained: Weights, previous: masks_
               rewind: Weights, level: int, control: str, replicate: int) -> Ticket:
     """Level `level` of an IMP chain: prune `pruning.rate` of the survivors of `previous` by the
     magnitudes of the weights the previous level trained to, then rewind."""
-    names = list(models.prunable_variables(model, spec.pruning.exclude))
-    groups = models.groups(model)
-    rates = {n: r for g, r in spec.pruning.rates.items() for n in groups[g] if n in names}
-    mask, threshold = masks_lib.prune_remaining({n: trained[n] for n in names}, spec.pruning.rate, previous,
-                                                spec.pruning.scope, rates)
+    mask, threshold = pruning.imp_mask(spec.pruning, layout(model), trained, previous)
     if control == "random_prune":
         mask = masks_lib.random_mask_like(mask, derive_seed(spec.seed, replicate, 3, level), within=previous)
         threshold = None
     return Ticket(mask, start_weights(spec, model, rewind, mask, control, replicate), threshold)
+
+
+def layout(model: keras.Model) -> pruning.Layout:
+    return pruning.Layout.of(models.layout(model))
 
 
 def start_weights(spec: Spec, model: keras.Model, rewind: Weights, mask: masks_lib.Mask, control: str,
@@ -302,7 +303,7 @@ def transfer_ticket(spec: Spec, model: keras.Model, source: dict, replicate: int
     """
     fresh = models.get_weights(models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
                                             seed=derive_seed(spec.seed, replicate, 4)))
-    names = models.prunable_variables(model, spec.pruning.exclude)
+    names = pruning.prunable(spec.pruning, layout(model))
     start, mask, reinit = {}, {}, False
     for name, value in fresh.items():
         theirs = source["start"].get(name)

@@ -1,0 +1,78 @@
+"""Which kernels a spec prunes at which rates, and the collapse check, on real model layouts."""
+
+import numpy as np
+import pytest
+
+from tickets import config, data, models, pruning, training
+
+
+def _layout(arch="mobilenet_v2", shape=(32, 32, 3)):
+    return pruning.Layout.of(models.layout(models.build(config.ModelSpec(arch=arch), shape, 10, seed=0)))
+
+
+def test_groups_match_the_catalogue_in_config():
+    for arch, groups in config.ARCH_GROUPS.items():
+        shape = (28, 28, 1) if arch == "lenet_300_100" else (32, 32, 3)
+        layout = _layout(arch, shape)
+        assert {g for g, members in layout.groups.items() if members} == set(groups), arch
+
+
+def test_rates_take_the_most_specific_group():
+    layout = _layout("conv2")
+    spec = config.from_dict({"model": {"arch": "conv2"}, "pruning": {
+        "exclude": [], "rates": {"conv": 0.1, "first_conv": 0.05, "classifier": 0.1}}, "search": {"level": [1]}})
+    assert pruning.own_rates(spec.pruning, layout) == {
+        "conv1/kernel": 0.05, "conv2/kernel": 0.1, "predictions/kernel": 0.1}
+    assert pruning.prunable(spec.pruning, layout) == list(layout.names)
+    spec = config.from_dict({"model": {"arch": "conv2"}, "pruning": {"exclude": ["conv"]}})
+    assert pruning.prunable(spec.pruning, layout) == ["fc1/kernel", "fc2/kernel", "predictions/kernel"]
+
+
+def test_a_level_grid_point_prunes_each_kind_at_its_paper_rate():
+    layout = _layout("conv2")
+    weights = models.get_weights(models.build(config.ModelSpec(arch="conv2"), (32, 32, 3), 10, seed=0))
+    spec = config.load("conv2-cifar10", ["pruning.mode=oneshot", "search.level=[3]"])
+    mask, _ = pruning.oneshot_mask(spec.pruning, layout, weights, level=3)
+    for name, rate in (("conv1/kernel", 0.1), ("fc1/kernel", 0.2), ("predictions/kernel", 0.1)):
+        n = weights[name].size
+        for _ in range(3):
+            n -= round(rate * n)
+        assert int(mask[name].sum()) == n, name
+
+
+def test_collapse_names_an_emptied_layer_and_an_output_without_weights():
+    layout = _layout("conv2")
+    weights = models.get_weights(models.build(config.ModelSpec(arch="conv2"), (32, 32, 3), 10, seed=0))
+    mask = {n: np.ones(weights[n].shape, bool) for n in layout.names}
+    assert pruning.collapsed(mask, layout) == {}
+    mask["fc2/kernel"][:] = False
+    mask["predictions/kernel"][:, 3] = False
+    found = pruning.collapsed(mask, layout)
+    assert found == {"fc2/kernel": "no weights left (0 of 65,536)",
+                     "predictions/kernel": "1 of 10 outputs keep no weight"}
+    table = pruning.density_table({"s=0.9": mask}, layout)
+    assert table[0].split()[:3] == ["layer", "weights", "s=0.9"]
+    assert any(line.startswith("fc2/kernel") and line.endswith("0.00!") for line in table)
+
+
+@pytest.fixture(scope="module")
+def mobilenet_dense():
+    """A short real dense run of MobileNetV2 (synthetic data, 2 epochs)."""
+    training.configure(2)
+    spec = config.load("smoke", ["dense.epochs=2", "data.synthetic_size={train: 512, test: 128}"])
+    trajectory = training.train_dense(spec, data.load(spec.data, spec.seed), log=lambda _: None)
+    return spec, pruning.Layout.of(trajectory.layout), trajectory.final
+
+
+@pytest.mark.parametrize("sparsity", [0.9, 0.95, 0.98])
+def test_global_pruning_of_mobilenet_v2_collapses_and_lamp_and_erk_do_not(mobilenet_dense, sparsity):
+    spec, layout, final = mobilenet_dense
+    cut = {}
+    for scope in ("global", "lamp", "erk"):
+        p = config.from_dict({**spec.to_dict(), "pruning": {**spec.to_dict()["pruning"], "scope": scope}}).pruning
+        mask, _ = pruning.oneshot_mask(p, layout, final, sparsity=sparsity)
+        n = sum(m.size for m in mask.values())
+        assert sum(int((~m).sum()) for m in mask.values()) == round(sparsity * n)
+        cut[scope] = pruning.collapsed(mask, layout)
+    assert "Conv_1/kernel" in cut["global"]  # MobileNetV2's last 1x1 conv, 37 % of its prunable weights
+    assert cut["lamp"] == {} and cut["erk"] == {}
