@@ -217,15 +217,3 @@ def test_level_mask_reaches_the_counts_imp_reaches():
         assert np.abs(w[name])[mask[name]].min() >= np.abs(w[name])[~mask[name]].max()
     whole, _ = masks.level_mask(w, 0, 0.2)
     assert all(m.all() for m in whole.values())
-
-
-def test_dead_units_counts_output_channels_without_weights():
-    conv = np.ones((3, 3, 4, 5), bool)
-    conv[..., 2] = False
-    assert masks.dead_units(conv) == (1, 5)
-    depthwise = np.ones((3, 3, 6, 1), bool)
-    depthwise[:, :, 4, 0] = False
-    assert masks.dead_units(depthwise, depthwise=True) == (1, 6)
-    dense = np.zeros((20, 10), bool)
-    dense[0, :7] = True
-    assert masks.dead_units(dense) == (3, 10)

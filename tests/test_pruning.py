@@ -42,17 +42,42 @@ def test_a_level_grid_point_prunes_each_kind_at_its_paper_rate():
 
 def test_collapse_names_an_emptied_layer_and_an_output_without_weights():
     layout = _layout("conv2")
-    weights = models.get_weights(models.build(config.ModelSpec(arch="conv2"), (32, 32, 3), 10, seed=0))
-    mask = {n: np.ones(weights[n].shape, bool) for n in layout.names}
-    assert pruning.collapsed(mask, layout) == {}
+    whole = {n: np.ones(layout.shapes[n], bool) for n in layout.names}
+    assert pruning.collapsed(whole, layout) == {}
+
+    mask = {n: m.copy() for n, m in whole.items()}
+    mask["predictions/kernel"][:, 3] = False  # class 3's logit no longer depends on the input
+    assert pruning.collapsed(mask, layout) == {"predictions/kernel": "1 of 10 outputs receive no signal from the input"}
+
     mask["fc2/kernel"][:] = False
-    mask["predictions/kernel"][:, 3] = False
-    found = pruning.collapsed(mask, layout)
-    assert found == {"fc2/kernel": "no weights left (0 of 65,536)",
-                     "predictions/kernel": "1 of 10 outputs keep no weight"}
+    assert pruning.collapsed(mask, layout) == {
+        "fc2/kernel": "no weights left (0 of 65,536)",
+        "predictions/kernel": "no signal passes (0 of 10 output channels connect to the input)"}
     table = pruning.density_table({"s=0.9": mask}, layout)
     assert table[0].split()[:3] == ["layer", "weights", "s=0.9"]
     assert any(line.startswith("fc2/kernel") and line.endswith("0.00!") for line in table)
+
+
+def test_a_layer_whose_inputs_are_all_cut_passes_no_signal_though_it_keeps_weights():
+    layout = _layout("conv2")
+    mask = {n: np.ones(layout.shapes[n], bool) for n in layout.names if n != "predictions/kernel"}
+    mask["conv1/kernel"][..., 1:] = False  # conv1 keeps one output channel ...
+    mask["conv2/kernel"][:, :, 0, :] = False  # ... which conv2 no longer reads
+    cut = pruning.collapsed(mask, layout)
+    assert cut["conv2/kernel"].startswith("no signal passes (0 of 64")
+    assert "conv1/kernel" not in cut and cut["predictions/kernel"].startswith("no signal passes")
+    live = pruning.live_outputs(mask, layout)
+    assert live["conv1/kernel"].tolist() == [True] + [False] * 63
+
+
+def test_a_residual_block_that_is_cut_is_skipped_not_fatal():
+    layout = _layout()
+    mask = {n: np.ones(layout.shapes[n], bool) for n in layout.names}
+    mask["block_2_project/kernel"][:] = False  # block_2 adds to block_1's output: the skip carries the signal
+    assert pruning.collapsed(mask, layout) == {"block_2_project/kernel": "no weights left (0 of 384)"}
+    mask["block_1_project/kernel"][:] = False  # no residual around block_1: everything after it is cut
+    cut = pruning.collapsed(mask, layout)
+    assert "Conv_1/kernel" in cut and cut["predictions/kernel"].startswith("no signal passes")
 
 
 @pytest.fixture(scope="module")

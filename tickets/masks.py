@@ -168,7 +168,27 @@ def prune_remaining(weights: Weights, rate: float, mask: Mask | None = None, sco
     spread the count by their scores. Tensors named in `rates` are pruned at their own rate, each
     on its own (the papers prune convolutions and the output layer at their own rates).
     """
-    old = _check(weights, mask)
+    return _by_rate(weights, _check(weights, mask), rate, scope, rates, lambda alive, r: int(round(r * alive)))
+
+
+def level_mask(weights: Weights, level: int, rate: float, scope: str = "global",
+               rates: Mapping[str, float] | None = None) -> tuple[Mask, float]:
+    """In one shot, the mask of IMP level `level`: the counts IMP keeps there, `n_k = n_{k-1} −
+    round(rate · n_{k-1})` per tensor with its own rate (every tensor when `layerwise`) and over the
+    other tensors together, selected once from `weights` (the papers' one-shot comparisons)."""
+    def removed(n: int, r: float) -> int:
+        kept = n
+        for _ in range(level):
+            kept -= int(round(r * kept))
+        return n - kept
+
+    return _by_rate(weights, _check(weights, None), rate, scope, rates, removed)
+
+
+def _by_rate(weights: Weights, old: Mask, rate: float, scope: str, rates: Mapping[str, float] | None,
+             removed: Callable[[int, float], int]) -> tuple[Mask, float]:
+    """Remove `removed(survivors, rate)` weights from each tensor with its own rate (every tensor when
+    `layerwise`), and `removed(survivors, rate)` from the other tensors together, by the scope's scores."""
     rates = dict(rates or {})
     for name, r in [("rate", rate), *rates.items()]:
         if not 0 <= r < 1:
@@ -179,29 +199,17 @@ def prune_remaining(weights: Weights, rate: float, mask: Mask | None = None, sco
     parts, thresholds = {}, [0.0]
     if own:
         sub, t = _prune({n: weights[n] for n in own}, {n: old[n] for n in own},
-                        [int(round(rates.get(n, rate) * alive[n])) for n in own])
+                        [removed(alive[n], rates.get(n, rate)) for n in own])
         parts |= sub
         thresholds.append(t)
     if shared:
-        pool = {n: weights[n] for n in shared}
-        pool_old = {n: old[n] for n in shared}
+        pool, pool_old = {n: weights[n] for n in shared}, {n: old[n] for n in shared}
         survivors = sum(alive[n] for n in shared)
-        count = int(round(rate * survivors))
+        count = removed(survivors, rate)
         sub, t = _prune(pool, pool_old, count, _scores(scope, pool, pool_old, survivors - count))
         parts |= sub
         thresholds.append(t)
     return {n: parts[n] for n in weights}, max(thresholds)
-
-
-def level_mask(weights: Weights, level: int, rate: float, scope: str = "global",
-               rates: Mapping[str, float] | None = None) -> tuple[Mask, float]:
-    """In one shot, the mask of IMP level `level` on fixed weights: the per-tensor counts IMP reaches
-    there (`prune_remaining` `level` times, no training between), as the papers' one-shot comparisons."""
-    mask, threshold = None, 0.0
-    for _ in range(level):
-        mask, t = prune_remaining(weights, rate, mask, scope, rates)
-        threshold = max(threshold, t)
-    return (mask if mask is not None else ones_like(weights)), threshold
 
 
 def _prune(weights: Weights, old: Mask, count: int | list[int], scores: Scores | None = None) -> tuple[Mask, float]:
@@ -278,16 +286,6 @@ def report(mask: Mask, threshold: float | None = None) -> dict:
             "sparsity": (total - kept) / total if total else 0.0,
             "weights_remaining": kept / total if total else 1.0,
             "threshold": threshold, "layers": layers}
-
-
-def dead_units(mask: np.ndarray, depthwise: bool = False) -> tuple[int, int]:
-    """(output units that keep no weight, output units): channels of a convolution, units of a dense
-    layer. Kernels are (..., out) for Conv2D and Dense, (kh, kw, channels, multiplier) when depthwise."""
-    m = np.asarray(mask, dtype=bool)
-    if m.ndim < 2:
-        return int(not m.any()), 1
-    columns = m.reshape(m.shape[0] * m.shape[1], -1) if depthwise else m.reshape(-1, m.shape[-1])
-    return int((~columns.any(axis=0)).sum()), columns.shape[1]
 
 
 def save(path, mask: Mask) -> None:

@@ -133,9 +133,39 @@ def groups(model: keras.Model) -> dict[str, list[str]]:
 
 def layout(model: keras.Model) -> dict:
     """What pruning needs to know of a model, as plain data (`tickets.pruning.Layout`): its prunable
-    kernels in layer order and its groups. Stored with the dense run, so the driver can check masks
-    without building the model."""
-    return {"names": [_kernel(la).path for la in _kernel_layers(model)], "groups": groups(model)}
+    kernels in layer order with their shapes, its groups, and which kernels feed each kernel. Stored with the dense run,
+    so the driver can check masks without building the model."""
+    kernels = [_kernel(la) for la in _kernel_layers(model)]
+    return {"names": [k.path for k in kernels], "groups": groups(model), "inputs": _kernel_inputs(model),
+            "shapes": {k.path: list(k.shape) for k in kernels}}
+
+
+def _kernel_inputs(model: keras.Model) -> dict[str, list[str]]:
+    """For each kernel, the kernels whose output channels reach its input through layers that keep
+    channels apart (BatchNorm, activations, padding, pooling, Add, Flatten); "input" is the model's
+    input. Read from the model's config, Keras's documented serialisation of the layer graph."""
+    reach: dict[str, set[str]] = {}  # layer name -> kernels (or "input") its output carries
+    out = {}
+    for layer in model.get_config()["layers"]:  # in topological order
+        parents = _parents(layer["inbound_nodes"])
+        incoming = set().union(*(reach[p] for p in parents)) if parents else {"input"}
+        kernel = next((la for la in _kernel_layers(model) if la.name == layer["name"]), None)
+        if kernel is not None:
+            out[_kernel(kernel).path] = sorted(incoming)
+            reach[layer["name"]] = {_kernel(kernel).path}
+        else:
+            reach[layer["name"]] = incoming
+    return out
+
+
+def _parents(node) -> list[str]:
+    if isinstance(node, dict):
+        if "keras_history" in node:
+            return [node["keras_history"][0]]
+        return [p for v in node.values() for p in _parents(v)]
+    if isinstance(node, (list, tuple)):
+        return [p for v in node for p in _parents(v)]
+    return []
 
 
 def prunable_variables(model: keras.Model, exclude=()) -> dict:

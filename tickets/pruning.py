@@ -21,15 +21,20 @@ Weights = Mapping[str, np.ndarray]
 
 @dataclass(frozen=True)
 class Layout:
-    """A model's prunable kernels in layer order, and the members of each group (`config.GROUPS`)."""
+    """A model's prunable kernels in layer order, the members of each group (`config.GROUPS`), and the
+    kernels (or "input") that feed each kernel through channel-preserving layers."""
 
     names: tuple[str, ...]
     groups: Mapping[str, tuple[str, ...]]
+    inputs: Mapping[str, tuple[str, ...]]
+    shapes: Mapping[str, tuple[int, ...]]
 
     @classmethod
     def of(cls, plain: Mapping) -> Layout:
         """From `models.layout(model)` or its JSON in a dense run's manifest."""
-        return cls(tuple(plain["names"]), {g: tuple(plain["groups"].get(g, ())) for g in GROUPS})
+        return cls(tuple(plain["names"]), {g: tuple(plain["groups"].get(g, ())) for g in GROUPS},
+                   {n: tuple(v) for n, v in plain["inputs"].items()},
+                   {n: tuple(v) for n, v in plain["shapes"].items()})
 
 
 def prunable(spec: PruningSpec, layout: Layout) -> list[str]:
@@ -70,34 +75,59 @@ def imp_mask(spec: PruningSpec, layout: Layout, trained: Weights,
 # Collapse: a mask that cuts the network.
 
 
+def live_outputs(mask: masks_lib.Mask, layout: Layout) -> dict[str, np.ndarray]:
+    """For every kernel (pruned or not), which of its output channels carry signal from the input:
+    a channel is live when a kept weight connects it to a live input channel. A channel with no
+    live input is a constant after BatchNorm, not a feature. Kernels absent from `mask` are dense."""
+    live: dict[str, np.ndarray] = {}
+    for name in layout.names:
+        m = np.asarray(mask[name], bool) if name in mask else np.ones(layout.shapes[name], bool)
+        sources = [live[s] for s in layout.inputs[name] if s != "input"]
+        fan_in = m.shape[-2]  # input channels (dense: input units)
+        if "input" in layout.inputs[name] or not sources:
+            live_in = np.ones(fan_in, bool)
+        else:
+            live_in = np.logical_or.reduce(sources)  # Add joins aligned channels
+            if live_in.size != fan_in:  # Flatten: each spatial position repeats the channels
+                live_in = np.tile(live_in, fan_in // live_in.size)
+        if name in layout.groups["depthwise"]:  # (kh, kw, channels, multiplier): channel c feeds only itself
+            live[name] = (live_in[:, None] & m.any(axis=(0, 1))).reshape(-1)
+        else:
+            connects = m.reshape(-1, m.shape[-2], m.shape[-1]).any(axis=0)  # (in, out)
+            live[name] = (live_in[:, None] & connects).any(axis=0)
+    return live
+
+
 def collapsed(mask: masks_lib.Mask, layout: Layout) -> dict[str, str]:
-    """Tensors that cut the network, with why: a kernel left with no weights (no signal passes the
-    layer; with a residual around it, the block is skipped), or an output layer with outputs that
-    keep no weight (those classes' logits no longer depend on the input). Empty when none."""
+    """Kernels where the mask cuts the network, with why: a kernel left with no weights, one that no
+    signal passes (none of its output channels connects to a live input; with a residual around it,
+    the block is skipped), or an output layer with outputs no signal reaches (those logits no longer
+    depend on the input). Empty when the network is whole."""
     out = {}
-    for name, m in mask.items():
-        kept, total = int(np.count_nonzero(m)), int(np.size(m))
-        if kept == 0:
-            out[name] = f"no weights left (0 of {total:,})"
-        elif name in layout.groups["classifier"]:
-            dead, units = masks_lib.dead_units(m)
-            if dead:
-                out[name] = f"{dead} of {units} outputs keep no weight"
+    live = live_outputs(mask, layout)
+    for name in layout.names:
+        alive, units = int(live[name].sum()), live[name].size
+        if name in mask and not np.any(mask[name]):
+            out[name] = f"no weights left (0 of {int(np.size(mask[name])):,})"
+        elif alive == 0:
+            out[name] = f"no signal passes (0 of {units:,} output channels connect to the input)"
+        elif alive < units and name in layout.groups["classifier"]:
+            out[name] = f"{units - alive} of {units} outputs receive no signal from the input"
     return out
 
 
 def density_table(points: Mapping[str, masks_lib.Mask], layout: Layout) -> list[str]:
-    """Per-layer density (%) of each mask, one column per grid point; `!` marks a collapsed layer and
-    `*` a layer with output channels that keep no weight. Lines for the sweep's output."""
+    """Per-layer density (%) of each mask, one column per grid point; `!` marks a layer that cuts the
+    network and `*` one with output channels no signal reaches. Lines for the sweep's output."""
     names = list(next(iter(points.values())))
     width = max(len(n) for n in names)
     lines = [f"{'layer':<{width}} {'weights':>9} " + " ".join(f"{p:>9}" for p in points)]
+    checked = {p: (collapsed(m, layout), live_outputs(m, layout)) for p, m in points.items()}
     for name in names:
         cells = []
-        for m in points.values():
-            kept = int(np.count_nonzero(m[name]))
-            dead, _ = masks_lib.dead_units(m[name], depthwise=name in layout.groups["depthwise"])
-            flag = "!" if kept == 0 or name in collapsed({name: m[name]}, layout) else "*" if dead else " "
-            cells.append(f"{100 * kept / m[name].size:8.2f}{flag}")
-        lines.append(f"{name:<{width}} {next(iter(points.values()))[name].size:>9,} " + " ".join(cells))
+        for point, m in points.items():
+            cut, live = checked[point]
+            flag = "!" if name in cut else "*" if not live[name].all() else " "
+            cells.append(f"{100 * np.count_nonzero(m[name]) / m[name].size:8.2f}{flag}")
+        lines.append(f"{name:<{width}} {int(np.prod(layout.shapes[name])):>9,} " + " ".join(cells))
     return lines

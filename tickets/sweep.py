@@ -215,7 +215,7 @@ def mask_points(spec: config_lib.Spec) -> dict[str, dict]:
 def check_collapse(spec: config_lib.Spec, layout: dict | None, final: dict) -> None:
     """Before any trial trains: print the per-layer densities of the grid's masks when one of them
     empties a layer (or leaves an output without weights); one line when none does."""
-    if not layout:
+    if not layout or "inputs" not in layout:
         print("masks: not checked (the dense run predates layout records; train it again to check)")
         return
     lay = pruning.Layout.of(layout)
@@ -226,8 +226,11 @@ def check_collapse(spec: config_lib.Spec, layout: dict | None, final: dict) -> N
     if not bad:
         print(f"masks: no grid point empties a layer (scope {spec.pruning.scope}, checked on the final dense weights)")
         return
-    print(f"warning: pruning.scope {spec.pruning.scope!r} collapses layers at {len(bad)} of {len(masks)} grid points; "
-          f"those trials train a cut network (expect chance accuracy). pruning.scope lamp or erk never empties a layer.")
+    scope = spec.pruning.scope
+    advice = ("pruning.scope lamp or erk never empties a layer" if scope == "global" else
+              "lower the sparsity, or keep the output layer dense (pruning.exclude: [classifier])")
+    print(f"warning: pruning.scope {scope!r} collapses layers at {len(bad)} of {len(masks)} grid points; those "
+          f"trials train a cut network (expect chance accuracy): {advice}.")
     for label, layers in bad.items():
         print(f"  {label}: " + "; ".join(f"{n} {why}" for n, why in layers.items()))
     if spec.pruning.mode == "imp":  # many levels: show the first that collapses and the last
