@@ -79,10 +79,15 @@ def live_outputs(mask: masks_lib.Mask, layout: Layout) -> dict[str, np.ndarray]:
     """For every kernel (pruned or not), which of its output channels carry signal from the input:
     a channel is live when a kept weight connects it to a live input channel. A channel with no
     live input is a constant after BatchNorm, not a feature. Kernels absent from `mask` are dense."""
-    live: dict[str, np.ndarray] = {}
+    return {name: out for name, (_, out) in _signal(mask, layout).items()}
+
+
+def _signal(mask: masks_lib.Mask, layout: Layout) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(live input channels, live output channels) of every kernel, in layer order."""
+    signal: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in layout.names:
         m = np.asarray(mask[name], bool) if name in mask else np.ones(layout.shapes[name], bool)
-        sources = [live[s] for s in layout.inputs[name] if s != "input"]
+        sources = [signal[s][1] for s in layout.inputs[name] if s != "input"]
         fan_in = m.shape[-2]  # input channels (dense: input units)
         if "input" in layout.inputs[name] or not sources:
             live_in = np.ones(fan_in, bool)
@@ -91,28 +96,28 @@ def live_outputs(mask: masks_lib.Mask, layout: Layout) -> dict[str, np.ndarray]:
             if live_in.size != fan_in:  # Flatten: each spatial position repeats the channels
                 live_in = np.tile(live_in, fan_in // live_in.size)
         if name in layout.groups["depthwise"]:  # (kh, kw, channels, multiplier): channel c feeds only itself
-            live[name] = (live_in[:, None] & m.any(axis=(0, 1))).reshape(-1)
+            live_out = (live_in[:, None] & m.any(axis=(0, 1))).reshape(-1)
         else:
             connects = m.reshape(-1, m.shape[-2], m.shape[-1]).any(axis=0)  # (in, out)
-            live[name] = (live_in[:, None] & connects).any(axis=0)
-    return live
+            live_out = (live_in[:, None] & connects).any(axis=0)
+        signal[name] = (live_in, live_out)
+    return signal
 
 
 def collapsed(mask: masks_lib.Mask, layout: Layout) -> dict[str, str]:
-    """Kernels where the mask cuts the network, with why: a kernel left with no weights, one that no
-    signal passes (none of its output channels connects to a live input; with a residual around it,
-    the block is skipped), or an output layer with outputs no signal reaches (those logits no longer
-    depend on the input). Empty when the network is whole."""
+    """Where the mask cuts the network, with why: a kernel left with no weights, or one that signal
+    reaches but does not pass (its kept weights connect no live input channel to an output; with a
+    residual around it, the block is skipped) -- the layers after such a cut are not listed -- and an
+    output layer with outputs no signal reaches (their logits no longer depend on the input).
+    Empty when the network is whole."""
     out = {}
-    live = live_outputs(mask, layout)
-    for name in layout.names:
-        alive, units = int(live[name].sum()), live[name].size
+    for name, (live_in, live_out) in _signal(mask, layout).items():
         if name in mask and not np.any(mask[name]):
             out[name] = f"no weights left (0 of {int(np.size(mask[name])):,})"
-        elif alive == 0:
-            out[name] = f"no signal passes (0 of {units:,} output channels connect to the input)"
-        elif alive < units and name in layout.groups["classifier"]:
-            out[name] = f"{units - alive} of {units} outputs receive no signal from the input"
+        elif live_in.any() and not live_out.any():
+            out[name] = f"no signal passes (its kept weights connect none of {int(live_in.sum()):,} live inputs)"
+        if name in layout.groups["classifier"] and not live_out.all():
+            out[name] = f"{int((~live_out).sum())} of {live_out.size} outputs receive no signal from the input"
     return out
 
 
