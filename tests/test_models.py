@@ -61,3 +61,14 @@ def test_bad_arguments_fail_fast():
         models.prunable_variables(model, exclude=("head",))
     with pytest.raises(ValueError, match="do not fit the model"):
         models.set_weights(model, {"x": np.zeros(1)})
+
+
+def test_cifar_strides_keep_keras_layers_and_end_in_4x4_maps():
+    keras_strides = models.build(ModelSpec(width=0.35), (32, 32, 3), 10, seed=0)
+    cifar = models.build(ModelSpec(width=0.35, strides="cifar"), (32, 32, 3), 10, seed=0)
+    assert cifar.get_layer("Conv_1").output.shape[1:3] == (4, 4)
+    assert keras_strides.get_layer("Conv_1").output.shape[1:3] == (1, 1)
+    a, b = models.get_weights(keras_strides), models.get_weights(cifar)
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)  # only the strides differ
+    assert models.layout(cifar)["inputs"]["block_3_expand/kernel"] == ["block_1_project/kernel",
+                                                                       "block_2_project/kernel"]

@@ -1,7 +1,7 @@
 """What a spec's `pruning` section means for one model: which kernels are pruned, at which rates, by
 which allocation, and whether a mask leaves the network able to learn.
 
-Pure numpy over a `Layout` (a model's prunable kernels and their groups, `models.layout`, also stored
+Pure numpy over a `Layout` (a model's kernels, their shapes, groups and inputs: `models.layout`, stored
 with the dense run), so the driver checks every grid point's mask right after the dense run, before
 any trial trains, and trials use the very same functions to make their masks.
 """

@@ -224,7 +224,7 @@ def check_collapse(spec: config_lib.Spec, layout: dict | None, final: dict) -> N
     bad = {label: pruning.collapsed(m, lay) for label, m in masks.items()}
     bad = {label: c for label, c in bad.items() if c}
     if not bad:
-        print(f"masks: no grid point empties a layer (scope {spec.pruning.scope}, checked on the final dense weights)")
+        print(f"masks: no grid point cuts the network (scope {spec.pruning.scope}, checked on the final dense weights)")
         return
     scope = spec.pruning.scope
     advice = ("pruning.scope lamp or erk never empties a layer" if scope == "global" else
