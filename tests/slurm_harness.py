@@ -10,8 +10,9 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
+
+from helpers import wait_until
 
 NODES = {"n1": ("127.0.0.2", 17001), "n2": ("127.0.0.3", 17002)}
 
@@ -88,11 +89,8 @@ class Slurm:
         shutil.chown(run, "munge", "munge")
         self._spawn("munged", ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
                                "munged", "--foreground", "--force"])
-        deadline = time.time() + 30
-        while not (run / "munge.socket.2").exists():
-            if time.time() > deadline:
-                raise RuntimeError("munged did not start: " + self._tail("munged"))
-            time.sleep(0.2)
+        wait_until((run / "munge.socket.2").exists, timeout=30, every=0.2,
+                   what=lambda: "munged to start: " + self._tail("munged"))
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.work / f"{name}.stdout", "w")
@@ -104,17 +102,20 @@ class Slurm:
         return path.read_text()[-2000:] if path.exists() else ""
 
     def _wait_idle(self) -> None:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            out = self.run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False).stdout
-            states = dict(line.split() for line in out.splitlines() if line.strip())
+        sinfo = [""]
+
+        def idle() -> bool:
+            sinfo[0] = self.run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False).stdout
+            states = dict(line.split() for line in sinfo[0].splitlines() if line.strip())
             if len(states) == len(NODES) and all(s.startswith("idle") for s in states.values()):
-                return
+                return True
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited ({proc.returncode}): {self._tail(name)}")
-            time.sleep(0.5)
-        raise RuntimeError(f"SLURM nodes never became idle: {out}\n{(self.work / 'slurmctld.log').read_text()[-2000:]}")
+            return False
+
+        wait_until(idle, timeout=60, every=0.5, what=lambda: f"the SLURM nodes to become idle: {sinfo[0]}\n"
+                                                             f"{(self.work / 'slurmctld.log').read_text()[-2000:]}")
 
     def run(self, argv: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(argv, env={**self.env, **kw.pop("env", {})}, capture_output=True, text=True,
@@ -128,13 +129,13 @@ class Slurm:
         return "UNKNOWN"
 
     def wait_job(self, job: str, timeout: float = 900) -> str:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            state = self.job_state(job)
-            if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"):
-                return state
-            time.sleep(1)
-        raise TimeoutError(f"job {job} still {state} after {timeout}s")
+        state = [""]
+
+        def ended() -> tuple[str] | None:
+            state[0] = self.job_state(job)
+            return None if state[0] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED") else (state[0],)
+
+        return wait_until(ended, timeout=timeout, every=1, what=lambda: f"job {job} to end (still {state[0]})")[0]
 
     def stop(self) -> None:
         """Stop every daemon started here, by PID: slurmd first, munged last."""

@@ -4,25 +4,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from test_sweep import _cli, _run
+from helpers import ROOT, SMALL, cli, run, sets, wait_until
 
-from tickets import analysis, plots, report
+from tickets import analysis, artifacts, plots, report
 
-ROOT = Path(__file__).resolve().parent.parent
-GRID = ["--set", "dense.epochs=2", "--set", "search.sparsity=[0.5,0.9]", "--set", "search.rewind_epoch=[0]",
-        "--set", "search.control=[ticket,random_prune]", "--set", "search.replicate=[0,1]"]
+GRID = [*SMALL, *sets("search.sparsity=[0.5,0.9]", "search.control=[ticket,random_prune]", "search.replicate=[0,1]")]
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     storage = tmp_path_factory.mktemp("results")
-    code, out = _run(["smoke", "--storage-path", str(storage), "--num-cpus", "2", *GRID])
+    code, out = run(["smoke", "--storage-path", str(storage), "--num-cpus", "2", *GRID])
     assert code == 0, out[-3000:]
     return storage / "smoke"
 
@@ -36,6 +32,16 @@ def test_load_is_tidy_and_typed(experiment):
     assert set(trials.status) == {"finished"}
 
 
+def test_tensorboard_reads_the_dense_run_and_every_trial(experiment):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    runs = EventMultiplexer().AddRunsFromDirectory(str(experiment)).Reload()
+    curves = {run: [e.value for e in runs.Scalars(run, "ray/tune/test_accuracy")] for run in runs.Runs()}
+    dense = analysis.load(experiment).query("control == 'dense'").test_accuracy.tolist()
+    assert curves.pop(artifacts.DENSE_DIR) == pytest.approx(dense)
+    assert len(curves) == 8 and all(len(c) == 2 for c in curves.values())  # 8 trials of 2 epochs
+
+
 def test_loading_needs_neither_ray_nor_tensorflow(experiment):
     code = ("import sys; from tickets import analysis; df = analysis.load(sys.argv[1]); "
             "assert len(df) == 18; bad = {'ray', 'tensorflow', 'keras'} & set(sys.modules); assert not bad, bad")
@@ -45,9 +51,9 @@ def test_loading_needs_neither_ray_nor_tensorflow(experiment):
 def test_parquet_round_trip_is_the_same_frame(experiment):
     import pyarrow.parquet as pq
 
-    on_disk = pd.read_parquet(experiment / analysis.RESULTS_FILE)
+    on_disk = pd.read_parquet(experiment / artifacts.RESULTS_FILE)
     pd.testing.assert_frame_equal(on_disk, analysis.load(experiment))
-    assert pq.read_table(experiment / analysis.RESULTS_FILE).num_rows == 18
+    assert pq.read_table(experiment / artifacts.RESULTS_FILE).num_rows == 18
 
 
 def test_summary_and_winning_tickets(experiment):
@@ -107,22 +113,22 @@ def test_example_notebook_runs(experiment):
 
 def test_load_while_running_and_after_an_interrupt(tmp_path):
     exp = tmp_path / "smoke"
-    p = _cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", "--set", "dense.epochs=3",
-              "--set", "search.sparsity=[0.5,0.8,0.9]", "--set", "search.rewind_epoch=[0]",
-              "--set", "resources.max_concurrent_trials=1"], start_new_session=True)
-    seen = pd.DataFrame()
-    deadline = time.time() + 300
+    p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", "--set", "dense.epochs=3",
+             "--set", "search.sparsity=[0.5,0.8,0.9]", "--set", "search.rewind_epoch=[0]",
+             "--set", "resources.max_concurrent_trials=1"], start_new_session=True)
+
+    def mid_run():
+        df = analysis.load(exp) if exp.exists() else pd.DataFrame()
+        if not df.empty and (df.control != "dense").any() and (df.status == "incomplete").any():
+            return (df,)  # a DataFrame has no truth value
+        return None
+
     try:
-        while time.time() < deadline and p.poll() is None:
-            df = analysis.load(exp) if exp.exists() else pd.DataFrame()
-            if not df.empty and (df.control != "dense").any() and (df.status == "incomplete").any():
-                seen = df
-                break
-            time.sleep(0.3)
+        (seen,) = wait_until(mid_run, every=0.3, process=p, what="a trial mid-run")
     finally:
         os.killpg(p.pid, signal.SIGINT)
         p.communicate(timeout=120)
-    assert not seen.empty, "never saw a trial mid-run"
+    assert not seen.empty
     running = seen[seen.status == "incomplete"]
     assert running.epoch.min() >= 1 and running.test_accuracy.notna().all()
 

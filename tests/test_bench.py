@@ -1,19 +1,17 @@
 """`python -m tickets.bench --tiny`: every figure's code runs and lands in the JSON."""
 
 import json
-import os
 import subprocess
-import sys
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR, cli
 
 
 def test_bench_tiny_runs_every_figure(tmp_path):
     out = tmp_path / "bench.json"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TICKETS_DATA_DIR": str(DATA_DIR)}
-    proc = subprocess.run([sys.executable, "-m", "tickets.bench", "--tiny", "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = cli(["--tiny", "--out", str(out)], module="tickets.bench", stderr=subprocess.PIPE, cwd=tmp_path,
+               env={"TF_CPP_MIN_LOG_LEVEL": "3", "TICKETS_DATA_DIR": str(DATA_DIR)})
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     results = json.loads(out.read_text())
     figures = results["figures"]
     assert sorted(figures) == [str(n) for n in range(1, 8)]
@@ -26,10 +24,10 @@ def test_bench_tiny_runs_every_figure(tmp_path):
     assert figures["5"]["errors"] == 0 and figures["5"]["points"] == 8
     assert "skipped" in figures["7"] or figures["7"]["ratio"] > 0
     for line in ("1. masked / dense step", "5. scheduler s/trial", "7. GPU masked / dense"):
-        assert line in proc.stdout
+        assert line in stdout
 
 
 def test_bench_rejects_unknown_figures(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tickets.bench", "--only", "9"], capture_output=True, text=True,
-                          cwd=tmp_path)
-    assert proc.returncode == 2 and "error: --only: '9' names figures outside 1..7" in proc.stderr
+    proc = cli(["--only", "9"], module="tickets.bench", stderr=subprocess.PIPE, cwd=tmp_path)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 2 and "error: --only: '9' names figures outside 1..7" in stderr

@@ -4,16 +4,14 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from helpers import ROOT, SMALL, dense_runs, read_results, ticket_files, wait_until
 from slurm_harness import Slurm, available
 
-ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "cluster" / "ray-cluster.sbatch"
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"no real SLURM here: {available()}")
@@ -26,16 +24,6 @@ def _ray_processes() -> list[str]:
             if re.search(r"\b(raylet|gcs_server)\b|ray::|/tmp/ray-\d+", line) and "ps -eo" not in line]
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     assert not _ray_processes(), "a Ray is already running on this machine"
@@ -45,8 +33,8 @@ def slurm(tmp_path_factory):
         yield harness
     finally:
         harness.stop()
-        _wait_for(lambda: not subprocess.run(["pgrep", "-x", "slurmstepd"], capture_output=True).stdout,
-                  60, "slurmstepd to exit")
+        wait_until(lambda: not subprocess.run(["pgrep", "-x", "slurmstepd"], capture_output=True).stdout,
+                   timeout=60, every=0.5, what="slurmstepd to exit")
 
 
 @pytest.fixture
@@ -63,7 +51,7 @@ def _submit(slurm, tmp_path, token_file, *args) -> tuple[str, Path]:
     return job, out
 
 
-SMOKE = ["smoke", "--set", "dense.epochs=2", "--set", "search.rewind_epoch=[0]"]
+SMOKE = ["smoke", *SMALL]
 
 
 @pytest.fixture
@@ -89,8 +77,8 @@ def test_sweep_across_two_slurm_nodes(slurm, tmp_path, token_file, ports_taken_b
     storage = tmp_path / "results"
     job, out = _submit(slurm, tmp_path, token_file, *SMOKE, "--storage-path", str(storage),
                        "--set", "search.sparsity=[0.5,0.7,0.9]")
-    line = _wait_for(lambda: out.exists() and re.search(r"dashboard: on n1 at (127\.0\.0\.1:\d+)", out.read_text()),
-                     300, "the dashboard line")
+    line = wait_until(lambda: out.exists() and re.search(r"dashboard: on n1 at (127\.0\.0\.1:\d+)", out.read_text()),
+                      timeout=300, every=0.5, what="the dashboard line")
     url = f"http://{line.group(1)}"
     token = token_file.read_text().strip()
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
@@ -107,11 +95,11 @@ def test_sweep_across_two_slurm_nodes(slurm, tmp_path, token_file, ports_taken_b
     assert f"ports {ports_taken_but_one}-{ports_taken_but_one + 599}" in log  # the one free block
     assert token not in log
     exp = storage / "smoke"
-    df = pd.read_parquet(exp / "results.parquet")
+    df = read_results(exp)
     trials = df[df.control != "dense"]
     assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"} and len(trials) == 6
     assert trials.node_id.nunique() == 2  # trials ran on both nodes
-    assert _wait_for(lambda: not _ray_processes(), 60, "Ray processes to exit")
+    assert wait_until(lambda: not _ray_processes(), timeout=60, every=0.5, what="Ray processes to exit")
 
 
 def test_scancel_mid_sweep_leaves_no_ray_and_resume_completes(slurm, tmp_path, token_file):
@@ -119,19 +107,19 @@ def test_scancel_mid_sweep_leaves_no_ray_and_resume_completes(slurm, tmp_path, t
     exp = storage / "smoke"
     job, out = _submit(slurm, tmp_path, token_file, *SMOKE, "--storage-path", str(storage),
                        "--set", "search.sparsity=[0.5,0.6,0.7,0.8,0.9]", "--set", "resources.max_concurrent_trials=1")
-    _wait_for(lambda: list(exp.glob("*/ticket.npz")), 400, "a finished trial")
+    wait_until(lambda: ticket_files(exp), timeout=400, every=0.5, what="a finished trial")
     slurm.run(["scancel", job])
     assert slurm.wait_job(job, timeout=120) == "CANCELLED"
-    _wait_for(lambda: not _ray_processes(), 90, "Ray processes to exit after scancel")
-    done = len(list(exp.glob("*/ticket.npz")))
+    wait_until(lambda: not _ray_processes(), timeout=90, every=0.5, what="Ray processes to exit after scancel")
+    done = len(ticket_files(exp))
     assert done < 5, "the sweep finished before it was cancelled"
 
     job, out = _submit(slurm, tmp_path, token_file, "--resume", "--name", "smoke", "--storage-path", str(storage))
     state = slurm.wait_job(job)
     assert state == "COMPLETED", out.read_text()[-4000:]
-    df = pd.read_parquet(exp / "results.parquet")
+    df = read_results(exp)
     trials = df[df.control != "dense"]
     assert trials.trial_id.nunique() == 5 and set(trials.status) == {"finished"}
     assert not trials.duplicated(["trial_id", "epoch"]).any()
-    assert len((exp / "dense" / "runs.jsonl").read_text().splitlines()) == 1
-    assert _wait_for(lambda: not _ray_processes(), 60, "Ray processes to exit")
+    assert dense_runs(exp) == 1
+    assert wait_until(lambda: not _ray_processes(), timeout=60, every=0.5, what="Ray processes to exit")

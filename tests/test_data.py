@@ -1,9 +1,6 @@
-import io
-import pickle
-
 import numpy as np
 import pytest
-from conftest import CIFAR10, needs_cifar10
+from helpers import CIFAR10, needs_cifar10, write_cifar_batches, write_image_folder, write_parquet
 
 from tickets import data
 from tickets.config import DataSpec, SubsetSpec
@@ -45,29 +42,13 @@ def test_halves_are_disjoint_and_class_balanced():
 
 
 def test_cifar10_python_batches_of_the_keras_cache(tmp_path):
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(tmp_path / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
-                         b"labels": list(rng.integers(0, 10, 20))}, f)
+    write_cifar_batches(tmp_path)
     d = data.load(DataSpec(dataset="cifar10", path=str(tmp_path), batch_size=10), seed=0)
     assert d.train.images.shape == (100, 32, 32, 3) and len(d.test) == 20
 
 
-def _write_folder(root, classes=3, per_class=4, size=40):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in range(classes):
-            (root / split / f"class{c}").mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.jpg")
-
-
 def test_image_folder_large_images_stay_files(tmp_path, monkeypatch):
-    _write_folder(tmp_path)
+    write_image_folder(tmp_path)
     monkeypatch.setattr(data, "DECODE_CACHE_BYTES", 0)  # as for ImageNet: decode per element
     spec = DataSpec(dataset="image_folder", path=str(tmp_path), image_size=128, batch_size=4)
     d = data.load(spec, seed=0)
@@ -79,15 +60,7 @@ def test_image_folder_large_images_stay_files(tmp_path, monkeypatch):
 
 
 def test_parquet_with_out_of_range_label_is_rejected(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, format="JPEG")
-    for split, labels in (("train", [0, 1, 2, 3]), ("test", [0, 1, 7, 2])):
-        pq.write_table(pa.table({"image": [buf.getvalue()] * 4, "label": pa.array(labels, pa.int16())}),
-                       tmp_path / f"{split}.parquet")
+    write_parquet(tmp_path, labels=(0, 1, 2, 3), test_labels=(0, 1, 7, 2))
     with pytest.raises(data.DataError, match=r"test label 7 .* is out of range \[0, 4\)"):
         data.load(DataSpec(dataset="parquet", path=str(tmp_path), batch_size=2), seed=0)
 

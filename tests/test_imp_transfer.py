@@ -6,43 +6,40 @@ import signal
 import time
 
 import numpy as np
-from test_sweep import _cli, _run
+from helpers import SMALL, cli, run, ticket_files, wait_until
 
 from tickets import analysis, artifacts, config, sweep
-
-SMALL = ["--set", "dense.epochs=2", "--set", "search.rewind_epoch=[0]"]
-
-
-def _rows(trial_dir):
-    return [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_imp_chain_prunes_exact_counts_nests_masks_and_resumes_after_a_kill(tmp_path):
     exp = tmp_path / "imp"
     # Levels of several seconds each, so the kill lands while level 2 trains.
-    p = _cli(["smoke", "--storage-path", str(tmp_path), "--name", "imp", "--num-cpus", "2", *SMALL,
-              "--set", "data.synthetic_size={train: 3072, test: 256}",
-              "--set", "pruning.mode=imp", "--set", "pruning.levels=3", "--set", "search.sparsity=[]"],
-             start_new_session=True)
-    killed = None
-    deadline = time.time() + 300
-    while time.time() < deadline and killed is None and p.poll() is None:
+    p = cli(["smoke", "--storage-path", str(tmp_path), "--name", "imp", "--num-cpus", "2", *SMALL,
+             "--set", "data.synthetic_size={train: 3072, test: 256}",
+             "--set", "pruning.mode=imp", "--set", "pruning.levels=3", "--set", "search.sparsity=[]"],
+            start_new_session=True)
+
+    def kill_mid_level_2():
         # Level files are written by the trial itself the moment a level ends, before the level is
         # reported; once its checkpoint is persisted, a second's grace lets Tune take the report, so
         # the chain restarts from level 1's checkpoint rather than from scratch.
-        for level_1 in exp.glob("*/level_1.npz"):
-            if (level_1.parent / "checkpoint_000000").exists() and not (level_1.parent / "level_2.npz").exists():
+        for trial in exp.glob("*/"):
+            level_1, level_2 = artifacts.level_file(trial, 1), artifacts.level_file(trial, 2)
+            if level_1.exists() and (trial / "checkpoint_000000").exists() and not level_2.exists():
                 time.sleep(1.0)
-                if (level_1.parent / "level_2.npz").exists():
+                if level_2.exists():
                     continue
-                killed = artifacts.load_ticket(level_1)["info"]["pid"]
-                os.kill(killed, signal.SIGKILL)  # the trial's worker, mid level 2
-        time.sleep(0.05)
+                pid = artifacts.load_ticket(level_1)["info"]["pid"]
+                os.kill(pid, signal.SIGKILL)  # the trial's worker, mid level 2
+                return pid
+        return None
+
+    killed = wait_until(kill_mid_level_2, process=p, what="level 1 checkpointed while level 2 trains")
     out, _ = p.communicate(timeout=400)
     assert killed and p.returncode == 0, out[-3000:]
 
     (trial,) = [d.parent for d in exp.glob("*/params.json")]
-    rows = _rows(trial)
+    rows = artifacts.read_metrics(trial)
     assert [r["level"] for r in rows] == [1, 2, 3]  # level 1 was not trained again
     assert [r["resumed_from_level"] for r in rows] == [0, 1, 1]
     n = rows[0]["prunable_weights"]
@@ -53,7 +50,7 @@ def test_imp_chain_prunes_exact_counts_nests_masks_and_resumes_after_a_kill(tmp_
     assert [r["weights_remaining_count"] for r in rows] == expected
     assert [round(r["weights_remaining_count"] / n, 3) for r in rows] == [0.8, 0.64, 0.512]
 
-    masks = [artifacts.load_ticket(trial / f"level_{k}.npz")["mask"] for k in (1, 2, 3)]
+    masks = [artifacts.load_ticket(artifacts.level_file(trial, k))["mask"] for k in (1, 2, 3)]
     for outer, inner in zip(masks, masks[1:]):
         assert all(not (inner[k] & ~outer[k]).any() for k in outer)  # each level is a subset of the last
     assert sum(int(m.sum()) for m in masks[2].values()) == expected[2]
@@ -84,16 +81,16 @@ def test_per_group_rates_prune_the_output_layer_at_half_rate():
 
 
 def test_transfer_trains_a_ticket_from_another_experiment_on_the_other_half(tmp_path):
-    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--name", "source", "--num-cpus", "2", *SMALL,
-                      "--set", "data.half=a", "--set", "search.sparsity=[0.8]"])
+    code, out = run(["smoke", "--storage-path", str(tmp_path), "--name", "source", "--num-cpus", "2", *SMALL,
+                     "--set", "data.half=a", "--set", "search.sparsity=[0.8]"])
     assert code == 0, out[-3000:]
-    source_ticket = artifacts.load_ticket(next((tmp_path / "source").glob("*/ticket.npz")))
+    source_ticket = artifacts.load_ticket(ticket_files(tmp_path / "source")[0])
 
     # The target has 5 classes: the classifier cannot be reused, so it is re-initialised and left dense.
-    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--name", "target", "--num-cpus", "2", *SMALL,
-                      "--set", "data.half=b", "--set", "data.classes=5", "--set", "search.sparsity=[0.8]",
-                      "--set", "search.control=[ticket,transfer]",
-                      "--set", "transfer={from: source, select: {control: ticket}}"])
+    code, out = run(["smoke", "--storage-path", str(tmp_path), "--name", "target", "--num-cpus", "2", *SMALL,
+                     "--set", "data.half=b", "--set", "data.classes=5", "--set", "search.sparsity=[0.8]",
+                     "--set", "search.control=[ticket,transfer]",
+                     "--set", "transfer={from: source, select: {control: ticket}}"])
     assert code == 0, out[-3000:]
     df = analysis.load(tmp_path / "target")
     transfer = df[df.control == "transfer"]
@@ -101,7 +98,7 @@ def test_transfer_trains_a_ticket_from_another_experiment_on_the_other_half(tmp_
     assert not df[df.control == "ticket"].classifier_reinitialised.any()
     (trial,) = [f.parent for f in (tmp_path / "target").glob("*/params.json")
                 if json.loads(f.read_text())["control"] == "transfer"]
-    ticket = artifacts.load_ticket(trial / "ticket.npz")
+    ticket = artifacts.load_ticket(trial / artifacts.TICKET_FILE)
     for name, m in ticket["mask"].items():
         assert np.array_equal(m, source_ticket["mask"][name])
         assert np.array_equal(ticket["start"][name], source_ticket["start"][name])
@@ -109,7 +106,7 @@ def test_transfer_trains_a_ticket_from_another_experiment_on_the_other_half(tmp_
 
 def test_transfer_from_a_missing_trial_is_bad_input(tmp_path, capsys):
     (tmp_path / "source").mkdir()
-    (tmp_path / "source" / "spec.yaml").write_text(config.load("smoke").to_yaml())
+    (tmp_path / "source" / artifacts.SPEC_FILE).write_text(config.load("smoke").to_yaml())
     code = sweep.main(["smoke", "--storage-path", str(tmp_path), "--set", "search.control=[transfer]",
                        "--set", "transfer={from: source}"])
     assert code == 2

@@ -1,8 +1,6 @@
 """The paper presets on real CIFAR-10, CPU-sized through `--set`, as the README's "Reproducing the papers" shows."""
 
-import pandas as pd
-from conftest import CIFAR10, needs_cifar10
-from test_sweep import _run
+from helpers import CIFAR10, needs_cifar10, read_results, run
 
 from tickets import analysis
 
@@ -11,13 +9,13 @@ from tickets import analysis
 def test_conv2_ticket_beats_its_random_reinit_at_the_highest_sparsity_and_the_report_cites_the_paper(tmp_path):
     # Frankle & Carbin's Conv-2 with its per-layer rates, one shot to IMP level 15 (3.7 % of the weights
     # left: dense layers 0.8^15, convolutions and the output layer 0.9^15), rewound to initialisation.
-    code, out = _run(["conv2-cifar10", "--storage-path", str(tmp_path), "--name", "conv2", "--num-cpus", "2",
-                      "--set", f"data.path={CIFAR10}", "--set", "data.subset={train: 5000, test: 1000}",
-                      "--set", "dense.epochs=4", "--set", "pruning.mode=oneshot", "--set", "search.level=[15]",
-                      "--set", "search.replicate=[0]"], timeout=900)
+    code, out = run(["conv2-cifar10", "--storage-path", str(tmp_path), "--name", "conv2", "--num-cpus", "2",
+                     "--set", f"data.path={CIFAR10}", "--set", "data.subset={train: 5000, test: 1000}",
+                     "--set", "dense.epochs=4", "--set", "pruning.mode=oneshot", "--set", "search.level=[15]",
+                     "--set", "search.replicate=[0]"], timeout=900)
     assert code == 0, out[-3000:]
     exp = tmp_path / "conv2"
-    df = pd.read_parquet(exp / "results.parquet")
+    df = read_results(exp)
     final = analysis.final_rows(df[df.control != "dense"]).set_index("control")
     assert final.loc["ticket", "weights_remaining"] < 0.04 and (final.collapsed_layers == "").all()
     ticket, reinit = final.loc["ticket", "test_accuracy"], final.loc["random_reinit", "test_accuracy"]

@@ -86,7 +86,7 @@ def mobilenet_dense():
     """A short real dense run of MobileNetV2 (synthetic data, 2 epochs)."""
     training.configure(2)
     spec = config.load("smoke", ["dense.epochs=2", "data.synthetic_size={train: 512, test: 128}"])
-    trajectory = training.train_dense(spec, data.load(spec.data, spec.seed), log=lambda _: None)
+    trajectory = training.train_dense(spec, data.load(spec.data, spec.seed))
     return spec, pruning.Layout.of(trajectory.layout), trajectory.final
 
 

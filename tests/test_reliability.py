@@ -1,46 +1,20 @@
 """Faults injected into real sweeps, bad input catalogued, and the security promises checked."""
 
-import io
-import json
 import os
-import pickle
 import re
 import shutil
 import signal
 import stat
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from test_sweep import _cli, _dense_runs, _run
+from helpers import (SMALL, cli, dense_runs, read_results, run, ticket_files, trial_rows, wait_until,
+                     write_cifar_batches, write_parquet)
 
-from tickets import sweep
-
-SMALL = ["--set", "dense.epochs=2", "--set", "search.rewind_epoch=[0]"]
-
-
-def _results(trial: Path) -> list[dict]:
-    path = trial / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _wait(predicate, timeout=300, every=0.05, process=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the sweep ended first (exit {process.returncode}):\n{process.stdout.read()[-3000:]}")
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
+from tickets import artifacts, sweep
 
 
 def _pids_alive(pids) -> list[int]:
@@ -60,22 +34,22 @@ def _pids_alive(pids) -> list[int]:
 
 def test_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
     exp = tmp_path / "smoke"
-    p = _cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", "--set", "dense.epochs=5",
-              "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5]",
-              "--set", "data.synthetic_size={train: 2048, test: 256}"])
+    p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", "--set", "dense.epochs=5",
+             "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5]",
+             "--set", "data.synthetic_size={train: 2048, test: 256}"])
 
     def two_epochs():
-        rows = [r for t in exp.glob("*/") for r in _results(t)]
+        rows = trial_rows(exp)
         return rows[1] if len(rows) >= 2 else None
 
     # Killed after its second row: rows are written before they are `tune.report`ed, one report at
     # a time, so Tune holds at least the first epoch's checkpoint (the second's may be in flight).
-    row = _wait(two_epochs)
+    row = wait_until(two_epochs, process=p, what="the trial's second epoch")
     os.kill(row["pid"], signal.SIGKILL)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out[-3000:]
     (trial,) = [t.parent for t in exp.glob("*/params.json")]
-    rows = _results(trial)
+    rows = artifacts.read_metrics(trial)
     before = [r for r in rows if r["pid"] == row["pid"]]
     after = [r for r in rows if r["pid"] != row["pid"]]
     assert [r["epoch"] for r in before] == [1, 2] and after, "the worker was not killed mid-trial"
@@ -86,30 +60,31 @@ def test_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
     assert resumed in {before[0]["step"], before[1]["step"]}
     first = [r["epoch"] for r in before if r["step"] == resumed][0] + 1
     assert [r["epoch"] for r in after] == list(range(first, 6))
-    df = pd.read_parquet(exp / "results.parquet")
+    df = read_results(exp)
     assert sorted(df[df.control != "dense"].epoch) == [1, 2, 3, 4, 5]  # each epoch once in the results
 
 
 def test_driver_killed_mid_sweep_then_resume_completes_without_redoing_work(tmp_path):
     exp = tmp_path / "smoke"
-    p = _cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *SMALL,
-              "--set", "search.sparsity=[0.5,0.7,0.9]", "--set", "resources.max_concurrent_trials=1"])
-    _wait(lambda: list(exp.glob("*/ticket.npz")))
+    p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *SMALL,
+             "--set", "search.sparsity=[0.5,0.7,0.9]", "--set", "resources.max_concurrent_trials=1"])
+    wait_until(lambda: ticket_files(exp), process=p, what="a finished trial")
     ray_pids = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
                                                    text=True).stdout.split()]
     os.kill(p.pid, signal.SIGKILL)
     p.communicate(timeout=60)
     # Ray's processes share the fate of the driver that started them.
-    _wait(lambda: not _pids_alive(ray_pids), timeout=60, every=0.5)
-    done = {f.parent.name: len(_results(f.parent)) for f in exp.glob("*/ticket.npz")}
+    wait_until(lambda: not _pids_alive(ray_pids), timeout=60, every=0.5, what=lambda: f"Ray's processes to exit "
+               f"with their driver ({_pids_alive(ray_pids)} still alive)")
+    done = {f.parent.name: len(artifacts.read_metrics(f.parent)) for f in ticket_files(exp)}
     assert 1 <= len(done) < 3
 
-    code, out = _run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
+    code, out = run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
     assert code == 0, out[-3000:]
-    assert _dense_runs(exp) == 1
+    assert dense_runs(exp) == 1
     for trial, count in done.items():
-        assert len(_results(exp / trial)) == count
-    df = pd.read_parquet(exp / "results.parquet")
+        assert len(artifacts.read_metrics(exp / trial)) == count
+    df = read_results(exp)
     trials = df[df.control != "dense"]
     assert not trials.duplicated(["trial_id", "epoch"]).any()
     assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"} and len(trials) == 6
@@ -123,23 +98,24 @@ def test_a_node_removed_mid_sweep_does_not_stop_the_grid(tmp_path):
     try:
         worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
         cluster.wait_for_nodes()
-        p = _cli(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address,
-                  "--set", "dense.epochs=3", "--set", "search.rewind_epoch=[0]",
-                  "--set", "search.sparsity=[0.5,0.7,0.8,0.9]"])
+        p = cli(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address,
+                 "--set", "dense.epochs=3", "--set", "search.rewind_epoch=[0]",
+                 "--set", "search.sparsity=[0.5,0.7,0.8,0.9]"])
         # Two epochs reported from the worker node: a trial writes a row before `tune.report`ing it,
         # and reports one at a time, so the first row's checkpoint is Tune's by then and that row
         # survives the node's removal (a later epoch may be retrained elsewhere).
-        _wait(lambda: [t for t in exp.glob("*/") if len([r for r in _results(t) if r["node_id"] == worker.node_id]) >= 2],
-              process=p)
+        wait_until(lambda: [t for t in artifacts.trial_dirs(exp)
+                            if len([r for r in artifacts.read_metrics(t) if r["node_id"] == worker.node_id]) >= 2],
+                   process=p, what="a trial's second epoch on the worker node")
         cluster.remove_node(worker)
         out, _ = p.communicate(timeout=400)
     finally:
         cluster.shutdown()
     assert p.returncode == 0, out[-3000:]
-    df = pd.read_parquet(exp / "results.parquet")
+    df = read_results(exp)
     trials = df[df.control != "dense"]
     assert trials.trial_id.nunique() == 4 and set(trials.status) == {"finished"}
-    assert _dense_runs(exp) == 1
+    assert dense_runs(exp) == 1
     assert worker.node_id in set(trials.node_id)
 
 
@@ -162,22 +138,24 @@ def interrupted(tmp_path_factory):
     exp = storage / "smoke"
     # Eight epochs a trial: Tune takes a few seconds to stop after SIGINT, during which the running
     # trial keeps training; it must still be unfinished when the sweep has exited.
-    p = _cli(["smoke", "--storage-path", str(storage), "--num-cpus", "2", "--set", "dense.epochs=8",
-              "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5,0.9]",
-              "--set", "data.synthetic_size={train: 2048, test: 256}",
-              "--set", "resources.max_concurrent_trials=1", "--set", "resources.max_failures=1"],
-             start_new_session=True)
+    p = cli(["smoke", "--storage-path", str(storage), "--num-cpus", "2", "--set", "dense.epochs=8",
+             "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5,0.9]",
+             "--set", "data.synthetic_size={train: 2048, test: 256}",
+             "--set", "resources.max_concurrent_trials=1", "--set", "resources.max_failures=1"],
+            start_new_session=True)
 
     def unfinished(trial: Path) -> bool:
-        return not (trial / "ticket.npz").exists() and bool(_results(trial)) and bool(list(trial.glob("checkpoint_*")))
+        return (not (trial / artifacts.TICKET_FILE).exists() and bool(artifacts.read_metrics(trial))
+                and bool(list(trial.glob("checkpoint_*"))))
 
     # Two epochs reported: rows are written before they are `tune.report`ed, one at a time, so by
     # the second row Tune holds the first epoch's checkpoint and will restore the trial from it.
-    _wait(lambda: [t for t in exp.glob("*/") if unfinished(t) and len(_results(t)) >= 2], process=p)
+    wait_until(lambda: [t for t in artifacts.trial_dirs(exp) if unfinished(t) and len(artifacts.read_metrics(t)) >= 2],
+               process=p, what="an unfinished trial's second epoch")
     os.killpg(p.pid, signal.SIGINT)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == sweep.EXIT_INTERRUPTED and "continue with: python -m tickets.sweep --resume" in out, out[-3000:]
-    (trial,) = [t for t in exp.glob("*/") if unfinished(t)]
+    (trial,) = [t for t in artifacts.trial_dirs(exp) if unfinished(t)]
     return exp, trial
 
 
@@ -185,59 +163,34 @@ def test_corrupted_dense_snapshot_is_named_and_never_retrained_over(interrupted,
     exp, _ = interrupted
     copy = tmp_path / "smoke"
     shutil.copytree(exp, copy)
-    snapshot = copy / "dense" / "step_0.npz"
+    snapshot = artifacts.snapshot_file(copy / artifacts.DENSE_DIR, 0)
     snapshot.write_bytes(snapshot.read_bytes()[:100])
-    runs = _dense_runs(copy)
+    runs = dense_runs(copy)
+    assert runs >= 1  # the interrupted sweep trained it
     assert sweep.main(["--resume", "--name", "smoke", "--storage-path", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert str(snapshot) in err and err.count("\n") == 1
-    assert _dense_runs(copy) == runs
-    (copy / "dense" / "manifest.json").write_text("{not json")
+    assert dense_runs(copy) == runs
+    (copy / artifacts.DENSE_DIR / artifacts.MANIFEST_FILE).write_text("{not json")
     assert sweep.main(["--resume", "--name", "smoke", "--storage-path", str(tmp_path)]) == 2
-    assert "manifest.json: cannot be read" in capsys.readouterr().err
+    assert f"{artifacts.MANIFEST_FILE}: cannot be read" in capsys.readouterr().err
 
 
 def test_corrupted_checkpoint_fails_its_trial_by_name_and_keeps_the_rest(interrupted):
     exp, trial = interrupted
     for weights in trial.glob("checkpoint_*/weights.npz"):  # whichever one Tune restores from
         weights.write_bytes(b"not a zip file")
-    code, out = _run(["--resume", "--name", "smoke", "--storage-path", str(exp.parent), "--num-cpus", "2"])
+    code, out = run(["--resume", "--name", "smoke", "--storage-path", str(exp.parent), "--num-cpus", "2"])
     errors = "".join(f"\n--- {e}\n{e.read_text()[-2000:]}" for e in exp.glob("*/error.txt"))
     assert code == 1, out[-3000:] + errors
     assert "weights.npz" in (trial / "error.txt").read_text()
-    df = pd.read_parquet(exp / "results.parquet")
+    df = read_results(exp)
     statuses = df[df.control != "dense"].drop_duplicates("trial_id").set_index("trial").status
     assert statuses[trial.name] == "error" and "finished" in set(statuses)
 
 
 # ---------------------------------------------------------------------------------------------
 # Bad input: every case exits 2 with one line naming the field and value, writes nothing, starts no Ray.
-
-
-def _cifar_batches(root: Path, columns=3072, labels=None):
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(root / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 255, (20, columns), dtype=np.uint8),
-                         b"labels": labels if labels is not None else list(rng.integers(0, 10, 20))}, f)
-    return root
-
-
-def _parquet(root: Path, labels=(0, 1, 2, 3), image=None):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    root.mkdir(parents=True)
-    if image is None:
-        buf = io.BytesIO()
-        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, format="JPEG")
-        image = buf.getvalue()
-    for split in ("train", "test"):
-        pq.write_table(pa.table({"image": [image] * len(labels), "label": pa.array(list(labels), pa.int16())}),
-                       root / f"{split}.parquet")
-    return root
 
 
 SPEC_CASES = [
@@ -287,14 +240,14 @@ DATA_CASES = [
     ("cifar10 path without a copy", lambda d: ["data.dataset=cifar10", f"data.path={d}"], "holds no CIFAR-10"),
     ("folder without class dirs", lambda d: ["data.dataset=image_folder", f"data.path={d}"],
      "has no train/ and test/ (or val/) class folders"),
-    ("label out of range", lambda d: ["data.dataset=parquet", f"data.path={_parquet(d / 'p', labels=(0, 1, 2, -3))}",
-                                      "data.batch_size=2"], "label -3"),
-    ("not an image", lambda d: ["data.dataset=parquet", f"data.path={_parquet(d / 'p', image=b'garbage')}",
+    ("label out of range", lambda d: ["data.dataset=parquet", "data.batch_size=2",
+                                      f"data.path={write_parquet(d / 'p', labels=(0, 1, 2, -3))}"], "label -3"),
+    ("not an image", lambda d: ["data.dataset=parquet", f"data.path={write_parquet(d / 'p', image=b'garbage')}",
                                 "data.batch_size=2"], "is not a readable image"),
-    ("images of the wrong shape", lambda d: ["data.dataset=cifar10", f"data.path={_cifar_batches(d / 'c', 1024)}",
+    ("images of the wrong shape", lambda d: ["data.dataset=cifar10", f"data.path={write_cifar_batches(d / 'c', 1024)}",
                                              "data.batch_size=10"], "holds images of shape (1024,)"),
     ("subset larger than a class", lambda d: ["data.dataset=cifar10", "data.batch_size=10",
-                                              f"data.path={_cifar_batches(d / 'c', labels=[0, 0] + [1] * 18)}",
+                                              f"data.path={write_cifar_batches(d / 'c', labels=[0, 0] + [1] * 18)}",
                                               "data.subset={train: 90}"],
      "data.subset.train: 90 needs 45 images of class 0; the data has 10"),
 ]
@@ -336,7 +289,7 @@ def test_the_catalogue_has_at_least_30_cases():
 
 def test_local_ray_keeps_token_auth_and_secrets_stay_out_of_logs_and_results(tmp_path):
     exp = tmp_path / "smoke"
-    p = _cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *SMALL, "--set", "search.sparsity=[0.5]"])
+    p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *SMALL, "--set", "search.sparsity=[0.5]"])
     lines = []
     url = None
     for line in p.stdout:

@@ -1,35 +1,14 @@
 """The sweep on real Ray: one dense run, a Tune grid, results.parquet, resume, a 2-node cluster."""
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pandas as pd
 import pytest
+from helpers import SMALL, cli, dense_runs, read_results, run, sets, ticket_files, trial_rows, wait_until
 
 from tickets import artifacts, sweep
 
-FAST = ["--set", "dense.epochs=2", "--set", "search.sparsity=[0.5,0.9]", "--set", "search.rewind_epoch=[0,1]"]
-
-
-def _cli(args, **kw):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tickets.sweep", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
-
-
-def _run(args, timeout=400):
-    p = _cli(args)
-    out, _ = p.communicate(timeout=timeout)
-    return p.returncode, out
-
-
-def _dense_runs(exp: Path) -> int:
-    return len((exp / "dense" / sweep.DENSE_RUNS_LOG).read_text().splitlines())
+FAST = sets("dense.epochs=2", "search.sparsity=[0.5,0.9]", "search.rewind_epoch=[0,1]")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -68,13 +47,23 @@ def test_dry_run_prints_the_grid(tmp_path, capsys):
 
 
 def test_smoke_sweep_trains_dense_once_and_writes_every_trial_epoch(tmp_path):
-    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *FAST])
+    code, out = run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *FAST])
     assert code == 0, out[-3000:]
     exp = tmp_path / "smoke"
-    assert _dense_runs(exp) == 1
+    assert dense_runs(exp) == 1
     assert "dense epoch 2/2" in out and "4/4 trials finished" in out
+    # What a user reads: the plan, dense progress, one table row per trial, where results are; Tune's
+    # boxes, TensorFlow's start-up banner and Ray's INFO lines stay in the log files.
+    lines = out.splitlines()
+    rows = [line.split() for line in lines if line.startswith("  0.")]
+    assert sorted((r[0], r[1], r[2]) for r in rows) == [("0.5", "0", "ticket"), ("0.5", "1", "ticket"),
+                                                        ("0.9", "0", "ticket"), ("0.9", "1", "ticket")]
+    assert all(r[4].endswith("%") for r in rows)
+    assert not [line for line in lines if any(noise in line for noise in (
+        "Trial status", "╭", "│", "absl", "oneDNN", "cuda", " INFO ", "Checkpoint successfully"))], out
+    assert len(lines) < 40, out
 
-    df = pd.read_parquet(exp / "results.parquet")
+    df = read_results(exp)
     trials = df[df.control != "dense"]
     # rewind 0 trains epochs 1..2, rewind 1 trains epoch 2 only: 2 sparsities x (2 + 1) rows
     assert len(trials) == 6 and len(df[df.control == "dense"]) == 2
@@ -85,10 +74,10 @@ def test_smoke_sweep_trains_dense_once_and_writes_every_trial_epoch(tmp_path):
         assert row.weights_remaining_count == round(n) - round(row.sparsity * round(n))
     assert set(trials.status) == {"finished"}
 
-    for ticket_file in exp.glob("*/ticket.npz"):
+    for ticket_file in ticket_files(exp):
         ticket = artifacts.load_ticket(ticket_file)
         assert ticket["info"]["dense_hash"] and set(ticket["mask"]) <= set(ticket["final"])
-    assert len(list(exp.glob("*/ticket.npz"))) == 4
+    assert len(ticket_files(exp)) == 4
 
     from ray import tune
 
@@ -98,25 +87,21 @@ def test_smoke_sweep_trains_dense_once_and_writes_every_trial_epoch(tmp_path):
 
 def test_resume_after_interrupt_finishes_the_grid_without_redoing_work(tmp_path):
     exp = tmp_path / "smoke"
-    p = _cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *FAST,
-              "--set", "resources.max_concurrent_trials=1"], start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(exp.glob("*/ticket.npz")):
-        time.sleep(0.5)
-    assert list(exp.glob("*/ticket.npz")), "no trial finished in time"
+    p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *FAST,
+             "--set", "resources.max_concurrent_trials=1"], start_new_session=True)
+    wait_until(lambda: ticket_files(exp), every=0.5, process=p, what="a finished trial")
     os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in the terminal
     out, _ = p.communicate(timeout=120)
-    done_before = {f.parent.name: len((f.parent / "metrics.jsonl").read_text().splitlines())
-                   for f in exp.glob("*/ticket.npz")}
+    done_before = {f.parent.name: len(artifacts.read_metrics(f.parent)) for f in ticket_files(exp)}
     assert 1 <= len(done_before) < 4, out[-3000:]
     assert p.returncode == sweep.EXIT_INTERRUPTED and "did not finish; continue with" in out, out[-3000:]
 
-    code, out = _run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
+    code, out = run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
     assert code == 0, out[-3000:]
-    assert _dense_runs(exp) == 1 and "reusing the dense run" in out
-    for trial, lines in done_before.items():  # finished trials were not run again
-        assert len((exp / trial / "metrics.jsonl").read_text().splitlines()) == lines
-    df = pd.read_parquet(exp / "results.parquet")
+    assert dense_runs(exp) == 1 and "reusing the dense run" in out
+    for trial, rows in done_before.items():  # finished trials were not run again
+        assert len(artifacts.read_metrics(exp / trial)) == rows
+    df = read_results(exp)
     trials = df[df.control != "dense"]
     assert len(trials) == 6 and not trials.duplicated(["trial_id", "epoch"]).any()
     assert set(trials.status) == {"finished"}
@@ -129,25 +114,25 @@ def test_two_node_cluster_spreads_trials_and_gives_each_one_gpu(tmp_path):
     try:
         cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.3")
         cluster.wait_for_nodes()
-        code, out = _run(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address, *FAST,
-                          "--set", "resources.gpus_per_trial=1"])
+        code, out = run(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address, *FAST,
+                         "--set", "resources.gpus_per_trial=1"])
     finally:
         cluster.shutdown()
     assert code == 0, out[-3000:]
     exp = tmp_path / "smoke"
-    rows = [json.loads(line) for f in exp.glob("*/metrics.jsonl") for line in f.read_text().splitlines()]
+    rows = trial_rows(exp)
     assert len({r["node_id"] for r in rows}) == 2  # trials ran on both nodes
     assert all(r["cuda_visible_devices"] in ("0", "1") for r in rows)  # exactly one GPU each
-    assert "1 CPU, 1 GPU" in out and _dense_runs(exp) == 1
+    assert "1 CPU, 1 GPU" in out and dense_runs(exp) == 1
 
 
 def test_the_smoke_preset_ends_with_every_trial_well_above_chance(tmp_path):
     """The README's first command, as a new user runs it: no layer collapses, nothing at chance."""
-    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
+    code, out = run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
     assert code == 0, out[-3000:]
     assert "masks: no grid point cuts the network" in out
     assert not [line for line in out.splitlines() if line.startswith("warning:")]  # the sweep's own warnings
-    df = pd.read_parquet(tmp_path / "smoke" / "results.parquet")
+    df = read_results(tmp_path / "smoke")
     final = df[(df.control != "dense") & (df.epoch == df.epoch.max())]
     assert len(final) == 4 and (final.collapsed_layers == "").all()
     assert (final.test_accuracy > 0.5).all(), final[["sparsity", "rewind_epoch", "test_accuracy"]]  # chance: 0.1
@@ -155,28 +140,27 @@ def test_the_smoke_preset_ends_with_every_trial_well_above_chance(tmp_path):
 
 def test_layer_collapse_is_reported_before_training_in_the_results_and_the_report(tmp_path, capsys):
     # Global magnitude pruning empties MobileNetV2's last 1x1 convolution (Conv_1) at 95 %.
-    code, out = _run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", "--set", "dense.epochs=2",
-                      "--set", "search.sparsity=[0.5,0.95]", "--set", "search.rewind_epoch=[0]",
-                      "--set", "pruning.scope=global"])
+    code, out = run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *SMALL,
+                     *sets("search.sparsity=[0.5,0.95]", "pruning.scope=global")])
     assert code == 0, out[-3000:]
-    before = out[:out.index("Trial status")] if "Trial status" in out else out
+    before = out[:out.index("\ntrials: ")]  # printed once the dense run is checked, as the grid starts
     assert "warning: pruning.scope 'global' collapses layers at 1 of 2 grid points" in before
     assert "s=0.95: " in before and "Conv_1/kernel no weights left (0 of 143,360)" in before
     table = [line for line in before.splitlines() if line.strip().startswith("Conv_1/kernel ")]
     assert table and table[0].split()[-1] == "0.00!"  # per-layer densities: Conv_1 empty at 0.95
-    assert "1 trial(s) trained a mask that empties a layer" in out
+    assert "1 trial(s) trained a mask that cuts the network" in out
+    assert [line for line in out.splitlines() if line.strip().startswith("0.95") and "cut network: Conv_1" in line]
 
     exp = tmp_path / "smoke"
-    df = pd.read_parquet(exp / "results.parquet")
+    df = read_results(exp)
     trials = df[df.control != "dense"].drop_duplicates("trial_id").set_index("sparsity")
     assert "Conv_1/kernel" in trials.loc[0.95, "collapsed_layers"] and trials.loc[0.5, "collapsed_layers"] == ""
     report = (exp / "report.md").read_text()
     assert "trial(s) trained a mask that empties a layer" in report and "Conv_1/kernel" in report
 
     # A dry run on the finished dense run checks other sparsities without training anything.
-    assert sweep.main(["smoke", "--storage-path", str(tmp_path), "--dry-run", "--set", "dense.epochs=2",
-                       "--set", "search.sparsity=[0.5,0.9]", "--set", "search.rewind_epoch=[0]",
-                       "--set", "pruning.scope=lamp"]) == 0
+    assert sweep.main(["smoke", "--storage-path", str(tmp_path), "--dry-run", *SMALL,
+                       *sets("search.sparsity=[0.5,0.9]", "pruning.scope=lamp")]) == 0
     out = capsys.readouterr().out
     assert "a real run would stop here: --name: experiment" in out
     assert "masks: no grid point cuts the network (scope lamp" in out

@@ -1,7 +1,10 @@
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
-from conftest import CIFAR10, needs_cifar10
+from helpers import CIFAR10, needs_cifar10
 
 from tickets import config, data, masks, models, training
 
@@ -29,7 +32,7 @@ def small():
 @pytest.fixture(scope="module")
 def trajectory(small):
     spec, d = small
-    return training.train_dense(spec, d, log=lambda _: None)
+    return training.train_dense(spec, d)
 
 
 def test_pruned_weights_stay_exactly_zero_after_every_step(small):
@@ -77,7 +80,7 @@ def test_step_schedule_and_fractional_rewind():
 
 def test_same_seed_gives_bit_identical_snapshots_and_masks(small, trajectory):
     spec, d = small
-    a, b = trajectory, training.train_dense(spec, d, log=lambda _: None)
+    a, b = trajectory, training.train_dense(spec, d)
     assert sorted(a.snapshots) == [0, 4, 16]
     for step in a.snapshots:
         for name in a.snapshots[step]:
@@ -88,14 +91,26 @@ def test_same_seed_gives_bit_identical_snapshots_and_masks(small, trajectory):
     assert all(np.array_equal(ta.mask[k], tb.mask[k]) for k in ta.mask)
 
 
-def test_cifar_strides_train_bit_identically_on_two_threads(small):
+def test_cifar_strides_train_bit_identically_on_two_threads(tmp_path):
     # Large feature maps made TensorFlow's inter-op parallelism sum gradients in a varying order:
-    # `configure` runs one op at a time on CPU, so two runs of one seed match to the bit.
+    # `configure` runs one op at a time on CPU, so two runs of one seed match to the bit. It must
+    # run before TensorFlow starts, which this test process did long ago: a fresh process checks it.
     spec = _spec(**{"model.strides": "cifar", "dense.epochs": 1, "search.rewind_epoch": "[0]",
                     "data.batch_size": 128, "data.synthetic_size": "{train: 512, test: 128}"})
-    d = data.load(spec.data, spec.seed)
-    a, b = (training.train_dense(spec, d, log=lambda _: None).final for _ in range(2))
-    assert [n for n in a if not np.array_equal(a[n], b[n])] == []
+    (tmp_path / "spec.yaml").write_text(spec.to_yaml())
+    script = ("import sys, numpy as np, tensorflow as tf\n"
+              "from tickets import config, data, training\n"
+              "training.configure(2)\n"
+              "spec = config.load(sys.argv[1])\n"
+              "d = data.load(spec.data, spec.seed)\n"
+              "a, b = (training.train_dense(spec, d).final for _ in range(2))\n"
+              "print(tf.config.threading.get_intra_op_parallelism_threads(),\n"
+              "      tf.config.threading.get_inter_op_parallelism_threads(),\n"
+              "      [n for n in a if not np.array_equal(a[n], b[n])])\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "spec.yaml")], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-1] == "2 1 []"  # threads as configured; no weight differs
 
 
 def test_controls_share_counts_and_differ_where_they_should(small, trajectory):
@@ -146,7 +161,7 @@ def test_finds_a_ticket_on_real_cifar10_without_ray():
                                          "dense.epochs=3", "search.rewind_epoch=[0]", "pruning.scope=global",
                                          "dense.optimizer.learning_rate=0.0005"])
     d = data.load(spec.data, spec.seed)
-    traj = training.train_dense(spec, d, log=print)
+    traj = training.train_dense(spec, d, on_epoch=print)
     dense_acc = traj.metrics[-1]["test_accuracy"]
     assert dense_acc > 0.35, dense_acc  # chance is 0.10
     model = training.sparse_model(spec, d)

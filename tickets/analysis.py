@@ -15,7 +15,6 @@ from tickets import artifacts
 from tickets import config as config_lib
 from tickets.config import CONTROLS, GRID_KEYS
 
-RESULTS_FILE = "results.parquet"
 _METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "train_accuracy", "train_loss", "actual_sparsity",
             "weights_remaining", "weights_remaining_count", "threshold", "early_stop_epoch", "best_test_loss",
             "epoch_seconds", "step")
@@ -23,14 +22,10 @@ _METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "train_accuracy"
 
 
 
-def _trial_dirs(experiment: Path) -> list[Path]:
-    return sorted(p.parent for p in experiment.glob(f"*/{artifacts.METRICS_FILE}"))
-
-
 def _status(trial: Path) -> str:
     if (trial / artifacts.TICKET_FILE).exists():
         return "finished"
-    if (trial / "error.txt").exists() or (trial / "error.pkl").exists():
+    if artifacts.trial_failed(trial):
         return "error"
     return "incomplete"
 
@@ -43,7 +38,7 @@ def load(path) -> pd.DataFrame:
     if not experiment.is_dir():
         raise FileNotFoundError(f"Received `path={str(path)!r}`: no such experiment dir")
     rows = []
-    for trial in _trial_dirs(experiment):
+    for trial in artifacts.trial_dirs(experiment):
         status = _status(trial)
         for r in artifacts.read_metrics(trial):
             if "epoch" not in r:
@@ -56,8 +51,8 @@ def load(path) -> pd.DataFrame:
             row["collapsed_layers"] = r.get("collapsed_layers") or ""
             rows.append(row)
     rows += _dense_rows(experiment)
-    if not rows and (experiment / RESULTS_FILE).exists():
-        return _with_new_columns(pd.read_parquet(experiment / RESULTS_FILE))
+    if not rows and (experiment / artifacts.RESULTS_FILE).exists():
+        return _with_new_columns(pd.read_parquet(experiment / artifacts.RESULTS_FILE))
     return _typed(pd.DataFrame(rows, columns=_columns()))
 
 
@@ -105,10 +100,9 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
 def write_results(experiment: Path) -> Path:
     """(Re)write `<experiment>/results.parquet` from the trial dirs; atomic rename."""
     df = load(experiment)
-    out = experiment / RESULTS_FILE
-    tmp = experiment / (RESULTS_FILE + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(out)
+    out = experiment / artifacts.RESULTS_FILE
+    with artifacts.atomic(out) as tmp:
+        df.to_parquet(tmp, index=False)
     return out
 
 
@@ -128,6 +122,7 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def dense_accuracy(df: pd.DataFrame) -> float:
+    """The dense network's final test accuracy (a fraction), the reference every ticket is held to."""
     dense = final_rows(df[df["control"] == "dense"])
     if dense.empty:
         raise ValueError("Received results without dense reference rows (control == 'dense')")

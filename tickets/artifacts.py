@@ -1,12 +1,22 @@
-"""Files a sweep leaves on disk: weight snapshots, trial checkpoints and tickets.
+"""Files a sweep leaves on disk: the one owner of every name and format in an experiment dir.
 
-Plain `.npz` and JSON, readable with numpy alone: no Ray, no TensorFlow.
+    <experiment>/spec.yaml                 the resolved spec
+    <experiment>/results.parquet           every trial's reports plus the dense rows (analysis)
+    <experiment>/dense/step_<n>.npz        dense snapshots; manifest.json, written last, lists them
+    <experiment>/dense/runs.jsonl          one line per dense training started
+    <experiment>/dense/metrics.jsonl       the dense run's per-epoch rows, as it trains
+    <experiment>/<trial>/metrics.jsonl     each trial's reports; ticket.npz marks it finished
+    <experiment>/<trial>/level_<k>.npz     an IMP chain's ticket at level k
+
+Plain `.npz`, JSON and Parquet, readable with numpy and pandas alone: no Ray, no TensorFlow.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -16,12 +26,42 @@ TICKET_FILE = "ticket.npz"
 METRICS_FILE = "metrics.jsonl"  # each trial's own rows, one JSON object per report
 SPEC_FILE = "spec.yaml"  # the experiment's resolved spec
 DENSE_DIR = "dense"  # the dense run: step_<n>.npz snapshots and manifest.json
+MANIFEST_FILE = "manifest.json"
+DENSE_RUNS_LOG = "runs.jsonl"  # one line per dense training started: how often it really ran
+RESULTS_FILE = "results.parquet"
+ERROR_FILE = "error.txt"  # Tune writes a failed trial's traceback there
+
+
+def snapshot_file(dense_dir: Path, step: int) -> Path:
+    return dense_dir / f"step_{step}.npz"
+
+
+def level_file(trial_dir: Path, level: int) -> Path:
+    return trial_dir / f"level_{level}.npz"
+
+
+@contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to, renamed onto `path` when the block succeeds:
+    a crash never leaves a half-written file under the real name. The suffix is kept, so
+    `np.savez` and `to_parquet` write exactly there."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # e.g. a trial dir Tune has not created yet
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def append_metrics(trial_dir: Path, row: dict) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)  # Tune creates it lazily: not yet, for a first report
     with open(trial_dir / METRICS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def clear_metrics(trial_dir: Path) -> None:
+    (trial_dir / METRICS_FILE).unlink(missing_ok=True)
 
 
 def read_metrics(trial_dir: Path) -> list[dict]:
@@ -37,16 +77,39 @@ def read_metrics(trial_dir: Path) -> list[dict]:
     return rows
 
 
+class DenseEvents:
+    """The dense run's epochs as TensorBoard events in `<experiment>/dense`, under the tags Tune
+    gives the trials' metrics, so `tensorboard --logdir <experiment>` draws dense and sparse runs
+    on the same charts. A new training of the dense run replaces the events of an earlier one."""
+
+    TAGS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss")
+
+    def __init__(self, dense_dir: Path):
+        self.dense_dir = dense_dir
+
+    def __enter__(self) -> "DenseEvents":
+        from tensorboardX import SummaryWriter  # Ray Tune's own TensorBoard writer
+
+        # purge_step: TensorBoard drops what an interrupted earlier run wrote from epoch 1 on.
+        self.writer = SummaryWriter(str(self.dense_dir), purge_step=1, flush_secs=5)
+        return self
+
+    def add(self, row: dict) -> None:
+        for tag in self.TAGS:
+            self.writer.add_scalar(f"ray/tune/{tag}", row[tag], global_step=row["epoch"])
+        self.writer.flush()
+
+    def __exit__(self, *exc) -> None:
+        self.writer.close()
+
+
 class ArtifactError(ValueError):
     """A file the sweep wrote earlier is missing, truncated or corrupted; the message names it."""
 
 
 def save_weights(path: Path, weights: dict[str, np.ndarray]) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)  # a trial dir Tune has not created yet
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **weights)
-    tmp.replace(path)
+    with atomic(path) as tmp:
+        np.savez(tmp, **weights)
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
@@ -63,10 +126,8 @@ def save_ticket(path: Path, mask: dict, start: dict, final: dict, info: dict) ->
     arrays |= {f"start/{k}": v for k, v in start.items()}
     arrays |= {f"final/{k}": v for k, v in final.items()}
     arrays["info"] = np.array(json.dumps(info))
-    path.parent.mkdir(parents=True, exist_ok=True)  # a trial dir Tune has not created yet
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def load_ticket(path) -> dict:
@@ -106,12 +167,37 @@ def load_state(directory: Path) -> dict:
     return {**meta, "weights": load_weights(directory / "weights.npz"), "optimizer": optimizer, "mask": mask}
 
 
+def save_dense(directory: Path, snapshots: dict[int, dict], manifest: dict) -> None:
+    """`step_<n>.npz` per snapshot, then `manifest.json` (which lists them), so a dense run whose
+    save was cut short has no manifest and is never taken for a finished one."""
+    for step, weights in snapshots.items():
+        save_weights(snapshot_file(directory, step), weights)
+    with atomic(directory / MANIFEST_FILE) as tmp:
+        tmp.write_text(json.dumps({**manifest, "snapshot_steps": sorted(snapshots)}, indent=1))
+
+
+def load_snapshots(directory: Path, steps) -> dict[int, dict[str, np.ndarray]]:
+    return {s: load_weights(snapshot_file(directory, s)) for s in steps}
+
+
+def log_dense_start(directory: Path, record: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / DENSE_RUNS_LOG, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def dense_starts(directory: Path) -> int:
+    """How many times the dense network of this experiment started training."""
+    path = directory / DENSE_RUNS_LOG
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def read_dense(directory: Path) -> dict | None:
     """The manifest of a finished dense run in `directory`, or None when there is none.
 
     A manifest that names snapshots which are missing is an error, never a silent retrain.
     """
-    path = directory / "manifest.json"
+    path = directory / MANIFEST_FILE
     if not path.exists():
         return None
     try:
@@ -120,9 +206,19 @@ def read_dense(directory: Path) -> dict | None:
     except Exception as e:
         raise ArtifactError(f"{path}: cannot be read as a dense-run manifest ({type(e).__name__}: {e})") from None
     for step in steps:
-        if not (directory / f"step_{step}.npz").is_file():
-            raise ArtifactError(f"{directory / f'step_{step}.npz'}: missing, but {path} lists it")
+        if not snapshot_file(directory, step).is_file():
+            raise ArtifactError(f"{snapshot_file(directory, step)}: missing, but {path} lists it")
     return manifest
+
+
+def trial_dirs(experiment: Path) -> list[Path]:
+    """Every trial dir of `experiment` that has reported (the dense dir is not a trial)."""
+    return sorted(p.parent for p in experiment.glob(f"*/{METRICS_FILE}") if p.parent.name != DENSE_DIR)
+
+
+def trial_failed(trial_dir: Path) -> bool:
+    """Tune left an error file: the trial raised (its traceback is in `error.txt`)."""
+    return (trial_dir / ERROR_FILE).exists() or (trial_dir / "error.pkl").exists()
 
 
 def find_trial(experiment: Path, **coordinates) -> Path | None:

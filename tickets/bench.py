@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tickets import artifacts
+
 SIZES = {
     # batch/steps for figure 1, sweep grid for 2-4, grid points for 5, batches for 6
     "tiny": dict(batch=16, steps=2, repeats=1, dense_epochs=1, sparsity=[0.5], rewind=[0, 0.5], noop=8,
@@ -109,12 +111,9 @@ def _sweep(storage: Path, name: str, size: dict, extra: list[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"sweep {name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     exp = storage / name
-    trials = []
-    for result in sorted(exp.glob("*/metrics.jsonl")):
-        rows = [json.loads(line) for line in result.read_text().splitlines()]
-        trials.append(rows)
-    manifest = json.loads((exp / "dense" / "manifest.json").read_text())
-    return {"wall": wall, "trials": trials, "dense_runs": len((exp / "dense" / "runs.jsonl").read_text().splitlines()),
+    trials = [artifacts.read_metrics(trial) for trial in artifacts.trial_dirs(exp)]
+    manifest = artifacts.read_dense(exp / artifacts.DENSE_DIR)
+    return {"wall": wall, "trials": trials, "dense_runs": artifacts.dense_starts(exp / artifacts.DENSE_DIR),
             "dense_seconds": sum(m["seconds"] for m in manifest["metrics"]),
             "dense_epochs": len(manifest["metrics"]), "trial_epochs": sum(len(t) for t in trials)}
 
@@ -201,10 +200,33 @@ def trial_overhead(runs: dict, model_images_per_s: float | None, preset: str = "
 # 5: scheduler scale.
 
 
+def noop_trial(config: dict, snapshot: dict) -> None:
+    """A trial that only fetches `snapshot` (`tune.with_parameters` does) and reports once."""
+    from ray import tune
+
+    from tickets.trainable import process_age
+
+    tune.report({"point": config["point"], "weights": len(snapshot), "worker_age_seconds": process_age()})
+
+
+def run_noop_grid(points: int, snapshot: dict, storage: Path, reuse_actors: bool = True) -> dict:
+    """A `points`-point grid of `noop_trial`s in the Ray this process is connected to: wall seconds
+    and error count, the scheduler's own cost per trial."""
+    from ray import tune
+
+    tuner = tune.Tuner(tune.with_resources(tune.with_parameters(noop_trial, snapshot=snapshot), {"cpu": 1}),
+                       param_space={"point": tune.grid_search(list(range(points)))},
+                       tune_config=tune.TuneConfig(reuse_actors=reuse_actors),
+                       run_config=tune.RunConfig(name="noop", storage_path=str(storage), verbose=0))
+    start = time.perf_counter()
+    results = tuner.fit()
+    return {"seconds": time.perf_counter() - start, "trials": len(results), "errors": len(results.errors)}
+
+
 def scheduler_scale(points: int, storage: Path) -> dict:
     import ray
 
-    from tickets import models, sweep
+    from tickets import models
     from tickets.config import ModelSpec
 
     snapshot = models.get_weights(models.build(ModelSpec(width=0.35), (32, 32, 3), 10, seed=0))
@@ -213,7 +235,7 @@ def scheduler_scale(points: int, storage: Path) -> dict:
              _node_ip_address=os.environ.get("TICKETS_NODE_IP", "127.0.0.2"))
     try:
         before = _rss_mb()
-        result = sweep.run_noop_grid(points, snapshot, storage)
+        result = run_noop_grid(points, snapshot, storage)
         after = _rss_mb()
     finally:
         ray.shutdown()
@@ -392,6 +414,7 @@ def _detail(number: int, fig: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m tickets.bench`: run the figures asked for, print the table, write the JSON; exit 0, or 2 on bad flags."""
     p = argparse.ArgumentParser(prog="python -m tickets.bench", description=__doc__.split("\n")[0])
     group = p.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="every CPU figure in a few minutes on 2 CPUs")

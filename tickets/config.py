@@ -209,6 +209,9 @@ class ResourcesSpec:
 
 @dataclass(frozen=True)
 class Spec:
+    """A whole sweep: data, model, dense training, pruning, the grid, resources. Frozen and hashable
+    (`spec_hash`, `dense_hash`); `load` and `from_dict` return only validated specs."""
+
     name: str = "tickets"
     seed: int = 0
     data: DataSpec = field(default_factory=DataSpec)
@@ -578,6 +581,7 @@ def preset_dir() -> Path:
 
 
 def presets() -> list[str]:
+    """The preset names `load` accepts, as installed with the package."""
     return sorted(p.stem for p in preset_dir().glob("*.yaml"))
 
 
@@ -641,6 +645,7 @@ def apply_override(raw: dict, assignment: str) -> dict:
 
 
 def from_dict(raw: dict) -> Spec:
+    """A validated Spec from a plain dict (a parsed YAML file); raises SpecError naming the field."""
     spec = _build(Spec, raw)
     search = raw.get("search") or {}
     if (spec.pruning.mode == "imp" or spec.search.level) and "sparsity" not in search:

@@ -52,6 +52,9 @@ class Split:
 
 @dataclass
 class Dataset:
+    """A loaded data set: the encoded images and labels of both splits, in memory; batches come from
+    `train_batches` / `test_batches`."""
+
     train: Split
     test: Split
     num_classes: int
@@ -430,6 +433,7 @@ def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num
 
 
 def test_batches(data: Dataset, spec: DataSpec):
+    """The test split as a `tf.data.Dataset` of (images, labels) in a fixed order, no augmentation."""
     import tensorflow as tf
 
     get = _lookup(data.test, data.image_size)

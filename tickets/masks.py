@@ -289,9 +289,11 @@ def report(mask: Mask, threshold: float | None = None) -> dict:
 
 
 def save(path, mask: Mask) -> None:
+    """A mask as a compressed `.npz` of bool arrays, one per tensor name."""
     np.savez_compressed(path, **{k: np.asarray(v, dtype=bool) for k, v in mask.items()})
 
 
 def load(path) -> Mask:
+    """The mask `save` wrote."""
     with np.load(path) as f:
         return {k: f[k].astype(bool) for k in f.files}

@@ -189,6 +189,7 @@ def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
 
 
 def set_weights(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
+    """Assign every variable of `model` by path; the names must match exactly (ValueError otherwise)."""
     variables = {v.path: v for v in model.weights}
     if set(variables) != set(weights):
         missing, extra = set(variables) - set(weights), set(weights) - set(variables)

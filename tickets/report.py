@@ -12,6 +12,8 @@ from tickets import analysis, plots
 
 
 def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
+    """Write `summary.csv`, the plots and `report.md` into `experiment`; returns the paths, report last.
+    Raises ValueError when no trial has reported yet. Needs neither Ray nor TensorFlow."""
     df = analysis.load(experiment)
     if df.empty or (df["control"] == "dense").all():
         raise ValueError(f"{experiment}: no trial has reported yet")
@@ -75,6 +77,7 @@ def _markdown(experiment, df, s, wins, tolerance, figures, references) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m tickets.report EXPERIMENT`: (re)write the report; exit 0, or 2 when there is nothing to report."""
     p = argparse.ArgumentParser(prog="python -m tickets.report", description=__doc__)
     p.add_argument("experiment", type=Path)
     p.add_argument("--tolerance", type=float, default=0.5, help="percentage points for 'matches dense'")

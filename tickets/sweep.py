@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import logging
 import os
 import shutil
 import secrets
@@ -35,10 +35,9 @@ from tickets import config as config_lib
 from tickets import data as data_lib
 from tickets.config import SpecError
 from tickets.data import DataError
-from tickets.trainable import DenseRefs, noop_trial, train_imp_chain, train_ticket, transfer_key
+from tickets.trainable import DenseRefs, train_imp_chain, train_ticket, transfer_key
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
-DENSE_RUNS_LOG = "runs.jsonl"  # one line per dense training started: how often it really ran
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C'd command
 
 
@@ -60,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="validate and print the grid; start nothing")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs of the embedded local Ray (default: detected)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Tune's tables and every worker's output here (else they stay in the log files)")
     return p.parse_args(argv)
 
 
@@ -255,7 +256,7 @@ def reusable_dense(spec: config_lib.Spec, exp: Path, steps: list[int]) -> dict |
         return None
     if not set(steps) <= set(manifest["snapshot_steps"]):
         return None  # the grid gained rewind points: train again with all of them
-    return {s: artifacts.load_weights(dense_dir / f"step_{s}.npz") for s in steps}
+    return artifacts.load_snapshots(dense_dir, steps)
 
 
 @ray.remote
@@ -271,13 +272,34 @@ def _train_dense(spec_dict: dict, dataset, out_dir: str) -> list[dict]:
     training.configure(max(1, int(cpus)))
     spec = config_lib.from_dict(spec_dict)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / DENSE_RUNS_LOG, "a") as f:
-        f.write(json.dumps({"started": time.time(), "dense_hash": spec.dense_hash(),
-                            "node_id": ray.get_runtime_context().get_node_id()}) + "\n")
-    trajectory = training.train_dense(spec, dataset, log=lambda line: print(line, flush=True))
+    artifacts.log_dense_start(out, {"started": time.time(), "dense_hash": spec.dense_hash(),
+                                    "node_id": ray.get_runtime_context().get_node_id()})
+    # Each epoch's row goes to disk as it ends: the driver shows it and TensorBoard plots it.
+    artifacts.clear_metrics(out)  # a retried task starts its rows afresh
+    trajectory = training.train_dense(spec, dataset, on_epoch=lambda p: artifacts.append_metrics(out, vars(p)))
     trajectory.save(out, spec.dense_hash())
     return trajectory.metrics
+
+
+def follow_dense(task: ray.ObjectRef, dense_dir: Path, epochs: int) -> None:
+    """Wait for the dense task, printing each epoch and writing it as TensorBoard events as it ends."""
+    shown = 0
+    with artifacts.DenseEvents(dense_dir) as events:
+        while True:
+            done, _ = ray.wait([task], timeout=1.0)
+            rows = artifacts.read_metrics(dense_dir)
+            if len(rows) < shown:  # the task was retried: its rows start again
+                print("dense: restarted")
+                shown = 0
+            for row in rows[shown:]:
+                print(f"dense epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} "
+                      f"acc {row['train_accuracy']:.4f} | test loss {row['test_loss']:.4f} "
+                      f"acc {row['test_accuracy']:.4f} ({row['seconds']:.1f}s)", flush=True)
+                events.add(row)
+            shown = len(rows)
+            if done:
+                ray.get(task)  # its error, if any, stops the sweep here
+                return
 
 
 def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_disk: dict | None) -> DenseRefs:
@@ -295,8 +317,8 @@ def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_di
         print(f"dense: training {spec.dense.epochs} epochs once (snapshots at steps {steps})")
         task = ray.remote(_train_dense).options(num_cpus=res.cpus, num_gpus=res.gpus,
                                                max_retries=spec.resources.max_failures)
-        ray.get(task.remote(spec.to_dict(), data_ref, str(dense_dir)))  # its error, if any, stops the sweep here
-        on_disk = {s: artifacts.load_weights(dense_dir / f"step_{s}.npz") for s in steps}
+        follow_dense(task.remote(spec.to_dict(), data_ref, str(dense_dir)), dense_dir, spec.dense.epochs)
+        on_disk = artifacts.load_snapshots(dense_dir, steps)
     check_collapse(spec, artifacts.read_dense(dense_dir).get("layout"), on_disk[spec.dense.epochs * spe])
     refs = {s: ray.put(w) for s, w in on_disk.items()}
     return DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, refs, data_ref)
@@ -344,17 +366,55 @@ def check_transfer(spec: config_lib.Spec, storage: Path) -> dict[str, Path]:
 
 
 def make_trainable(spec: config_lib.Spec, dense: DenseRefs, res: Resources):
+    """The spec's trainable (one-shot or IMP) with the dense refs bound and the per-trial resources."""
     function = train_imp_chain if spec.pruning.mode == "imp" else train_ticket
     trainable = tune.with_parameters(function, spec=spec.to_dict(), dense=dense)
     return tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
 
 
-def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources, resume: bool):
+class TrialTable(tune.Callback):
+    """One row per trial as it ends: its grid point, test accuracy and time. Tune's own tables
+    (and every worker's output) stay in the log files unless --verbose."""
+
+    def __init__(self, keys: list[str]):
+        self.keys, self.header = keys, False
+        self.widths = [max(len(k), 8) for k in keys]
+
+    def _row(self, trial, outcome: str) -> None:
+        if not self.header:
+            self.header = True
+            print("  " + "  ".join(k.ljust(w) for k, w in zip(self.keys, self.widths))
+                  + "  test acc  epochs  seconds", flush=True)
+        values = [trial.config.get(k) for k in self.keys]
+        cells = [(v if isinstance(v, str) else config_lib.show(v)).ljust(w) for v, w in zip(values, self.widths)]
+        print(f"  {'  '.join(cells)}  {outcome}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        accuracy = r.get("test_accuracy")
+        outcome = (f"{accuracy * 100:7.2f}%  {r.get('epoch', ''):>6}  {r.get('time_total_s', 0):7.0f}"
+                   if accuracy is not None else "no result")
+        if r.get("collapsed_layers"):
+            outcome += f"  (cut network: {r['collapsed_layers']})"
+        self._row(trial, outcome)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._row(trial, f"error: see {Path(trial.path) / artifacts.ERROR_FILE}")
+
+
+def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources, resume: bool, verbose: bool):
+    """Run (or, with `resume`, continue) the grid in `exp` until it ends; returns Tune's ResultGrid."""
     trainable = make_trainable(spec, dense, res)
+    # Tune's tables and per-trial boxes are hundreds of lines for a small grid: the table above
+    # shows what a user needs; --verbose brings Tune's own back.
+    callbacks = [] if verbose else [TrialTable(list(grid(spec)))]
+    if not verbose:  # Tune's newer console output prints its header boxes even at verbose=0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Trials checkpoint every epoch by design (resume loses at most one); Tune warns each time that
     # happens within 5 s, which short epochs do all the time. Users can still set it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume and tune.Tuner.can_restore(str(exp)):
+        # The RunConfig (trial table, verbosity) comes back from the experiment's saved state.
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -366,22 +426,9 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
             run_config=tune.RunConfig(
                 name=exp.name, storage_path=str(exp.parent),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=callbacks, verbose=None if verbose else 0))
     return tuner.fit()
-
-
-def run_noop_grid(points: int, snapshot: dict, storage: Path, reuse_actors: bool = True) -> dict:
-    """The scheduler benchmark: a `points`-point grid of trials that only fetch `snapshot`.
-
-    Runs in the Ray this process is connected to; returns wall seconds and the trials' results.
-    """
-    tuner = tune.Tuner(tune.with_resources(tune.with_parameters(noop_trial, snapshot=snapshot), {"cpu": 1}),
-                       param_space={"point": tune.grid_search(list(range(points)))},
-                       tune_config=tune.TuneConfig(reuse_actors=reuse_actors),
-                       run_config=tune.RunConfig(name="noop", storage_path=str(storage), verbose=0))
-    start = time.perf_counter()
-    grid = tuner.fit()
-    return {"seconds": time.perf_counter() - start, "trials": len(grid), "errors": len(grid.errors)}
 
 
 def write_report(exp: Path) -> None:
@@ -395,14 +442,16 @@ def write_report(exp: Path) -> None:
               f"run `python -m tickets.report {exp}` to retry")
 
 
-def start_ray(args: argparse.Namespace) -> tuple[bool, str]:
-    """Connect or start Ray; returns (whether we started it, a line describing the cluster)."""
+def start_ray(args: argparse.Namespace) -> tuple[bool, str, str]:
+    """Connect or start Ray; returns (whether we started it, a line describing the cluster, where
+    the workers' output goes). Workers' output reaches this terminal only with --verbose."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers inherit it: no TensorFlow banner per trial
+    quiet = {"log_to_driver": args.verbose, "logging_level": logging.INFO if args.verbose else logging.WARNING}
     if ray.is_initialized():
-        return False, "the Ray instance this process already runs"
+        return False, "the Ray instance this process already runs", "that Ray's session logs"
     if args.address:
-        ctx = ray.init(address=args.address, log_to_driver=True)
-        return False, f"cluster at {args.address}"
+        ctx = ray.init(address=args.address, **quiet)
+        return False, f"cluster at {args.address}", _logs(ctx)
     # Ray >= 2.59 (pyproject.toml requires it) turns token authentication on for local instances; the
     # token is created here, readable by this user only, before Ray starts (Ray would write it
     # world-readable first). The dashboard listens on loopback only (reach it from elsewhere through
@@ -411,10 +460,15 @@ def start_ray(args: argparse.Namespace) -> tuple[bool, str]:
     # loopbacks it keeps).
     private_token(Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"))
     ctx = ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=True,
-                   dashboard_host="127.0.0.1", log_to_driver=True,
-                   _node_ip_address=os.environ.get("TICKETS_NODE_IP", "127.0.0.2"))
+                   dashboard_host="127.0.0.1", _node_ip_address=os.environ.get("TICKETS_NODE_IP", "127.0.0.2"),
+                   **quiet)
     url = getattr(ctx, "dashboard_url", None)
-    return True, f"local Ray (dashboard http://{url})" if url else "local Ray"
+    return True, f"local Ray (dashboard http://{url})" if url else "local Ray", _logs(ctx)
+
+
+def _logs(ctx) -> str:
+    session = getattr(ctx, "address_info", {}).get("session_dir")
+    return f"{session}/logs on each node" if session else "Ray's session logs on each node"
 
 
 def private_token(path: Path) -> None:
@@ -442,52 +496,84 @@ def check_rewind_steps(spec: config_lib.Spec, steps_per_epoch: int) -> None:
                             f"({steps_per_epoch} per epoch): nothing would be left to train")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Everything that can be wrong with the input is found here, before Ray starts or a file is written.
+@dataclass
+class Plan:
+    """A checked sweep: everything `run` needs, all read before Ray starts or a file is written."""
+
+    args: argparse.Namespace
+    spec: config_lib.Spec
+    exp: Path
+    steps_per_epoch: int
+    on_disk: dict | None  # the snapshots of a reusable dense run, by step
+    sources: dict[str, Path]  # transfer_key -> the source trial dir of each transfer trial
+    source_tickets: dict[Path, dict]  # each source trial's ticket, read once
+    res: Resources | None  # None when joining a cluster: resolved against its nodes
+    cluster: str
+
+
+def check_inputs(args: argparse.Namespace) -> Plan:
+    """Everything that can be wrong with the input: spec, paths, transfer sources, data, rewind
+    steps, resources. Raises one of BAD_INPUT; starts nothing and writes nothing."""
+    spec, exp = load_spec(args)
     try:
-        spec, exp = load_spec(args)
-        try:
-            check_experiment(args, spec, exp)
-        except UsageError as e:
-            if not args.dry_run:
-                raise
-            print(f"note: a real run would stop here: {e}")  # a dry run writes nothing: go on checking
-        sources = check_transfer(spec, exp.parent)
-        info = data_lib.inspect(spec.data, spec.seed, download=not args.dry_run)
-        spe = info.steps_per_epoch(spec.data.batch_size)
-        check_rewind_steps(spec, spe)
-        # A dry run also checks the grid's masks against a finished dense run of this spec, if there is one.
-        on_disk = reusable_dense(spec, exp, spec.record_steps(spe)) if args.resume or args.dry_run else None
-        source_tickets = {t: artifacts.load_ticket(t / artifacts.TICKET_FILE) for t in set(sources.values())}
-        res, cluster = None, f"would join {args.address} (resources resolved there)"
-        if not args.address:
-            nodes = [{"CPU": args.num_cpus or os.cpu_count() or 1,
-                      "GPU": args.num_gpus if args.num_gpus is not None else local_gpus()}]
-            res = resolve_resources(spec, nodes)
-            cluster = f"local Ray with {nodes[0]['CPU']} CPU, {nodes[0]['GPU']} GPU"
-        print(f"data: {len(info.train)} train / {len(info.test)} test images, {info.num_classes} classes, "
-              f"from {info.source}; {spe} steps per epoch")
-        if args.dry_run:
-            print_plan(spec, exp, res, f"would start {cluster}" if not args.address else cluster)
-            if on_disk is None:
-                print(f"masks: checked once the dense run has trained (none of this spec in {exp / artifacts.DENSE_DIR})")
-            else:
-                check_collapse(spec, artifacts.read_dense(exp / artifacts.DENSE_DIR).get("layout"),
-                               on_disk[spec.dense.epochs * spe])
-            return 0
+        check_experiment(args, spec, exp)
+    except UsageError as e:
+        if not args.dry_run:
+            raise
+        print(f"note: a real run would stop here: {e}")  # a dry run writes nothing: go on checking
+    sources = check_transfer(spec, exp.parent)
+    info = data_lib.inspect(spec.data, spec.seed, download=not args.dry_run)
+    spe = info.steps_per_epoch(spec.data.batch_size)
+    check_rewind_steps(spec, spe)
+    # A dry run also checks the grid's masks against a finished dense run of this spec, if there is one.
+    on_disk = reusable_dense(spec, exp, spec.record_steps(spe)) if args.resume or args.dry_run else None
+    source_tickets = {t: artifacts.load_ticket(t / artifacts.TICKET_FILE) for t in set(sources.values())}
+    res, cluster = None, f"cluster at {args.address}"
+    if not args.address:
+        cpus, gpus = args.num_cpus or os.cpu_count() or 1, args.num_gpus if args.num_gpus is not None else local_gpus()
+        res = resolve_resources(spec, [{"CPU": cpus, "GPU": gpus}])
+        cluster = f"local Ray with {cpus} CPU, {gpus} GPU"
+    print(f"data: {len(info.train)} train / {len(info.test)} test images, {info.num_classes} classes, "
+          f"from {info.source}; {spe} steps per epoch")
+    return Plan(args, spec, exp, spe, on_disk, sources, source_tickets, res, cluster)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tickets.sweep`: check the input, then run the sweep (or only print it, `--dry-run`).
+    Returns the exit code: 0 all trials finished, 1 some errored, 2 bad input, 130 interrupted."""
+    args = parse_args(argv)
+    try:
+        plan = check_inputs(args)
     except BAD_INPUT as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return dry_run(plan) if args.dry_run else run(plan)
 
+
+def dry_run(plan: Plan) -> int:
+    where = plan.cluster if plan.args.address else f"would start {plan.cluster}"
+    print_plan(plan.spec, plan.exp, plan.res, f"{where} (resources resolved there)" if plan.args.address else where)
+    dense_dir = plan.exp / artifacts.DENSE_DIR
+    if plan.on_disk is None:
+        print(f"masks: checked once the dense run has trained (none of this spec in {dense_dir})")
+    else:
+        check_collapse(plan.spec, artifacts.read_dense(dense_dir).get("layout"),
+                       plan.on_disk[plan.spec.dense.epochs * plan.steps_per_epoch])
+    return 0
+
+
+def run(plan: Plan) -> int:
+    """Start (or join) Ray, train the dense network once, run the grid, write the results."""
+    spec, exp = plan.spec, plan.exp
     # SLURM (scancel, time limits) and other schedulers stop jobs with SIGTERM: treat it as Ctrl-C,
     # so Tune stops the trials and saves the experiment state for --resume.
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    started, cluster = start_ray(args)
+    started, cluster, logs = start_ray(plan.args)
     try:
-        if args.address:
+        res = plan.res
+        if res is None:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
             try:
-                nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
                 res = resolve_resources(spec, nodes)
             except SpecError as e:
                 print(f"error: {e}", file=sys.stderr)
@@ -499,37 +585,45 @@ def main(argv: list[str] | None = None) -> int:
         exp.mkdir(parents=True, exist_ok=True)
         if not (exp / artifacts.SPEC_FILE).exists():
             (exp / artifacts.SPEC_FILE).write_text(spec.to_yaml())
-        dense = dense_refs(spec, exp, res, spe, on_disk)
-        if sources:
-            refs = {t: ray.put(ticket) for t, ticket in source_tickets.items()}  # one object per source trial
-            dense = dataclasses.replace(dense, transfers={k: refs[t] for k, t in sources.items()})
-        grid = run_tuner(spec, exp, dense, res, args.resume)
-        results = analysis.write_results(exp)
-        # Not `grid.num_terminated`: Tune marks trials it stopped on Ctrl-C as terminated too, and
-        # never creates the pending ones. A trial has finished when it has written its ticket.
-        errors = grid.num_errors
-        finished = sum(r.error is None and (Path(r.path) / artifacts.TICKET_FILE).exists() for r in grid)
-        total = len(grid_points(spec))
-        unfinished = total - finished - errors
-        print(f"\n{finished}/{total} trials finished; results: {results}")
-        collapsed = analysis.collapsed_trials(analysis.load(results))
-        if len(collapsed):
-            print(f"warning: {len(collapsed)} trial(s) trained a mask that empties a layer; their accuracy is that "
-                  f"of a cut network, not of a ticket (collapsed_layers in the results):")
-            for row in collapsed.itertuples(index=False):
-                print("  " + ", ".join(f"{k} {getattr(row, k)}" for k in collapsed.columns))
-        write_report(exp)
-        resume = f"python -m tickets.sweep --resume --name {exp.name} --storage-path {exp.parent}"
-        if unfinished:  # stopped by Ctrl-C, SIGTERM or a scheduler: nothing finished is lost
-            print(f"interrupted: {unfinished} trial(s) did not finish; continue with: {resume}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        if errors:
-            print(f"{errors} trial(s) errored; their logs are in their trial dirs under {exp}. "
-                  f"Retry them with: {resume}", file=sys.stderr)
-        return 1 if errors else 0
+        dense = dense_refs(spec, exp, res, plan.steps_per_epoch, plan.on_disk)
+        if plan.sources:
+            refs = {t: ray.put(ticket) for t, ticket in plan.source_tickets.items()}  # one object per source trial
+            dense = dataclasses.replace(dense, transfers={k: refs[t] for k, t in plan.sources.items()})
+        if not plan.args.verbose:
+            print(f"trials: {len(grid_points(spec))}; worker logs in {logs} (--verbose shows them here)")
+        return finish(plan, run_tuner(spec, exp, dense, res, plan.args.resume, plan.args.verbose))
     finally:
         if started:
             ray.shutdown()
+
+
+def finish(plan: Plan, trials) -> int:
+    """Results, warnings, report and the exit code, once the grid has stopped (finished or not)."""
+    exp = plan.exp
+    results = analysis.write_results(exp)
+    # Not `trials.num_terminated`: Tune marks trials it stopped on Ctrl-C as terminated too, and
+    # never creates the pending ones. A trial has finished when it has written its ticket.
+    errors = trials.num_errors
+    finished = sum(r.error is None and (Path(r.path) / artifacts.TICKET_FILE).exists() for r in trials)
+    total = len(grid_points(plan.spec))
+    unfinished = total - finished - errors
+    print(f"\n{finished}/{total} trials finished; results: {results}")
+    collapsed = analysis.collapsed_trials(analysis.load(results))
+    if len(collapsed):
+        print(f"warning: {len(collapsed)} trial(s) trained a mask that cuts the network; their accuracy is that "
+              f"of a cut network, not of a ticket (collapsed_layers in the results):")
+        for row in collapsed.itertuples(index=False):
+            print("  " + ", ".join(f"{k} {getattr(row, k)}" for k in collapsed.columns))
+    write_report(exp)
+    print(f"curves: tensorboard --logdir {exp}")
+    resume = f"python -m tickets.sweep --resume --name {exp.name} --storage-path {exp.parent}"
+    if unfinished:  # stopped by Ctrl-C, SIGTERM or a scheduler: nothing finished is lost
+        print(f"interrupted: {unfinished} trial(s) did not finish; continue with: {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if errors:
+        print(f"{errors} trial(s) errored; their logs are in their trial dirs under {exp}. "
+              f"Retry them with: {resume}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

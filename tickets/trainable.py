@@ -10,6 +10,7 @@ survivors → rewind → retrain, level after level; one report and one checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -25,7 +26,6 @@ from ray import tune
 from tickets import artifacts
 from tickets import config as config_lib
 from tickets import masks as masks_lib
-
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,18 @@ def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
-def _checkpoint_dir():
+def _restore() -> dict | None:
+    """This trial's last checkpoint (`artifacts.load_state`), or None on a fresh start."""
     checkpoint = tune.get_checkpoint()
-    return checkpoint.as_directory() if checkpoint is not None else None
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return artifacts.load_state(Path(d))
 
 
-def _report(metrics: dict, state_dir: Path) -> None:
-    """Append the row to the trial's own `metrics.jsonl`, then `tune.report` it with a checkpoint.
+def _report(metrics: dict, state, mask: dict) -> None:
+    """Append the row to the trial's own `metrics.jsonl`, then `tune.report` it with a checkpoint
+    of `state` (a `training.SparseState`) and the mask.
 
     The trial writes its rows itself, straight into its dir on the storage path: they survive
     whatever happens to Tune's copy (a restarted trial's `result.json` can lose rows that were not
@@ -118,7 +123,17 @@ def _report(metrics: dict, state_dir: Path) -> None:
     """
     row = {**metrics, "trial_id": tune.get_context().get_trial_id(), "pid": os.getpid(), "time": time.time()}
     artifacts.append_metrics(_trial_dir(), row)
-    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
+    with tempfile.TemporaryDirectory() as d:
+        artifacts.save_state(Path(d), state.step, state.weights, state.optimizer, mask, state.best_test_loss,
+                             state.best_epoch)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _epoch_metrics(progress, state) -> dict:
+    return {"epoch": progress.epoch, "step": progress.step, "test_accuracy": progress.test_accuracy,
+            "test_loss": progress.test_loss, "train_accuracy": progress.train_accuracy,
+            "train_loss": progress.train_loss, "early_stop_epoch": state.best_epoch,
+            "best_test_loss": state.best_test_loss, "epoch_seconds": progress.seconds}
 
 
 def _finished_before() -> bool:
@@ -139,13 +154,40 @@ def _trial_dir() -> Path:
 
 
 def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
+    """One grid point: mask, rewind, masked training to the end of the dense schedule, reporting
+    every epoch with a checkpoint; a restarted trial continues from its last finished epoch."""
     entered, worker_age = time.perf_counter(), process_age()
     if _finished_before():
         return
     from tickets import training
 
     t = _setup(config, spec, dense)
-    # A grid point is a sparsity, or an IMP level reached in one shot.
+    ticket, base = _one_shot_ticket(t, config, dense)
+    saved = _restore()
+    if saved is not None and any(not np.array_equal(saved["mask"][k], ticket.mask[k]) for k in ticket.mask):
+        raise RuntimeError("the checkpoint's mask differs from the one recomputed from the dense run")
+    resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"], saved["best_test_loss"],
+                                  saved["best_epoch"]) if saved else None
+    # Start-up cost: the worker's age on entry, which of its trials this is (the first pays for
+    # imports and tracing) and the time from entry to the first training step.
+    base |= {"resumed_from_step": resume.step if resume else -1, "worker_age_seconds": worker_age,
+             "worker_trial": _TRIALS_IN_PROCESS, "setup_seconds": time.perf_counter() - entered}
+
+    state = resume  # restarted after its last epoch's checkpoint: nothing left to train
+    for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):
+        _report({**base, **_epoch_metrics(progress, state), "trial_seconds": time.perf_counter() - entered},
+                state, ticket.mask)
+    if state is not None:  # the ticket marks the trial finished: every report is in by now
+        info = {**{k: base[k] for k in config_lib.GRID_KEYS}, "rewind_step": t.rewind_step,
+                "spec_hash": t.spec.spec_hash(), "dense_hash": dense.dense_hash}
+        artifacts.save_ticket(_trial_dir() / artifacts.TICKET_FILE, ticket.mask, ticket.start, state.weights, info)
+
+
+def _one_shot_ticket(t: _Trial, config: dict, dense: DenseRefs):
+    """The grid point's ticket (a sparsity, or an IMP level reached in one shot; or a transferred
+    ticket) and the metrics every row of the trial carries."""
+    from tickets import training
+
     level = int(config["level"]) if "level" in config else None
     sparsity = float(config["sparsity"]) if level is None else None
     reinitialised = False
@@ -155,43 +197,15 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
     else:
         final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[t.rewind_step]])
         ticket = training.make_ticket(t.spec, t.model, final, rewind, sparsity, t.control, t.replicate, level)
-
-    resume = None
-    if (context := _checkpoint_dir()) is not None:
-        with context as d:
-            saved = artifacts.load_state(Path(d))
-        if any(not np.array_equal(saved["mask"][k], ticket.mask[k]) for k in ticket.mask):
-            raise RuntimeError("the checkpoint's mask differs from the one recomputed from the dense run")
-        resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"],
-                                      saved["best_test_loss"], saved["best_epoch"])
-
-    base = {**_base_metrics(t, ticket, dense), "resumed_from_step": resume.step if resume else -1,
-            "classifier_reinitialised": reinitialised,
-            # Start-up cost: the worker's age on entry, which of its trials this is (the first pays
-            # for imports and tracing) and the time from entry to the first training step (imports,
-            # data and snapshot fetch, model build).
-            "worker_age_seconds": worker_age, "worker_trial": _TRIALS_IN_PROCESS,
-            "setup_seconds": time.perf_counter() - entered}
+    base = {**_base_metrics(t, ticket, dense), "classifier_reinitialised": reinitialised, "level": level}
     # The sparsity column is the grid's value, or for a level the sparsity that level reached.
-    base |= {"sparsity": base["actual_sparsity"] if sparsity is None else sparsity, "level": level}
-    info = {**{k: base[k] for k in config_lib.GRID_KEYS}, "rewind_step": t.rewind_step, "spec_hash": t.spec.spec_hash(),
-            "dense_hash": dense.dense_hash}
-    state = resume  # restarted after its last epoch's checkpoint: nothing left to train
-    for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):
-        metrics = {**base, "epoch": progress.epoch, "step": progress.step,
-                   "test_accuracy": progress.test_accuracy, "test_loss": progress.test_loss,
-                   "train_accuracy": progress.train_accuracy, "train_loss": progress.train_loss,
-                   "early_stop_epoch": state.best_epoch, "best_test_loss": state.best_test_loss,
-                   "epoch_seconds": progress.seconds, "trial_seconds": time.perf_counter() - entered}
-        with tempfile.TemporaryDirectory() as d:
-            artifacts.save_state(Path(d), state.step, state.weights, state.optimizer, ticket.mask,
-                                 state.best_test_loss, state.best_epoch)
-            _report(metrics, Path(d))
-    if state is not None:  # the ticket marks the trial finished: every report is in by now
-        artifacts.save_ticket(_trial_dir() / artifacts.TICKET_FILE, ticket.mask, ticket.start, state.weights, info)
+    base["sparsity"] = base["actual_sparsity"] if sparsity is None else sparsity
+    return ticket, base
 
 
 def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
+    """One IMP chain (rewind epoch, control, replicate): prune, rewind and retrain level after
+    level, reporting once per level with a checkpoint; a restarted chain continues at its next level."""
     if _finished_before():
         return
     from tickets import training
@@ -199,13 +213,9 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
     t = _setup(config, spec, dense)
     final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[t.rewind_step]])
     levels = t.spec.pruning.num_levels()
-    # Level 0 is the dense run: its final weights rank the first pruning.
-    first, trained, previous, resumed_from = 1, final, None, 0
-    if (context := _checkpoint_dir()) is not None:
-        with context as d:
-            saved = artifacts.load_state(Path(d))
-        first, trained, previous = saved["step"] + 1, saved["weights"], saved["mask"]
-        resumed_from = saved["step"]
+    # Level 0 is the dense run: its final weights rank the first pruning. A checkpoint's step is its level.
+    saved = _restore()
+    first, trained, previous = (saved["step"] + 1, saved["weights"], saved["mask"]) if saved else (1, final, None)
 
     for level in range(first, levels + 1):
         ticket = training.imp_level(t.spec, t.model, trained, previous, rewind, level, t.control, t.replicate)
@@ -214,28 +224,14 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
             last, best_accuracy = progress, max(best_accuracy, progress.test_accuracy)
         base = _base_metrics(t, ticket, dense)
         metrics = {"sparsity": base["actual_sparsity"], **base, "level": level, "levels": levels,
-                   "resumed_from_level": resumed_from, "epoch": last.epoch, "step": last.step,
-                   "test_accuracy": last.test_accuracy, "test_loss": last.test_loss,
-                   "train_accuracy": last.train_accuracy, "train_loss": last.train_loss,
-                   "best_test_accuracy": best_accuracy, "early_stop_epoch": state.best_epoch,
-                   "best_test_loss": state.best_test_loss, "epoch_seconds": last.seconds}
-        level_file = _trial_dir() / f"level_{level}.npz"
-        artifacts.save_ticket(level_file, ticket.mask, ticket.start, state.weights,
+                   "resumed_from_level": first - 1, **_epoch_metrics(last, state),
+                   "best_test_accuracy": best_accuracy}
+        artifacts.save_ticket(artifacts.level_file(_trial_dir(), level), ticket.mask, ticket.start, state.weights,
                               {"level": level, "rewind_epoch": t.rewind_epoch, "control": t.control,
                                "replicate": t.replicate, "spec_hash": t.spec.spec_hash(),
                                "dense_hash": dense.dense_hash, "pid": os.getpid()})
-
-        with tempfile.TemporaryDirectory() as d:
-            # The level is the checkpoint's position; optimizer state restarts fresh at every level.
-            artifacts.save_state(Path(d), level, state.weights, [], ticket.mask, state.best_test_loss,
-                                 state.best_epoch)
-            _report(metrics, Path(d))
+        # Optimizer state restarts fresh at every level: the checkpoint keeps none.
+        _report(metrics, dataclasses.replace(state, step=level, optimizer=[]), ticket.mask)
         trained, previous = state.weights, ticket.mask
     # ticket.npz marks a finished trial, as for one-shot trials: the chain's last level.
-    shutil.copyfile(_trial_dir() / f"level_{levels}.npz", _trial_dir() / artifacts.TICKET_FILE)
-
-
-def noop_trial(config: dict, snapshot: dict) -> None:
-    """For the scheduler benchmark: `tune.with_parameters` fetches the snapshot from the object store."""
-    weights = snapshot
-    tune.report({"point": config["point"], "weights": len(weights), "worker_age_seconds": process_age()})
+    shutil.copyfile(artifacts.level_file(_trial_dir(), levels), _trial_dir() / artifacts.TICKET_FILE)

@@ -98,9 +98,10 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
                 "offset": float(keras.ops.convert_to_numpy(self.offset))}
 
 
-def make_optimizer(spec: DenseSpec, steps_per_epoch: int, offset: int = 0) -> keras.optimizers.Optimizer:
+def make_optimizer(spec: DenseSpec, steps_per_epoch: int, schedule: Schedule | None = None) -> keras.optimizers.Optimizer:
+    """The spec's optimizer on `schedule` (a fresh `Schedule` if none is given)."""
     o = spec.optimizer
-    lr = Schedule(spec, steps_per_epoch, offset)
+    lr = schedule or Schedule(spec, steps_per_epoch)
     if o.name == "sgd":
         return keras.optimizers.SGD(lr, momentum=o.momentum, nesterov=o.nesterov,
                                     weight_decay=o.weight_decay or None)
@@ -222,19 +223,14 @@ class Trajectory:
         return self.snapshots[self.total_steps]
 
     def save(self, directory: Path, dense_hash: str) -> None:
-        """`step_<n>.npz` per snapshot plus `manifest.json`, written last so a partial save is visible."""
-        directory.mkdir(parents=True, exist_ok=True)
-        for step, weights in self.snapshots.items():
-            artifacts.save_weights(directory / f"step_{step}.npz", weights)
-        manifest = {"dense_hash": dense_hash, "steps_per_epoch": self.steps_per_epoch,
-                    "total_steps": self.total_steps, "snapshot_steps": sorted(self.snapshots),
-                    "metrics": self.metrics, "layout": self.layout}
-        tmp = directory / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        tmp.replace(directory / "manifest.json")
+        artifacts.save_dense(directory, self.snapshots, {
+            "dense_hash": dense_hash, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "metrics": self.metrics, "layout": self.layout})
 
 
-def train_dense(spec: Spec, data: Dataset, log: Callable[[str], None] = print) -> Trajectory:
+def train_dense(spec: Spec, data: Dataset, on_epoch: Callable[[Progress], None] = lambda p: None) -> Trajectory:
+    """Train the dense network from its seeded initialisation, keeping the snapshots the spec's
+    rewind points need; `on_epoch` sees each epoch's metrics as it ends."""
     spe = data.steps_per_epoch(spec.data.batch_size)
     total = spec.dense.epochs * spe
     keep = set(spec.record_steps(spe))
@@ -248,8 +244,7 @@ def train_dense(spec: Spec, data: Dataset, log: Callable[[str], None] = print) -
     metrics = []
     for p in _segments(model, spec, data, derive_seed(spec.seed, 0), 0, total, keep, snapshot):
         metrics.append(vars(p))
-        log(f"dense epoch {p.epoch}/{spec.dense.epochs}: train loss {p.train_loss:.4f} acc {p.train_accuracy:.4f}"
-            f" | test loss {p.test_loss:.4f} acc {p.test_accuracy:.4f} ({p.seconds:.1f}s)")
+        on_epoch(p)
     return Trajectory(spe, total, snapshots, metrics, models.layout(model))
 
 
@@ -259,6 +254,9 @@ def train_dense(spec: Spec, data: Dataset, log: Callable[[str], None] = print) -
 
 @dataclass
 class Ticket:
+    """A mask and the (masked) weights its sparse run starts from; `threshold` is the largest pruned
+    magnitude (None for random masks)."""
+
     mask: masks_lib.Mask
     start: Weights  # all weights the sparse run starts from, already masked
     threshold: float | None
@@ -356,10 +354,11 @@ def _compiled(spec: Spec, data: Dataset) -> tuple:
         _COMPILED.clear()
         keras.backend.clear_session()
         model = models.build(spec.model, data.input_shape, data.num_classes, seed=spec.seed)
-        optimizer = make_optimizer(spec.dense, spe)
+        schedule = Schedule(spec.dense, spe)
+        optimizer = make_optimizer(spec.dense, spe, schedule)
         compile_model(model, optimizer)
         optimizer.build(model.trainable_variables)
-        _COMPILED[key] = (model, optimizer)
+        _COMPILED[key] = (model, optimizer, schedule)
     return _COMPILED[key]
 
 
@@ -371,10 +370,10 @@ def train_sparse(spec: Spec, data: Dataset, ticket: Ticket, rewind_step: int, se
     """
     spe = data.steps_per_epoch(spec.data.batch_size)
     total = spec.dense.epochs * spe
-    model, optimizer = _compiled(spec, data)
+    model, optimizer, schedule = _compiled(spec, data)
     # A fresh optimizer (zero momentum, step 0) whose schedule continues from the rewind step, as
     # OpenLTH does; or, when resuming, the checkpoint's optimizer state.
-    optimizer._learning_rate.offset.assign(float(rewind_step))
+    schedule.offset.assign(float(rewind_step))
     for var in optimizer.variables:
         var.assign(keras.ops.zeros_like(var))
     state = resume or SparseState(rewind_step, ticket.start, optimizer_state(optimizer))
