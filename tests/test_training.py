@@ -91,6 +91,14 @@ def test_same_seed_gives_bit_identical_snapshots_and_masks(small, trajectory):
     assert all(np.array_equal(ta.mask[k], tb.mask[k]) for k in ta.mask)
 
 
+def test_configure_says_when_tensorflow_already_runs_with_other_thread_pools(caplog):
+    import tensorflow as tf
+
+    tf.constant(1.0) + 1  # the runtime is up: thread pools can no longer change
+    training.configure(7)
+    assert "not the 7 / 1 asked for" in caplog.text
+
+
 def test_cifar_strides_train_bit_identically_on_two_threads(tmp_path):
     # Large feature maps made TensorFlow's inter-op parallelism sum gradients in a varying order:
     # `configure` runs one op at a time on CPU, so two runs of one seed match to the bit. It must

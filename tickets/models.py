@@ -144,17 +144,16 @@ def _kernel_inputs(model: keras.Model) -> dict[str, list[str]]:
     """For each kernel, the kernels whose output channels reach its input through layers that keep
     channels apart (BatchNorm, activations, padding, pooling, Add, Flatten); "input" is the model's
     input. Read from the model's config, Keras's documented serialisation of the layer graph."""
+    kernels = {la.name: _kernel(la).path for la in _kernel_layers(model)}
     reach: dict[str, set[str]] = {}  # layer name -> kernels (or "input") its output carries
     out = {}
     for layer in model.get_config()["layers"]:  # in topological order
         parents = _parents(layer["inbound_nodes"])
         incoming = set().union(*(reach[p] for p in parents)) if parents else {"input"}
-        kernel = next((la for la in _kernel_layers(model) if la.name == layer["name"]), None)
+        kernel = kernels.get(layer["name"])
         if kernel is not None:
-            out[_kernel(kernel).path] = sorted(incoming)
-            reach[layer["name"]] = {_kernel(kernel).path}
-        else:
-            reach[layer["name"]] = incoming
+            out[kernel] = sorted(incoming)
+        reach[layer["name"]] = {kernel} if kernel is not None else incoming
     return out
 
 

@@ -110,8 +110,12 @@ def collapsed(mask: masks_lib.Mask, layout: Layout) -> dict[str, str]:
     residual around it, the block is skipped) -- the layers after such a cut are not listed -- and an
     output layer with outputs no signal reaches (their logits no longer depend on the input).
     Empty when the network is whole."""
+    return _cuts(mask, layout, _signal(mask, layout))
+
+
+def _cuts(mask: masks_lib.Mask, layout: Layout, signal: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, str]:
     out = {}
-    for name, (live_in, live_out) in _signal(mask, layout).items():
+    for name, (live_in, live_out) in signal.items():
         if name in mask and not np.any(mask[name]):
             out[name] = f"no weights left (0 of {int(np.size(mask[name])):,})"
         elif live_in.any() and not live_out.any():
@@ -127,12 +131,12 @@ def density_table(points: Mapping[str, masks_lib.Mask], layout: Layout) -> list[
     names = list(next(iter(points.values())))
     width = max(len(n) for n in names)
     lines = [f"{'layer':<{width}} {'weights':>9} " + " ".join(f"{p:>9}" for p in points)]
-    checked = {p: (collapsed(m, layout), live_outputs(m, layout)) for p, m in points.items()}
+    signals = {p: _signal(m, layout) for p, m in points.items()}
+    cuts = {p: _cuts(m, layout, signals[p]) for p, m in points.items()}
     for name in names:
         cells = []
         for point, m in points.items():
-            cut, live = checked[point]
-            flag = "!" if name in cut else "*" if not live[name].all() else " "
+            flag = "!" if name in cuts[point] else "*" if not signals[point][name][1].all() else " "
             cells.append(f"{100 * np.count_nonzero(m[name]) / m[name].size:8.2f}{flag}")
         lines.append(f"{name:<{width}} {int(np.prod(layout.shapes[name])):>9,} " + " ".join(cells))
     return lines

@@ -213,9 +213,11 @@ def mask_points(spec: config_lib.Spec) -> dict[str, dict]:
     return {f"s={v:g}": {"sparsity": v} for v in spec.search.sparsity}
 
 
-def check_collapse(spec: config_lib.Spec, layout: dict | None, final: dict) -> None:
-    """Before any trial trains: print the per-layer densities of the grid's masks when one of them
-    empties a layer (or leaves an output without weights); one line when none does."""
+def check_collapse(spec: config_lib.Spec, dense_dir: Path, final: dict) -> None:
+    """Before any trial trains: print the per-layer densities of the grid's masks (pruned from the
+    dense run's `final` weights, with the layout its manifest stores) when one of them cuts the
+    network; one line when none does."""
+    layout = (artifacts.read_dense(dense_dir) or {}).get("layout")
     if not layout or "inputs" not in layout:
         print("masks: not checked (the dense run predates layout records; train it again to check)")
         return
@@ -319,7 +321,7 @@ def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_di
                                                max_retries=spec.resources.max_failures)
         follow_dense(task.remote(spec.to_dict(), data_ref, str(dense_dir)), dense_dir, spec.dense.epochs)
         on_disk = artifacts.load_snapshots(dense_dir, steps)
-    check_collapse(spec, artifacts.read_dense(dense_dir).get("layout"), on_disk[spec.dense.epochs * spe])
+    check_collapse(spec, dense_dir, on_disk[spec.dense.epochs * spe])
     refs = {s: ray.put(w) for s, w in on_disk.items()}
     return DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, refs, data_ref)
 
@@ -508,7 +510,7 @@ class Plan:
     sources: dict[str, Path]  # transfer_key -> the source trial dir of each transfer trial
     source_tickets: dict[Path, dict]  # each source trial's ticket, read once
     res: Resources | None  # None when joining a cluster: resolved against its nodes
-    cluster: str
+    cluster: str  # what a dry run says it would start or join
 
 
 def check_inputs(args: argparse.Namespace) -> Plan:
@@ -528,11 +530,11 @@ def check_inputs(args: argparse.Namespace) -> Plan:
     # A dry run also checks the grid's masks against a finished dense run of this spec, if there is one.
     on_disk = reusable_dense(spec, exp, spec.record_steps(spe)) if args.resume or args.dry_run else None
     source_tickets = {t: artifacts.load_ticket(t / artifacts.TICKET_FILE) for t in set(sources.values())}
-    res, cluster = None, f"cluster at {args.address}"
+    res, cluster = None, f"would join {args.address} (resources resolved there)"
     if not args.address:
         cpus, gpus = args.num_cpus or os.cpu_count() or 1, args.num_gpus if args.num_gpus is not None else local_gpus()
         res = resolve_resources(spec, [{"CPU": cpus, "GPU": gpus}])
-        cluster = f"local Ray with {cpus} CPU, {gpus} GPU"
+        cluster = f"would start local Ray with {cpus} CPU, {gpus} GPU"
     print(f"data: {len(info.train)} train / {len(info.test)} test images, {info.num_classes} classes, "
           f"from {info.source}; {spe} steps per epoch")
     return Plan(args, spec, exp, spe, on_disk, sources, source_tickets, res, cluster)
@@ -551,14 +553,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dry_run(plan: Plan) -> int:
-    where = plan.cluster if plan.args.address else f"would start {plan.cluster}"
-    print_plan(plan.spec, plan.exp, plan.res, f"{where} (resources resolved there)" if plan.args.address else where)
+    """Print what `run` would do, and check the grid's masks against a finished dense run if there is one."""
+    print_plan(plan.spec, plan.exp, plan.res, plan.cluster)
     dense_dir = plan.exp / artifacts.DENSE_DIR
     if plan.on_disk is None:
         print(f"masks: checked once the dense run has trained (none of this spec in {dense_dir})")
     else:
-        check_collapse(plan.spec, artifacts.read_dense(dense_dir).get("layout"),
-                       plan.on_disk[plan.spec.dense.epochs * plan.steps_per_epoch])
+        check_collapse(plan.spec, dense_dir, plan.on_disk[plan.spec.dense.epochs * plan.steps_per_epoch])
     return 0
 
 

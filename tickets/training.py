@@ -14,6 +14,7 @@ Written against `keras` / `keras.ops`; only thread and device set-up touches Ten
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,24 +36,32 @@ Weights = dict[str, np.ndarray]
 def configure(cpus: int | None = None, deterministic: bool = True) -> None:
     """Thread counts from the CPUs this process was given; GPU memory growth; op determinism.
 
-    Must run before TensorFlow starts its runtime; later calls keep what is already set.
+    Must run before TensorFlow starts its runtime; a later call cannot change the thread pools and
+    says so (a warning) when they differ from what it asks for.
     """
     if keras.backend.backend() != "tensorflow":
         return
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
+    # Ops running side by side make gradient sums order-dependent even with op determinism on
+    # (MobileNetV2 with CIFAR strides, 2 threads: different weights after 4 steps), so a
+    # deterministic CPU run executes one op at a time, each on all its threads.
+    want = (int(cpus), 1 if deterministic and not gpus else min(2, int(cpus))) if cpus else None
     try:
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
-        if cpus:
-            tf.config.threading.set_intra_op_parallelism_threads(int(cpus))
-            # Ops running side by side make gradient sums order-dependent even with op determinism
-            # on (MobileNetV2 with CIFAR strides, 2 threads: different weights after 4 steps), so a
-            # deterministic CPU run executes one op at a time, each on all its threads.
-            tf.config.threading.set_inter_op_parallelism_threads(1 if deterministic and not gpus else min(2, int(cpus)))
-    except RuntimeError:
-        pass  # the runtime is already initialised in this process
+        if want:
+            tf.config.threading.set_intra_op_parallelism_threads(want[0])
+            tf.config.threading.set_inter_op_parallelism_threads(want[1])
+    except RuntimeError:  # the runtime already runs in this process: its pools stay as they are
+        have = (tf.config.threading.get_intra_op_parallelism_threads(),
+                tf.config.threading.get_inter_op_parallelism_threads())
+        if want and have != want:
+            logging.getLogger(__name__).warning(
+                "TensorFlow already runs in this process: its thread pools stay at intra-op %s / inter-op %s "
+                "(0: TensorFlow's default), not the %s / %s asked for; a CPU run may not be bit-reproducible",
+                *have, *want)
     if deterministic and not gpus:
         tf.config.experimental.enable_op_determinism()
 
