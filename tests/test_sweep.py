@@ -1,5 +1,6 @@
 """The sweep on real Ray: one dense run, a Tune grid, results.parquet, resume, a 2-node cluster."""
 
+import json
 import os
 import signal
 
@@ -22,6 +23,9 @@ FAST = sets("dense.epochs=2", "search.sparsity=[0.5,0.9]", "search.rewind_epoch=
     (["smoke", "--resume"], "error: --resume:"),
     (["smoke", "--set", "resources.gpus_per_trial=1", "--num-gpus", "0", "--dry-run"],
      "error: resources.gpus_per_trial: 1 cannot be met by any node"),
+    (["smoke", "--set", "resources.dense_replicas=4", "--num-gpus", "2", "--dry-run"],
+     "error: resources.dense_replicas: 4 is more than the 2 GPUs of the largest node"),
+    (["smoke", "--set", "resources.precision=fp16"], "error: resources.precision: 'fp16' is not one of auto,"),
     (["smoke", "--name", "../../x"], "error: --name: '../../x' must be a single directory name"),
     (["smoke", "--name", "/abs/path"], "error: --name: '/abs/path' must be a single directory name"),
     (["smoke", "--set", "search.sparsity=null"], "error: search.sparsity: [] is empty"),
@@ -42,7 +46,8 @@ def test_bad_input_exits_2_writes_nothing_starts_no_ray(tmp_path, capsys, argv, 
 def test_dry_run_prints_the_grid(tmp_path, capsys):
     assert sweep.main(["smoke", "--storage-path", str(tmp_path), "--dry-run", "--num-cpus", "2"]) == 0
     out = capsys.readouterr().out
-    assert "grid: 4 trials" in out and "1 CPU, 0 GPU" in out and "would start local Ray with 2 CPU" in out
+    assert "grid: 4 trials" in out and "would start local Ray with 2 CPU" in out
+    assert "dense run: one whole node, 2 CPU, 0 GPU" in out and "each trial: 1 CPU, 0 GPU" in out
     assert list(tmp_path.iterdir()) == []
 
 
@@ -73,6 +78,16 @@ def test_smoke_sweep_trains_dense_once_and_writes_every_trial_epoch(tmp_path):
     for _, row in trials.iterrows():  # exactly round(s * N) pruned, to the weight
         assert row.weights_remaining_count == round(n) - round(row.sparsity * round(n))
     assert set(trials.status) == {"finished"}
+
+    # Thread pools as read back inside each process that trained: the dense task has the whole node
+    # (though the data-loading task started TensorFlow with its default pools first), every trial its
+    # one CPU; one op at a time on CPUs, for bit-reproducible runs.
+    threads = ("intra_op_threads", "inter_op_threads", "data_threads", "precision")
+    (dense,) = [json.loads(line) for line in (exp / "dense" / artifacts.DENSE_RUNS_LOG).read_text().splitlines()]
+    assert [dense[k] for k in threads] == [2, 1, 2, "float32"] and dense["replicas"] == 1
+    for rows in map(artifacts.read_metrics, artifacts.trial_dirs(exp)):
+        assert {tuple(r[k] for k in threads) for r in rows} == {(1, 1, 1, "float32")}
+    assert set(df.precision) == {"float32"}
 
     for ticket_file in ticket_files(exp):
         ticket = artifacts.load_ticket(ticket_file)
@@ -149,7 +164,8 @@ def test_layer_collapse_is_reported_before_training_in_the_results_and_the_repor
     table = [line for line in before.splitlines() if line.strip().startswith("Conv_1/kernel ")]
     assert table and table[0].split()[-1] == "0.00!"  # per-layer densities: Conv_1 empty at 0.95
     assert "1 trial(s) trained a mask that cuts the network" in out
-    assert [line for line in out.splitlines() if line.strip().startswith("0.95") and "cut network: Conv_1" in line]
+    assert [line for line in out.splitlines()
+            if line.strip().startswith("0.95") and "cut network: " in line and "Conv_1/kernel" in line]
 
     exp = tmp_path / "smoke"
     df = read_results(exp)

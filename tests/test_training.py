@@ -99,26 +99,60 @@ def test_configure_says_when_tensorflow_already_runs_with_other_thread_pools(cap
     assert "not the 7 / 1 asked for" in caplog.text
 
 
-def test_cifar_strides_train_bit_identically_on_two_threads(tmp_path):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_cifar_strides_train_bit_identically_on_two_threads(tmp_path, replicas):
     # Large feature maps made TensorFlow's inter-op parallelism sum gradients in a varying order:
     # `configure` runs one op at a time on CPU, so two runs of one seed match to the bit. It must
     # run before TensorFlow starts, which this test process did long ago: a fresh process checks it.
+    # With 2 replicas (two logical CPU devices, as a GPU node's dense run uses its GPUs) the dense
+    # run is data-parallel under MirroredStrategy: same batches and steps, still bit-reproducible.
     spec = _spec(**{"model.strides": "cifar", "dense.epochs": 1, "search.rewind_epoch": "[0]",
                     "data.batch_size": 128, "data.synthetic_size": "{train: 512, test: 128}"})
     (tmp_path / "spec.yaml").write_text(spec.to_yaml())
-    script = ("import sys, numpy as np, tensorflow as tf\n"
+    script = ("import sys, keras, numpy as np, tensorflow as tf\n"
               "from tickets import config, data, training\n"
-              "training.configure(2)\n"
+              "runtime = training.configure(2, replicas=int(sys.argv[2]))\n"
               "spec = config.load(sys.argv[1])\n"
               "d = data.load(spec.data, spec.seed)\n"
-              "a, b = (training.train_dense(spec, d).final for _ in range(2))\n"
+              "models, average = [], training.average_replicas\n"
+              "training.average_replicas = lambda m: models.append(m) or average(m)\n"
+              "a, b = (training.train_dense(spec, d) for _ in range(2))\n"
+              "stats = [v for l in models[-1].layers if isinstance(l, keras.layers.BatchNormalization)\n"
+              "         for v in (l.moving_mean, l.moving_variance)]\n"
+              "copies = [[np.asarray(c) for c in getattr(v.value, 'values', [v.value])] for v in stats]\n"
+              "print(sum(not np.array_equal(a.final[n], a.snapshots[0][n]) for n in a.final), len(a.final),\n"
+              "      a.runtime['replicas'], sum(not all(np.array_equal(c[0], x) for x in c) for c in copies))\n"
               "print(tf.config.threading.get_intra_op_parallelism_threads(),\n"
-              "      tf.config.threading.get_inter_op_parallelism_threads(),\n"
-              "      [n for n in a if not np.array_equal(a[n], b[n])])\n")
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "spec.yaml")], capture_output=True,
-                         text=True, timeout=600)
+              "      tf.config.threading.get_inter_op_parallelism_threads(), runtime.replicas,\n"
+              "      [n for n in a.final if not np.array_equal(a.final[n], b.final[n])])\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "spec.yaml"), str(replicas)],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.splitlines()[-1] == "2 1 []"  # threads as configured; no weight differs
+    changed, total, recorded, differ = map(int, out.stdout.splitlines()[-2].split())
+    assert changed > total // 2 and recorded == replicas  # it trains, on `replicas` devices
+    assert differ == 0  # every replica holds the same (averaged) BatchNorm moving statistics
+    assert out.stdout.splitlines()[-1] == f"2 1 {replicas} []"  # threads as configured; no weight differs
+
+
+def test_masked_step_under_mixed_bfloat16_keeps_float32_weights_and_exact_zeros(small):
+    # Mixed precision computes in 16 bits but keeps float32 master weights, so the mask constraint
+    # still leaves pruned weights at exactly 0.0 and snapshots stay float32 (bfloat16 runs on CPUs).
+    spec, d = small
+    training.set_precision("mixed_bfloat16")
+    try:
+        model = training.sparse_model(spec, d)
+        assert model.layers[-2].compute_dtype == "bfloat16" and model.layers[-1].compute_dtype == "float32"
+        weights = models.get_weights(model)
+        ticket = training.make_ticket(spec, model, weights, weights, 0.8, "ticket", 0)
+        (progress, state), = training.train_sparse(spec, d, ticket, d.steps_per_epoch(32), seed=1)
+        assert np.isfinite(progress.train_loss)
+        assert {w.dtype for w in state.weights.values()} == {np.dtype("float32")}
+        for name, m in ticket.mask.items():
+            assert np.all(state.weights[name][~m] == 0.0), name
+            assert np.any(state.weights[name][m] != ticket.start[name][m]), name  # survivors trained
+    finally:
+        training.set_precision("float32")
+        training._COMPILED.clear()
 
 
 def test_controls_share_counts_and_differ_where_they_should(small, trajectory):

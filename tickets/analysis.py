@@ -49,6 +49,7 @@ def load(path) -> pd.DataFrame:
             row |= {k: r.get(k, np.nan) for k in _METRICS}
             row["classifier_reinitialised"] = bool(r.get("classifier_reinitialised", False))
             row["collapsed_layers"] = r.get("collapsed_layers") or ""
+            row["precision"] = r.get("precision") or "float32"  # rows from before mixed precision existed
             rows.append(row)
     rows += _dense_rows(experiment)
     if not rows and (experiment / artifacts.RESULTS_FILE).exists():
@@ -58,7 +59,7 @@ def load(path) -> pd.DataFrame:
 
 def _with_new_columns(df: pd.DataFrame) -> pd.DataFrame:
     """A results.parquet written before a column existed reads with that column empty."""
-    for column, empty in (("level", pd.NA), ("collapsed_layers", "")):
+    for column, empty in (("level", pd.NA), ("collapsed_layers", ""), ("precision", "float32")):
         if column not in df:
             df[column] = pd.Series([empty] * len(df), dtype="Int64" if column == "level" else "string")
     return df
@@ -73,13 +74,14 @@ def _dense_rows(experiment: Path) -> list[dict]:
              "trial": "dense", "status": "finished", "epoch": m["epoch"], "node_id": None,
              "test_accuracy": m["test_accuracy"], "test_loss": m["test_loss"],
              "train_accuracy": m["train_accuracy"], "train_loss": m["train_loss"], "actual_sparsity": 0.0,
-             "weights_remaining": 1.0, "step": m["step"], "epoch_seconds": m["seconds"], "collapsed_layers": ""}
+             "weights_remaining": 1.0, "step": m["step"], "epoch_seconds": m["seconds"], "collapsed_layers": "",
+             "precision": manifest.get("runtime", {}).get("precision", "float32")}
             for m in manifest["metrics"]]
 
 
 def _columns() -> list[str]:
     return [*GRID_KEYS, "trial_id", "trial", "status", "epoch", "node_id", *_METRICS, "classifier_reinitialised",
-            "collapsed_layers"]
+            "collapsed_layers", "precision"]
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +90,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df = df.drop_duplicates(subset=["trial_id", "level", "epoch"], keep="last")
     df = df.astype({"sparsity": "float64", "rewind_epoch": "float64", "replicate": "int64", "epoch": "int64",
                     "trial_id": "string", "trial": "string", "status": "string", "node_id": "string",
-                    "classifier_reinitialised": "bool", "collapsed_layers": "string"})
+                    "classifier_reinitialised": "bool", "collapsed_layers": "string", "precision": "string"})
     df["control"] = pd.Categorical(df["control"], categories=("dense", *CONTROLS))
     for k in _METRICS:
         df[k] = pd.to_numeric(df[k], errors="coerce").astype("float64")

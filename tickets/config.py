@@ -205,6 +205,20 @@ class ResourcesSpec:
     cpus_per_trial: int | str = "auto"
     max_failures: int = 2
     max_concurrent_trials: int | None = None
+    # The dense run takes one whole node (all its CPUs; on a GPU node all its GPUs) and trains there
+    # data-parallel over `dense_replicas` devices: auto is every GPU the node has, or one device on a
+    # CPU-only node (its cores already work on every op). A number n asks for n replicas: on CPUs, n
+    # logical devices sharing the cores (how the multi-replica path runs without GPUs).
+    dense_replicas: int | str = "auto"
+    # float32, or a Keras mixed policy (float32 master weights, so pruned weights stay exactly 0.0 and
+    # snapshots float32). auto: mixed_bfloat16 on GPUs from compute capability 8.0, mixed_float16 on
+    # 7.x, float32 on CPUs and older GPUs. Like the replica count, it changes the numbers a run produces
+    # but not the recipe, so neither is part of the dense hash; the dense manifest records both, every
+    # trial row and results.parquet the precision.
+    precision: str = "auto"
+
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclass(frozen=True)
@@ -546,6 +560,11 @@ def _check_resources(spec: Spec) -> None:
         _fail("resources.max_failures", r.max_failures, "must be >= 0")
     if r.max_concurrent_trials is not None and r.max_concurrent_trials < 1:
         _fail("resources.max_concurrent_trials", r.max_concurrent_trials, "must be >= 1")
+    if isinstance(r.dense_replicas, str):
+        _one_of("resources.dense_replicas", r.dense_replicas, ("auto",))
+    elif r.dense_replicas < 1:
+        _fail("resources.dense_replicas", r.dense_replicas, "must be 'auto' or >= 1")
+    _one_of("resources.precision", r.precision, PRECISIONS)
 
 
 def _check_references(spec: Spec) -> None:

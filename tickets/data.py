@@ -397,11 +397,12 @@ def _lookup(split: Split, size: int):
     return get
 
 
-def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num_steps: int):
+def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num_steps: int, threads: int = 0):
     """Batches `start_step .. start_step + num_steps` of the training stream, as `tf.data`.
 
     Epoch `e` visits a permutation seeded by (seed, e) and drops the last partial batch, so
-    step `k` always holds the same images, however the run was split or resumed.
+    step `k` always holds the same images, however the run was split or resumed. `threads` > 0
+    gives the pipeline a private pool of that size (the CPUs the process was given).
     """
     import tensorflow as tf
 
@@ -429,10 +430,21 @@ def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num
 
     ds = tf.data.Dataset.from_tensor_slices((index, seeds))
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _sized(ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE), threads)
 
 
-def test_batches(data: Dataset, spec: DataSpec):
+def _sized(ds, threads: int):
+    """`ds` with a private thread pool of `threads` (its own default, shared by all cores, when 0)."""
+    if not threads:
+        return ds
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    return ds.with_options(options)
+
+
+def test_batches(data: Dataset, spec: DataSpec, threads: int = 0):
     """The test split as a `tf.data.Dataset` of (images, labels) in a fixed order, no augmentation."""
     import tensorflow as tf
 
@@ -446,4 +458,4 @@ def test_batches(data: Dataset, spec: DataSpec):
         return _to_float(image), label
 
     ds = tf.data.Dataset.range(len(data.test)).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(spec.batch_size).prefetch(tf.data.AUTOTUNE)
+    return _sized(ds.batch(spec.batch_size).prefetch(tf.data.AUTOTUNE), threads)

@@ -49,6 +49,10 @@ def build(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int, 
         model = _mlp("lenet_300_100", input_shape, [300, 100], num_classes)
     else:
         raise ValueError(f"Received `arch={spec.arch!r}`")
+    if keras.config.dtype_policy().name.startswith("mixed"):
+        # Logits in float32, as Keras's mixed-precision guide asks: the softmax and the loss
+        # see full-precision values; the rest of the network computes in 16 bits.
+        model.layers[-1].dtype_policy = "float32"
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             # Keras' 0.999 suits ImageNet-length runs; with CIFAR-length runs (a few hundred

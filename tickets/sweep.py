@@ -121,8 +121,10 @@ def check_experiment(args: argparse.Namespace, spec: config_lib.Spec, exp: Path)
 
 @dataclass(frozen=True)
 class Resources:
-    cpus: float
+    cpus: float  # per trial
     gpus: float
+    dense_cpus: float  # the dense run: one whole node
+    dense_gpus: float
     note: str = ""
 
 
@@ -152,7 +154,16 @@ def resolve_resources(spec: config_lib.Spec, nodes: list[dict]) -> Resources:
         value = r.gpus_per_trial if field.endswith("gpus_per_trial") else r.cpus_per_trial
         raise SpecError(field, f"{config_lib.show(value)} cannot be met by any node of this cluster ({shape}): "
                                f"trials would wait forever")
-    return Resources(cpus, gpus, note)
+    # The dense run is the serial part of every sweep: it takes the largest node whole (the one with
+    # the most GPUs when trials use GPUs), every CPU and GPU of it, while nothing else can run yet.
+    node = max(nodes, key=lambda n: (n.get("GPU", 0) if gpus else 0, n.get("CPU", 0)))
+    dense_gpus = node.get("GPU", 0) if gpus else 0
+    if dense_gpus and r.dense_replicas != "auto":
+        if r.dense_replicas > dense_gpus:
+            raise SpecError("resources.dense_replicas", f"{r.dense_replicas} is more than the {dense_gpus:g} GPUs "
+                                                        f"of the largest node, where the dense run trains")
+        dense_gpus = r.dense_replicas  # one GPU per replica; the node's other GPUs stay free
+    return Resources(cpus, gpus, node.get("CPU", 1), dense_gpus, note)
 
 
 def local_gpus() -> int:
@@ -199,7 +210,11 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
     print(f"model {m.arch}{shape} on {spec.data.dataset}, {spec.dense.epochs} dense epochs, "
           f"one dense run shared by all trials")
     if res:
-        print(f"each trial and the dense run ask for {res.cpus:g} CPU, {res.gpus:g} GPU")
+        replicas = spec.resources.dense_replicas
+        devices = (f"{replicas} replicas" if replicas != "auto" else
+                   "one replica per GPU" if res.dense_gpus else "one device")
+        print(f"dense run: one whole node, {res.dense_cpus:g} CPU, {res.dense_gpus:g} GPU ({devices}); "
+              f"each trial: {res.cpus:g} CPU, {res.gpus:g} GPU; precision {spec.resources.precision}")
     print(f"cluster: {cluster}")
 
 
@@ -261,6 +276,16 @@ def reusable_dense(spec: config_lib.Spec, exp: Path, steps: list[int]) -> dict |
     return artifacts.load_snapshots(dense_dir, steps)
 
 
+def training_env(cpus: float, gpus: float, role: str) -> dict:
+    """The runtime env of a task that trains. Ray keeps a worker pool per runtime env, so the task
+    runs in a process that only such tasks use (never, say, the data-loading worker, whose
+    `tf.data` has already started TensorFlow with its default pools); TensorFlow reads the thread
+    counts from the environment whenever it starts, and `training.configure` sets the same."""
+    threads = max(1, int(cpus))
+    return {"env_vars": {"TICKETS_WORKER": role, "TF_NUM_INTRAOP_THREADS": str(threads),
+                         "TF_NUM_INTEROP_THREADS": str(min(2, threads) if gpus else 1)}}
+
+
 @ray.remote
 def _load_data(spec_dict: dict):
     spec = config_lib.from_dict(spec_dict)
@@ -270,12 +295,13 @@ def _load_data(spec_dict: dict):
 def _train_dense(spec_dict: dict, dataset, out_dir: str) -> list[dict]:
     from tickets import training
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    training.configure(max(1, int(cpus)))
     spec = config_lib.from_dict(spec_dict)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    runtime = training.configure(max(1, int(cpus)), replicas=spec.resources.dense_replicas,
+                                 precision=spec.resources.precision)
     out = Path(out_dir)
     artifacts.log_dense_start(out, {"started": time.time(), "dense_hash": spec.dense_hash(),
-                                    "node_id": ray.get_runtime_context().get_node_id()})
+                                    "node_id": ray.get_runtime_context().get_node_id(), **runtime.row()})
     # Each epoch's row goes to disk as it ends: the driver shows it and TensorBoard plots it.
     artifacts.clear_metrics(out)  # a retried task starts its rows afresh
     trajectory = training.train_dense(spec, dataset, on_epoch=lambda p: artifacts.append_metrics(out, vars(p)))
@@ -317,8 +343,9 @@ def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_di
         print(f"dense: reusing the dense run in {dense_dir}")
     else:
         print(f"dense: training {spec.dense.epochs} epochs once (snapshots at steps {steps})")
-        task = ray.remote(_train_dense).options(num_cpus=res.cpus, num_gpus=res.gpus,
-                                               max_retries=spec.resources.max_failures)
+        task = ray.remote(_train_dense).options(num_cpus=res.dense_cpus, num_gpus=res.dense_gpus,
+                                               max_retries=spec.resources.max_failures,
+                                               runtime_env=training_env(res.dense_cpus, res.dense_gpus, "dense"))
         follow_dense(task.remote(spec.to_dict(), data_ref, str(dense_dir)), dense_dir, spec.dense.epochs)
         on_disk = artifacts.load_snapshots(dense_dir, steps)
     check_collapse(spec, dense_dir, on_disk[spec.dense.epochs * spe])

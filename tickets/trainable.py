@@ -54,6 +54,7 @@ class _Trial:
     control: str
     replicate: int
     seed: int  # the sparse runs' data order
+    runtime: object  # training.Runtime: threads and precision this trial's process trains with
 
 
 _TRIALS_IN_PROCESS = 0  # Tune reuses worker processes: the first trial in one pays for imports and tracing
@@ -78,14 +79,16 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
     global _TRIALS_IN_PROCESS
     _TRIALS_IN_PROCESS += 1
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    training.configure(max(1, int(math.ceil(cpus))))
     spec_obj = config_lib.from_dict(spec)
+    # Tune runs trials in actors of their own runtime env, whose worker processes only trials use:
+    # this is the first TensorFlow call in the process, so the pools are the trial's CPUs.
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    runtime = training.configure(max(1, int(math.ceil(cpus))), precision=spec_obj.resources.precision)
     rewind_epoch, replicate = float(config["rewind_epoch"]), int(config["replicate"])
     data = ray.get(dense.data)
     model = training.sparse_model(spec_obj, data)  # compiled once per worker process, reused by its trials
     return _Trial(spec_obj, data, model, rewind_epoch, config_lib.step_of(rewind_epoch, dense.steps_per_epoch),
-                  str(config["control"]), replicate, training.derive_seed(spec_obj.seed, replicate, 1))
+                  str(config["control"]), replicate, training.derive_seed(spec_obj.seed, replicate, 1), runtime)
 
 
 def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
@@ -101,7 +104,7 @@ def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
             "prunable_weights": summary["total"],
             "threshold": summary["threshold"] if summary["threshold"] is not None else float("nan"),
             "dense_hash": dense.dense_hash, "node_id": ray.get_runtime_context().get_node_id(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **t.runtime.row()}
 
 
 def _restore() -> dict | None:

@@ -13,6 +13,7 @@ Written against `keras` / `keras.ops`; only thread and device set-up touches Ten
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,17 +34,46 @@ from tickets.data import Dataset, test_batches, train_batches
 Weights = dict[str, np.ndarray]
 
 
-def configure(cpus: int | None = None, deterministic: bool = True) -> None:
-    """Thread counts from the CPUs this process was given; GPU memory growth; op determinism.
+@dataclass(frozen=True)
+class Runtime:
+    """What this process trains with, read back from TensorFlow after `configure`: the trial rows
+    and the dense run's log record it, so a run that did not get its threads shows it."""
 
-    Must run before TensorFlow starts its runtime; a later call cannot change the thread pools and
+    intra_op_threads: int  # 0: TensorFlow's default (every core), i.e. not set
+    inter_op_threads: int
+    data_threads: int  # tf.data's private pool for this process's input pipelines (0: shared default)
+    replicas: int  # devices the dense run is replicated over
+    precision: str  # the Keras dtype policy
+
+    def row(self) -> dict:
+        return {"intra_op_threads": self.intra_op_threads, "inter_op_threads": self.inter_op_threads,
+                "data_threads": self.data_threads, "replicas": self.replicas, "precision": self.precision}
+
+
+RUNTIME = Runtime(0, 0, 0, 1, "float32")  # until `configure` runs: TensorFlow's own defaults
+
+
+def configure(cpus: int | None = None, deterministic: bool = True, replicas: int | str = 1,
+              precision: str = "float32") -> Runtime:
+    """Thread pools sized to the CPUs this process was given, the devices a dense run replicates
+    over, the dtype policy, GPU memory growth, op determinism; returns (and keeps) the `Runtime`.
+
+    Must run before TensorFlow starts its runtime in this process (the sweep runs training in
+    processes of its own for that); a later call cannot change the thread pools or devices and
     says so (a warning) when they differ from what it asks for.
     """
-    if keras.backend.backend() != "tensorflow":
-        return
+    global RUNTIME
+    policy = resolve_precision(precision)
+    set_precision(policy)
+    if keras.backend.backend() != "tensorflow":  # the tf.data pipelines still get their pool
+        RUNTIME = Runtime(0, 0, int(cpus or 0), 1, policy)
+        return RUNTIME
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
+    n = (len(gpus) or 1) if replicas == "auto" else int(replicas)
+    if gpus and n > len(gpus):
+        raise ValueError(f"resources.dense_replicas: {n} replicas asked for, but this process sees {len(gpus)} GPU(s)")
     # Ops running side by side make gradient sums order-dependent even with op determinism on
     # (MobileNetV2 with CIFAR strides, 2 threads: different weights after 4 steps), so a
     # deterministic CPU run executes one op at a time, each on all its threads.
@@ -51,6 +81,9 @@ def configure(cpus: int | None = None, deterministic: bool = True) -> None:
     try:
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
+        if not gpus and n > 1:  # logical CPU devices: the multi-replica path without GPUs
+            tf.config.set_logical_device_configuration(
+                tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * n)
         if want:
             tf.config.threading.set_intra_op_parallelism_threads(want[0])
             tf.config.threading.set_inter_op_parallelism_threads(want[1])
@@ -64,6 +97,66 @@ def configure(cpus: int | None = None, deterministic: bool = True) -> None:
                 *have, *want)
     if deterministic and not gpus:
         tf.config.experimental.enable_op_determinism()
+    devices = len(tf.config.list_logical_devices("GPU" if gpus else "CPU"))
+    if n > devices:
+        logging.getLogger(__name__).warning("TensorFlow already runs in this process with %s device(s): the dense "
+                                            "run cannot use the %s replicas asked for", devices, n)
+    RUNTIME = Runtime(tf.config.threading.get_intra_op_parallelism_threads(),
+                      tf.config.threading.get_inter_op_parallelism_threads(),
+                      int(cpus or 0), min(n, devices), policy)
+    return RUNTIME
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` → the mixed policy this process's GPU computes fastest in, float32 on CPUs."""
+    if precision != "auto":
+        return precision
+    major = _gpu_compute_capability()
+    return "mixed_bfloat16" if major >= 8 else "mixed_float16" if major >= 7 else "float32"
+
+
+def _gpu_compute_capability() -> int:
+    """Major compute capability of the first GPU, 0 without one."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+        return int((details.get("compute_capability") or (0, 0))[0])
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return int(str(getattr(device, "compute_capability", "0")).split(".")[0]) if device.platform == "gpu" else 0
+    return 0
+
+
+def set_precision(policy: str) -> None:
+    """The Keras dtype policy for models built from now on in this process. Under a mixed policy
+    layers compute in 16 bits while their variables (the master weights) stay float32."""
+    keras.config.set_dtype_policy(policy)
+
+
+@contextlib.contextmanager
+def replicated(replicas: int):
+    """Build, compile and train inside this for data parallelism over `replicas` devices (the
+    first ones `configure` made visible): Keras splits each global batch among them and sums the
+    gradients, so batch size, schedule and steps stay the spec's. BatchNorm normalises each
+    replica's share of the batch, as in the reference multi-GPU recipes (`average_replicas`)."""
+    if replicas <= 1 or keras.backend.backend() != "tensorflow":
+        if replicas > 1:
+            logging.getLogger(__name__).warning("data parallelism needs the TensorFlow backend; one device used")
+        yield
+        return
+    import tensorflow as tf
+
+    kind = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    devices = [d.name for d in tf.config.list_logical_devices(kind)][:replicas]
+    # Reduction through one device: a fixed summation order, so CPU runs stay bit-reproducible.
+    strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=None if kind == "GPU" else
+                                              tf.distribute.ReductionToOneDevice())
+    with strategy.scope():
+        yield
 
 
 def derive_seed(*parts: int) -> int:
@@ -186,7 +279,7 @@ def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: i
     spe = data.steps_per_epoch(spec.data.batch_size)
     boundaries = sorted({s for s in stops if start < s <= end}
                         | {e * spe for e in range(start // spe + 1, end // spe + 1)} | {end})
-    test = test_batches(data, spec.data)
+    test = test_batches(data, spec.data, RUNTIME.data_threads)
     t0 = time.perf_counter()
     if not all(getattr(m, "built", True) for m in model.metrics):
         # Keras creates the accuracy metric's variables on first use; created inside the first
@@ -197,12 +290,14 @@ def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: i
     for b in boundaries:
         if b > cur:
             # The pipeline orders and augments batches itself (deterministically, by step).
-            batches = train_batches(data, spec.data, seed, cur, b - cur)
+            batches = train_batches(data, spec.data, seed, cur, b - cur, RUNTIME.data_threads)
             hist = model.fit(batches, epochs=1, verbose=0, shuffle=False).history
             loss_sum += hist["loss"][-1] * (b - cur)
             acc_sum += hist["accuracy"][-1] * (b - cur)
             n += b - cur
             cur = b
+        if b in stops or b % spe == 0:
+            average_replicas(model)
         if b in stops:
             on_stop(b)
         if b % spe == 0:
@@ -226,6 +321,7 @@ class Trajectory:
     snapshots: dict[int, Weights]
     metrics: list[dict] = field(default_factory=list)
     layout: dict = field(default_factory=dict)  # models.layout: lets the driver check masks without Keras
+    runtime: dict = field(default_factory=dict)  # Runtime.row(): threads, replicas, precision it trained with
 
     @property
     def final(self) -> Weights:
@@ -234,7 +330,7 @@ class Trajectory:
     def save(self, directory: Path, dense_hash: str) -> None:
         artifacts.save_dense(directory, self.snapshots, {
             "dense_hash": dense_hash, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-            "metrics": self.metrics, "layout": self.layout})
+            "metrics": self.metrics, "layout": self.layout, "runtime": self.runtime})
 
 
 def train_dense(spec: Spec, data: Dataset, on_epoch: Callable[[Progress], None] = lambda p: None) -> Trajectory:
@@ -243,18 +339,35 @@ def train_dense(spec: Spec, data: Dataset, on_epoch: Callable[[Progress], None] 
     spe = data.steps_per_epoch(spec.data.batch_size)
     total = spec.dense.epochs * spe
     keep = set(spec.record_steps(spe))
-    model = models.build(spec.model, data.input_shape, data.num_classes, seed=spec.seed)
-    compile_model(model, make_optimizer(spec.dense, spe))
-    snapshots = {0: models.get_weights(model)}
+    with replicated(RUNTIME.replicas):
+        model = models.build(spec.model, data.input_shape, data.num_classes, seed=spec.seed)
+        replicas = model.distribute_strategy.num_replicas_in_sync if hasattr(model, "distribute_strategy") else 1
+        compile_model(model, make_optimizer(spec.dense, spe))
+        snapshots = {0: models.get_weights(model)}
 
-    def snapshot(step: int) -> None:
-        snapshots[step] = models.get_weights(model)
+        def snapshot(step: int) -> None:
+            snapshots[step] = models.get_weights(model)
 
-    metrics = []
-    for p in _segments(model, spec, data, derive_seed(spec.seed, 0), 0, total, keep, snapshot):
-        metrics.append(vars(p))
-        on_epoch(p)
-    return Trajectory(spe, total, snapshots, metrics, models.layout(model))
+        metrics = []
+        for p in _segments(model, spec, data, derive_seed(spec.seed, 0), 0, total, keep, snapshot):
+            metrics.append(vars(p))
+            on_epoch(p)
+    return Trajectory(spe, total, snapshots, metrics, models.layout(model), {**RUNTIME.row(), "replicas": replicas})
+
+
+def average_replicas(model: keras.Model) -> None:
+    """Set every variable that replicas keep apart to its mean over the replicas.
+
+    Keras 3 does not aggregate BatchNorm's moving statistics under a distribution strategy: each
+    replica updates its own copy from its share of the batch, and a snapshot would hold the first
+    replica's alone. Their mean is what tf.keras kept (mean aggregation on read) and, the moving
+    average being linear, equals the moving average of the replicas' mean batch statistics; called
+    at every snapshot and evaluation it keeps all copies equal (numpy means: bit-reproducible).
+    """
+    for v in model.non_trainable_variables:
+        copies = getattr(v.value, "values", None)
+        if copies and len(copies) > 1:
+            v.assign(np.mean([keras.ops.convert_to_numpy(c) for c in copies], axis=0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,10 +471,13 @@ def sparse_model(spec: Spec, data: Dataset) -> keras.Model:
 
 def _compiled(spec: Spec, data: Dataset) -> tuple:
     spe = data.steps_per_epoch(spec.data.batch_size)
-    key = json.dumps([spec.to_dict()["model"], spec.to_dict()["dense"], data.input_shape, data.num_classes, spe])
+    key = json.dumps([spec.to_dict()["model"], spec.to_dict()["dense"], data.input_shape, data.num_classes, spe,
+                      keras.config.dtype_policy().name])
     if key not in _COMPILED:
         _COMPILED.clear()
+        policy = keras.config.dtype_policy().name
         keras.backend.clear_session()
+        set_precision(policy)  # clear_session resets Keras's global state, the dtype policy included
         model = models.build(spec.model, data.input_shape, data.num_classes, seed=spec.seed)
         schedule = Schedule(spec.dense, spe)
         optimizer = make_optimizer(spec.dense, spe, schedule)
@@ -385,6 +501,13 @@ def train_sparse(spec: Spec, data: Dataset, ticket: Ticket, rewind_step: int, se
     schedule.offset.assign(float(rewind_step))
     for var in optimizer.variables:
         var.assign(keras.ops.zeros_like(var))
+    scaler = model.optimizer  # under mixed_float16, Keras's loss-scaling wrapper around `optimizer`
+    if isinstance(scaler, keras.optimizers.LossScaleOptimizer):
+        # Its dynamic scale restarts with every run, so a trial does not inherit the scale the
+        # worker's previous trial left (a resumed run restarts it too: float16 runs on GPUs, which
+        # are not bit-reproducible anyway).
+        scaler.step_counter.assign(0)
+        scaler.dynamic_scale.assign(scaler.initial_scale)
     state = resume or SparseState(rewind_step, ticket.start, optimizer_state(optimizer))
     models.set_weights(model, state.weights)
     for var, value in zip(optimizer.variables, state.optimizer, strict=True):
