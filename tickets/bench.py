@@ -260,11 +260,16 @@ def _rss_mb() -> float:
 # 6: input pipeline.
 
 
+def _cifar10() -> Path:
+    """Where figures 6 and 8 read the real CIFAR-10 shards (beside the checkout unless set)."""
+    return Path(os.environ.get("TICKETS_DATA_DIR", "../shared/data")) / "cifar10"
+
+
 def input_pipeline(batches: int, batch: int, model_images_per_s: float | None) -> dict:
     from tickets import data
     from tickets.config import DataSpec, SubsetSpec
 
-    root = Path(os.environ.get("TICKETS_DATA_DIR", "../shared/data")) / "cifar10"
+    root = _cifar10()
     if not (root / "train.parquet").exists():
         return {"skipped": f"no CIFAR-10 Parquet shards at {root} (set TICKETS_DATA_DIR)"}
     out = {}
@@ -359,7 +364,7 @@ def sweep_vs_loop(size: dict, storage: Path) -> dict:
     Conv-2 grid of CIFAR-10 images."""
     from tickets import config, data
 
-    root = Path(os.environ.get("TICKETS_DATA_DIR", "../shared/data")) / "cifar10"
+    root = _cifar10()
     if not (root / "train.parquet").exists():
         return {"skipped": f"no CIFAR-10 Parquet shards at {root} (set TICKETS_DATA_DIR)"}
     loop = size["loop"]
@@ -453,18 +458,17 @@ def dense_data_parallel(size: dict, storage: Path, gpus: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def gpu_present() -> str | None:
+def gpus() -> list[str]:
+    """This machine's GPUs, as the Keras backend sees them."""
     import keras
 
     if keras.backend.backend() == "jax":
         import jax
 
-        gpus = [d for d in jax.devices() if d.platform == "gpu"]
-        return str(gpus[0].device_kind) if gpus else None
+        return [str(d.device_kind) for d in jax.devices() if d.platform == "gpu"]
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
-    return gpus[0].name if gpus else None
+    return [g.name for g in tf.config.list_physical_devices("GPU")]
 
 
 def machine() -> dict:
@@ -480,7 +484,7 @@ def machine() -> dict:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             pass
-    info["gpu"] = gpu_present()
+    info["gpu"] = next(iter(gpus()), None)
     return info
 
 
@@ -489,18 +493,6 @@ GOALS = {1: (">=", 0.95), 2: ("==", 1), 3: (">=", 0.9), 4: ("<", 0.05), 5: ("<",
 NAMES = {1: "masked / dense step", 2: "dense runs per sweep", 3: "sweep efficiency", 4: "per-trial overhead",
          5: "scheduler s/trial", 6: "pipeline / model img/s", 7: "GPU masked / dense", 8: "sweep / hand loop",
          9: "dense 2-replica speed-up"}
-
-
-def _gpu_count() -> int:
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return len([d for d in jax.devices() if d.platform == "gpu"])
-    import tensorflow as tf
-
-    return len(tf.config.list_physical_devices("GPU"))
 
 
 def run(figures: list[int], size_name: str) -> dict:
@@ -544,7 +536,7 @@ def run(figures: list[int], size_name: str) -> dict:
             figs[8] = sweep_vs_loop(size, storage)
         if 9 in figures:
             log("figure 9: dense run, data-parallel")
-            figs[9] = dense_data_parallel(size, storage, gpus=_gpu_count())
+            figs[9] = dense_data_parallel(size, storage, gpus=len(gpus()))
         if 1 not in figures:
             figs.pop(1, None)
     return results

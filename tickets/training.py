@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -46,8 +46,7 @@ class Runtime:
     precision: str  # the Keras dtype policy
 
     def row(self) -> dict:
-        return {"intra_op_threads": self.intra_op_threads, "inter_op_threads": self.inter_op_threads,
-                "data_threads": self.data_threads, "replicas": self.replicas, "precision": self.precision}
+        return asdict(self)
 
 
 RUNTIME = Runtime(0, 0, 0, 1, "float32")  # until `configure` runs: TensorFlow's own defaults
