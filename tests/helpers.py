@@ -189,3 +189,34 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: i
                 pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.jpg")
     return root
+
+
+def write_imagenet_tree(root: Path, classes: int = 12, train: int = 10, val: int = 3, sizes=(48, 120),
+                        odd_files: bool = True, seed: int = 0) -> Path:
+    """An ILSVRC-like tree, train/<synset>/*.JPEG and val/<synset>/*.JPEG: smooth colour images of
+    random sizes and aspect ratios (each class its own colour, so they are learnable). With
+    `odd_files`: one truncated JPEG (listed as left out), one PNG, one CMYK JPEG (re-encoded) and a
+    text file (ignored)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(40, 215, (classes, 3))
+    for split, per_class in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                h, w = rng.integers(sizes[0], sizes[1] + 1, 2)
+                ramp = np.linspace(-30, 30, w)[None, :, None]
+                pixels = colours[c] + ramp + rng.normal(0, 12, (h, w, 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+                    folder / f"n{c:08d}_{i}.JPEG", format="JPEG", quality=90)
+    if odd_files:
+        first = root / "train" / "n00000000"
+        whole = (first / "n00000000_0.JPEG").read_bytes()
+        (first / "n00000000_broken.JPEG").write_bytes(whole[: len(whole) // 3])
+        Image.fromarray(np.full((50, 70, 3), 128, np.uint8)).save(first / "n00000000_png.png", format="PNG")
+        Image.new("CMYK", (60, 40), (0, 128, 128, 0)).save(first / "n00000000_cmyk.JPEG", format="JPEG")
+        (first / "notes.txt").write_text("not an image\n")
+    return root
+

@@ -14,9 +14,9 @@ def test_bench_tiny_runs_every_figure(tmp_path):
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     results = json.loads(out.read_text())
     figures = results["figures"]
-    assert sorted(figures, key=int) == [str(n) for n in range(1, 10)]
-    assert figures["1"]["dense_images_per_s"] > 0 and set(figures["1"]["masked"]) == {"0", "0.8", "0.95"}
-    assert figures["2"]["dense_runs"] == 1 and figures["2"]["naive_dense_runs"] == figures["2"]["trials"] == 2
+    assert sorted(figures, key=int) == [str(n) for n in range(1, 13)]
+    assert figures["1"]["dense_images_per_s"] > 0 and set(figures["1"]["masked"]) == {"0.95"}
+    assert figures["2"]["dense_runs"] == 1 and figures["2"]["naive_dense_runs"] == figures["2"]["trials"] == 1
     assert figures["3"]["speedup"] > 0 and 0 < figures["3"]["ratio"]
     assert 0 < figures["3"]["trial_phase_efficiency"] and figures["3"]["trial_phase_s"] > 0
     assert 0 < figures["4"]["ratio"] and figures["4"]["fresh_worker_startup_s"] > 0
@@ -29,11 +29,15 @@ def test_bench_tiny_runs_every_figure(tmp_path):
         assert fig8["ratio"] > 0 and sorted(fig8["sweep_test_accuracy"]) == sorted(fig8["loop_test_accuracy"])
         assert fig8["loop_test_accuracy"]["dense"] > 0.15 and fig8["sweep_test_accuracy"]["dense"] > 0.15
     assert figures["9"]["ratio"] > 0 and [figures["9"]["runs"][r]["replicas"] for r in ("1", "2")] == [1, 2]
-    for line in ("1. masked / dense step", "5. scheduler s/trial", "7. GPU masked / dense"):
+    # Streamed shards: both crops measured; memory at two sizes 4x apart; 12 needs a GPU.
+    assert figures["10"]["fused_images_per_s"] > 0 and figures["10"]["decode_then_crop_images_per_s"] > 0
+    assert figures["11"]["images"][1] == 4 * figures["11"]["images"][0] and figures["11"]["peak_rss_mb"][0] > 0
+    assert "skipped" in figures["12"] or figures["12"]["measured"] > 0
+    for line in ("1. masked / dense step", "5. scheduler s/trial", "7. GPU masked / dense", "10. streamed img/s"):
         assert line in stdout
 
 
 def test_bench_rejects_unknown_figures(tmp_path):
-    proc = cli(["--only", "10"], module="tickets.bench", stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = cli(["--only", "13"], module="tickets.bench", stderr=subprocess.PIPE, cwd=tmp_path)
     _, stderr = proc.communicate()
-    assert proc.returncode == 2 and "error: --only: '10' names figures outside 1..9" in stderr
+    assert proc.returncode == 2 and "error: --only: '13' names figures outside 1..12" in stderr

@@ -45,7 +45,7 @@ def token_file(tmp_path):
 def _submit(slurm, tmp_path, token_file, *args) -> tuple[str, Path]:
     out = tmp_path / f"job-{len(list(tmp_path.glob('job-*')))}.out"
     env = {"TICKETS_PYTHON": sys.executable, "TICKETS_TOKEN_FILE": str(token_file),
-           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "TICKETS_CACHE_DIR": str(tmp_path / "node-cache")}
     job = slurm.run(["sbatch", "--parsable", "--nodes=2", f"--output={out}", str(SBATCH), *args],
                     env=env, cwd=tmp_path).stdout.strip()
     return job, out
@@ -92,6 +92,7 @@ def test_sweep_across_two_slurm_nodes(slurm, tmp_path, token_file, ports_taken_b
     log = out.read_text()
     assert state == "COMPLETED", log[-4000:]
     assert "2/2 nodes joined" in log and "sweep exited with 0" in log
+    assert f"TICKETS_CACHE_DIR={tmp_path / 'node-cache'} TICKETS_DECODE_CACHE_MB=2048" in log  # passed to nodes
     assert f"ports {ports_taken_but_one}-{ports_taken_but_one + 599}" in log  # the one free block
     assert token not in log
     exp = storage / "smoke"

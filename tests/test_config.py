@@ -37,6 +37,8 @@ def test_dense_hash_ignores_the_grid_but_not_the_training():
     a = config.load("smoke")
     assert config.load("smoke", ["search.sparsity=[0.3]"]).dense_hash() == a.dense_hash()
     assert config.load("smoke", ["dense.epochs=5"]).dense_hash() != a.dense_hash()
+    assert config.load("smoke", ["data.cache=node"]).dense_hash() == a.dense_hash()  # same numbers
+    assert config.load("smoke", ["data.shuffle_buffer=64"]).dense_hash() != a.dense_hash()
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -53,6 +55,8 @@ def test_dense_hash_ignores_the_grid_but_not_the_training():
     ({"data": {"batch_size": "big"}}, "data.batch_size: 'big' must be an integer"),
     ({"data": {"augment": "yes"}}, "data.augment: 'yes' must be true or false"),
     ({"data": {"half": "c"}}, "data.half: 'c' is not one of a, b"),
+    ({"data": {"cache": "disk"}}, "data.cache: 'disk' is not one of none, node"),
+    ({"data": {"shuffle_buffer": 0}}, "data.shuffle_buffer: 0 must be >= 1"),
     ({"dense": {"optimizer": {"name": "rmsprop"}}}, "dense.optimizer.name: 'rmsprop' is not one of"),
     ({"dense": {"optimizer": {"learning_rate": 0}}}, "dense.optimizer.learning_rate: 0 must be > 0"),
     ({"dense": {"schedule": {"name": "linear"}}}, "dense.schedule.name: 'linear' is not one of"),

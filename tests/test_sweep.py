@@ -51,12 +51,16 @@ def test_dry_run_prints_the_grid(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_smoke_sweep_trains_dense_once_and_writes_every_trial_epoch(tmp_path):
-    code, out = run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *FAST])
+def test_the_smoke_preset_trains_dense_once_writes_every_epoch_and_ends_well_above_chance(tmp_path):
+    """The README's first command, as a new user runs it: one dense run, every trial epoch on disk, a
+    short output, no layer collapse, nothing at chance."""
+    code, out = run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
     assert code == 0, out[-3000:]
     exp = tmp_path / "smoke"
     assert dense_runs(exp) == 1
-    assert "dense epoch 2/2" in out and "4/4 trials finished" in out
+    assert "dense epoch 4/4" in out and "4/4 trials finished" in out
+    assert "masks: no grid point cuts the network" in out
+    assert not [line for line in out.splitlines() if line.startswith("warning:")]  # the sweep's own warnings
     # What a user reads: the plan, dense progress, one table row per trial, where results are; Tune's
     # boxes, TensorFlow's start-up banner and Ray's INFO lines stay in the log files.
     lines = out.splitlines()
@@ -70,14 +74,17 @@ def test_smoke_sweep_trains_dense_once_and_writes_every_trial_epoch(tmp_path):
 
     df = read_results(exp)
     trials = df[df.control != "dense"]
-    # rewind 0 trains epochs 1..2, rewind 1 trains epoch 2 only: 2 sparsities x (2 + 1) rows
-    assert len(trials) == 6 and len(df[df.control == "dense"]) == 2
+    # rewind 0 trains epochs 1..4, rewind 1 epochs 2..4: 2 sparsities x (4 + 3) rows
+    assert len(trials) == 14 and len(df[df.control == "dense"]) == 4
     assert sorted(map(tuple, trials[["sparsity", "rewind_epoch", "epoch"]].drop_duplicates().values.tolist())) == [
-        (0.5, 0.0, 1), (0.5, 0.0, 2), (0.5, 1.0, 2), (0.9, 0.0, 1), (0.9, 0.0, 2), (0.9, 1.0, 2)]
+        (s, r, e) for s in (0.5, 0.9) for r in (0.0, 1.0) for e in range(int(r) + 1, 5)]
     n = trials.iloc[0]["weights_remaining_count"] / trials.iloc[0]["weights_remaining"]
     for _, row in trials.iterrows():  # exactly round(s * N) pruned, to the weight
         assert row.weights_remaining_count == round(n) - round(row.sparsity * round(n))
     assert set(trials.status) == {"finished"}
+    final = trials[trials.epoch == 4]
+    assert len(final) == 4 and (final.collapsed_layers == "").all()
+    assert (final.test_accuracy > 0.5).all(), final[["sparsity", "rewind_epoch", "test_accuracy"]]  # chance: 0.1
 
     # Thread pools as read back inside each process that trained: the dense task has the whole node
     # (though the data-loading task started TensorFlow with its default pools first), every trial its
@@ -139,18 +146,6 @@ def test_two_node_cluster_spreads_trials_and_gives_each_one_gpu(tmp_path):
     assert len({r["node_id"] for r in rows}) == 2  # trials ran on both nodes
     assert all(r["cuda_visible_devices"] in ("0", "1") for r in rows)  # exactly one GPU each
     assert "1 CPU, 1 GPU" in out and dense_runs(exp) == 1
-
-
-def test_the_smoke_preset_ends_with_every_trial_well_above_chance(tmp_path):
-    """The README's first command, as a new user runs it: no layer collapses, nothing at chance."""
-    code, out = run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
-    assert code == 0, out[-3000:]
-    assert "masks: no grid point cuts the network" in out
-    assert not [line for line in out.splitlines() if line.startswith("warning:")]  # the sweep's own warnings
-    df = read_results(tmp_path / "smoke")
-    final = df[(df.control != "dense") & (df.epoch == df.epoch.max())]
-    assert len(final) == 4 and (final.collapsed_layers == "").all()
-    assert (final.test_accuracy > 0.5).all(), final[["sparsity", "rewind_epoch", "test_accuracy"]]  # chance: 0.1
 
 
 def test_layer_collapse_is_reported_before_training_in_the_results_and_the_report(tmp_path, capsys):

@@ -10,6 +10,10 @@
   8. the sweep vs a hand-written sequential Keras loop on the same grid (Conv-2, CIFAR-10) goal <= 0.8
   9. dense run, data-parallel: 1 replica's epoch time / 2 replicas' (logical CPU devices    reported
      here, GPUs where the machine has 2 or more)
+ 10. streamed ImageNet-like shards: images/s per core at 224 px with augmentation           goal >= 350
+     (fused decode-and-crop), beside decoding whole images and cropping after
+ 11. peak RSS of a streaming process: growth from one data set to one 4x its size (MiB)  goal < 200
+ 12. cores one GPU trial's pipeline needs at the model's GPU rate (GPU only)              goal <= 8
 
 Prints a table and writes JSON (`--out`, default bench.json). `--quick` runs every CPU figure in a
 few minutes on 2 CPUs; `--tiny` only checks that every figure still runs. Sweeps run as
@@ -34,15 +38,18 @@ import numpy as np
 from tickets import artifacts
 
 SIZES = {
-    # batch/steps for figure 1, sweep grid for 2-4, grid points for 5, batches for 6, the Conv-2 grid
-    # of 8 (CIFAR-10 images, epochs), images and epochs of 9's dense runs
-    "tiny": dict(batch=16, steps=2, repeats=1, dense_epochs=1, sparsity=[0.5], rewind=[0, 0.5], noop=8,
-                 pipeline_batches=4, train=512, loop=dict(train=600, test=120, epochs=2), dp=(256, 2, "imagenet")),
-    "quick": dict(batch=128, steps=24, repeats=4, dense_epochs=3, sparsity=[0.5, 0.9], rewind=[0, 1], noop=1000,
-                  pipeline_batches=60, train=2048, loop=dict(train=5000, test=1000, epochs=4), dp=(2048, 3, "cifar")),
-    "full": dict(batch=128, steps=40, repeats=3, dense_epochs=6, sparsity=[0.5, 0.8, 0.9, 0.95], rewind=[0, 1],
-                 noop=1000, pipeline_batches=200, train=4096, loop=dict(train=10000, test=2000, epochs=6),
-                 dp=(4096, 3, "cifar")),
+    # batch/steps/sparsities for figure 1, sweep grid for 2-4, grid points for 5, batches for 6, the
+    # Conv-2 grid of 8 (CIFAR-10 images, epochs), images and epochs of 9's dense runs, the two data
+    # set sizes (images) and batches streamed in 10-11
+    "tiny": dict(batch=16, steps=2, repeats=1, masked=(0.95,), dense_epochs=1, sparsity=[0.5], rewind=[0],
+                 noop=8, pipeline_batches=4, train=512, loop=dict(train=600, test=120, epochs=2),
+                 dp=(256, 2, "imagenet"), large=(200, 800, 3)),
+    "quick": dict(batch=128, steps=24, repeats=4, masked=(0.0, 0.8, 0.95), dense_epochs=3, sparsity=[0.5, 0.9],
+                  rewind=[0, 1], noop=1000, pipeline_batches=60, train=2048,
+                  loop=dict(train=5000, test=1000, epochs=4), dp=(2048, 3, "cifar"), large=(1500, 6000, 40)),
+    "full": dict(batch=128, steps=40, repeats=3, masked=(0.0, 0.8, 0.95), dense_epochs=6,
+                 sparsity=[0.5, 0.8, 0.9, 0.95], rewind=[0, 1], noop=1000, pipeline_batches=200, train=4096,
+                 loop=dict(train=10000, test=2000, epochs=6), dp=(4096, 3, "cifar"), large=(2000, 8000, 60)),
 }
 
 
@@ -55,7 +62,7 @@ def log(message: str) -> None:
 
 
 def step_throughput(size: int, batch: int, steps: int, repeats: int, sparsities=(0.0, 0.8, 0.95),
-                    mixed_precision: bool = False) -> dict:
+                    mixed_precision: bool = False, width: float = 0.35) -> dict:
     """Images/s of plain Keras training of MobileNetV2 and of masked training at each sparsity.
 
     Every model is built and traced first, then timed in interleaved rounds (dense, masked 0 %,
@@ -75,7 +82,7 @@ def step_throughput(size: int, batch: int, steps: int, repeats: int, sparsities=
     spec = DenseSpec(epochs=1)
 
     def build(sparsity):
-        model = models.build(ModelSpec(width=0.35), (size, size, 3), 10, seed=0)
+        model = models.build(ModelSpec(width=width), (size, size, 3), 10, seed=0)
         if sparsity is not None:  # masked: a magnitude mask installed as the training constraint
             names = models.prunable_variables(model, ("first_conv", "classifier"))
             w = models.get_weights(model)
@@ -456,6 +463,131 @@ def dense_data_parallel(size: dict, storage: Path, gpus: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# 10-12: ImageNet-scale data, streamed from shards.
+
+
+def imagenet_like_shards(root: Path, rows: int, classes: int = 100, distinct: int = 40, rows_per_group: int = 200,
+                         rows_per_shard: int = 1000) -> Path:
+    """train/ and val/ Parquet shards of `rows` ImageNet-like JPEGs (256-400 px a side, about 40 KB
+    each, as ILSVRC's average), fast to make: `distinct` images repeat in a random order (stored
+    without Parquet's dictionary, so the bytes really are there), labels spread over `classes`."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    images = []
+    for _ in range(distinct):
+        h, w = rng.integers(256, 401, 2)
+        coarse = rng.uniform(0, 255, (h // 16 + 1, w // 16 + 1, 3))
+        pixels = np.kron(coarse, np.ones((16, 16, 1)))[:h, :w] + rng.normal(0, 20, (h, w, 3))
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=85)
+        images.append(buf.getvalue())
+    for split, n in (("train", rows), ("val", max(classes, rows // 20))):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        which, labels = rng.integers(0, distinct, n), np.arange(n) % classes
+        rng.shuffle(labels)
+        for k, start in enumerate(range(0, n, rows_per_shard)):
+            part = slice(start, start + rows_per_shard)
+            pq.write_table(pa.table({"image": [images[i] for i in which[part]],
+                                     "label": pa.array(labels[part], pa.int32())}),
+                           root / split / f"{split}-{k:05d}.parquet", row_group_size=rows_per_group,
+                           compression="none", use_dictionary=False)
+    return root
+
+
+# One process, one core (TensorFlow's pools and tf.data's private pool of 1 thread): images/s of the
+# product's streamed pipeline (fused decode-and-crop) and of the same stream cropping after a full
+# decode, at 224 px with augmentation; then the process's peak RSS.
+STREAM_RUN = r"""
+import json, resource, sys, time
+import numpy as np, tensorflow as tf
+from tickets import data, stream
+from tickets.config import DataSpec
+
+root, size, batches, modes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
+spec = DataSpec(dataset="parquet", path=root, image_size=size, batch_size=32, augment=True)
+d = data.load(spec, seed=0)
+assert d.train.kind == "streamed", d.train.kind
+
+def decode_then_crop():
+    split, n = d.train, len(d.train)
+    order, windows = stream.epoch_order(split.shards, split.images, 0, 0, spec.shuffle_buffer)
+    seeds = np.stack([np.zeros(n), np.arange(n)], axis=1).astype(np.int64)
+    def prepare(x, label, s):
+        s1, s2 = tf.unstack(tf.random.experimental.stateless_split(s, 2))
+        image = tf.io.decode_image(x, channels=3, expand_animations=False)
+        image = data._random_resized_crop(image, "decoded", s1, size)
+        return data._to_float(tf.image.stateless_random_flip_left_right(image, seed=s2)), label
+    ds = data._elements(split, order, seeds, windows).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return data._sized(ds.batch(32, drop_remainder=True).prefetch(tf.data.AUTOTUNE), 1)
+
+out = {}
+for mode in modes:
+    ds = (data.train_batches(d, spec, seed=0, start_step=0, num_steps=batches + 1, threads=1) if mode == "fused"
+          else decode_then_crop().take(batches + 1))
+    it = iter(ds)
+    next(it)  # start-up
+    start, n = time.perf_counter(), 0
+    for x, _ in it:
+        n += int(x.shape[0])
+    out[mode] = n / (time.perf_counter() - start)
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def _stream_child(root: Path, size: int, batches: int, modes: str) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", STREAM_RUN, str(root), str(size), str(batches), modes],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"streaming run failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _large(storage: Path, rows: int) -> Path:
+    root = storage / f"large-{rows}"
+    return root if root.exists() else imagenet_like_shards(root, rows)
+
+
+def streaming_rate(size: dict, storage: Path) -> dict:
+    """Figure 10: images/s per core at 224 px with augmentation, streamed from shards."""
+    rows, _, batches = size["large"]
+    rates = _stream_child(_large(storage, rows), 224, batches, "fused,decode_then_crop")
+    return {"images": rows, "batches": batches, "fused_images_per_s": rates["fused"],
+            "decode_then_crop_images_per_s": rates["decode_then_crop"],
+            "speedup": rates["fused"] / rates["decode_then_crop"], "measured": rates["fused"], "ratio": rates["fused"]}
+
+
+def streaming_memory(size: dict, storage: Path) -> dict:
+    """Figure 11: peak RSS of one streaming process at two data set sizes (4x apart)."""
+    small, large, batches = size["large"]
+    peaks, encoded = {}, {}
+    for rows in (small, large):
+        root = _large(storage, rows)
+        encoded[rows] = sum(f.stat().st_size for f in (root / "train").glob("*.parquet")) / 2**20
+        peaks[rows] = _stream_child(root, 224, batches, "fused")["peak_rss_mb"]
+    return {"images": [small, large], "encoded_mb": [encoded[small], encoded[large]],
+            "peak_rss_mb": [peaks[small], peaks[large]], "measured": peaks[large] - peaks[small],
+            "ratio": peaks[large] - peaks[small]}
+
+
+def cores_per_gpu_trial(per_core_images_per_s: float, gpu: str | None) -> dict:
+    """Figure 12: cores one GPU trial's input pipeline needs to feed MobileNetV2 (width 1.0, 224 px,
+    mixed precision) at the GPU's training rate."""
+    if gpu is None:
+        return {"skipped": "no GPU on this machine"}
+    rate = step_throughput(224, 64, 20, 3, (0.0,), mixed_precision=True, width=1.0)["dense_images_per_s"]
+    return {"gpu": gpu, "model_images_per_s": rate, "per_core_images_per_s": per_core_images_per_s,
+            "measured": rate / per_core_images_per_s, "ratio": rate / per_core_images_per_s}
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def gpus() -> list[str]:
@@ -489,10 +621,11 @@ def machine() -> dict:
 
 
 GOALS = {1: (">=", 0.95), 2: ("==", 1), 3: (">=", 0.9), 4: ("<", 0.05), 5: ("<", 0.2), 6: (">=", 3.0),
-         7: (">=", 0.95), 8: ("<=", 0.8), 9: (">=", 1.0)}
+         7: (">=", 0.95), 8: ("<=", 0.8), 9: (">=", 1.0), 10: (">=", 350), 11: ("<", 200), 12: ("<=", 8)}
 NAMES = {1: "masked / dense step", 2: "dense runs per sweep", 3: "sweep efficiency", 4: "per-trial overhead",
          5: "scheduler s/trial", 6: "pipeline / model img/s", 7: "GPU masked / dense", 8: "sweep / hand loop",
-         9: "dense 2-replica speed-up"}
+         9: "dense 2-replica speed-up", 10: "streamed img/s per core", 11: "RSS growth MiB, 4x data",
+         12: "cores per GPU trial"}
 
 
 def run(figures: list[int], size_name: str) -> dict:
@@ -506,7 +639,7 @@ def run(figures: list[int], size_name: str) -> dict:
         storage = Path(tmp)
         if {1, 4, 6} & set(figures):
             log("figure 1: masked vs dense training step")
-            figs[1] = step_throughput(32, size["batch"], size["steps"], size["repeats"])
+            figs[1] = step_throughput(32, size["batch"], size["steps"], size["repeats"], size["masked"])
         if {2, 3, 4} & set(figures):
             runs = sweeps(size, storage)
             if 2 in figures:
@@ -537,8 +670,18 @@ def run(figures: list[int], size_name: str) -> dict:
         if 9 in figures:
             log("figure 9: dense run, data-parallel")
             figs[9] = dense_data_parallel(size, storage, gpus=len(gpus()))
+        if {10, 12} & set(figures):
+            log("figure 10: streamed ImageNet-like shards, images/s per core at 224 px")
+            figs[10] = streaming_rate(size, storage)
+        if 11 in figures:
+            log("figure 11: peak RSS of a streaming process at two data set sizes")
+            figs[11] = streaming_memory(size, storage)
+        if 12 in figures:
+            figs[12] = cores_per_gpu_trial(figs[10]["fused_images_per_s"], results["machine"]["gpu"])
         if 1 not in figures:
             figs.pop(1, None)
+        if 10 not in figures:
+            figs.pop(10, None)
     return results
 
 
@@ -590,6 +733,15 @@ def _detail(number: int, fig: dict) -> str:
     if number == 9:
         return (f"epoch {fig['epoch_s_1']:.1f}s on 1 replica, {fig['epoch_s_2']:.1f}s on 2 "
                 f"({fig['devices']} devices)")
+    if number == 10:
+        return (f"decode-then-crop {fig['decode_then_crop_images_per_s']:.0f} img/s per core "
+                f"(fused {fig['speedup']:.2f}x), {fig['images']} images")
+    if number == 11:
+        return (f"peak {fig['peak_rss_mb'][0]:.0f} -> {fig['peak_rss_mb'][1]:.0f} MiB for "
+                f"{fig['encoded_mb'][0]:.0f} -> {fig['encoded_mb'][1]:.0f} MiB of JPEGs")
+    if number == 12:
+        return (f"{fig['gpu']}: model {fig['model_images_per_s']:.0f} img/s, pipeline "
+                f"{fig['per_core_images_per_s']:.0f} img/s per core")
     return ""
 
 

@@ -24,11 +24,11 @@ import yaml
 
 from tickets.masks import SCOPES
 
-DATASETS = ("cifar10", "parquet", "image_folder", "synthetic")
+DATASETS = ("cifar10", "imagenet", "parquet", "image_folder", "synthetic")
 ARCHS = ("mobilenet_v2", "conv2", "conv4", "conv6", "lenet_300_100")
 STRIDES = ("imagenet", "cifar")
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "exponential", "cosine")
 # Groups of prunable kernels, broadest first: a tensor in several groups takes the rate of the last
 # one (`pruning.rates: {conv: 0.1, first_conv: 0.05}` prunes the first convolution at 0.05).
 #   conv: every convolution (depthwise included); dense: the hidden dense layers; classifier: the
@@ -89,6 +89,11 @@ class DataSpec:
     augment: bool = True
     subset: SubsetSpec | None = None
     half: str | None = None
+    # Streamed splits (too large for memory; tickets.stream): images per shuffle window, and
+    # `node` to read a node-local copy of each shard ($TICKETS_CACHE_DIR, else the temp dir)
+    # instead of shared storage. The cache changes no number, so it is not in the dense hash.
+    shuffle_buffer: int = 4096
+    cache: str = "none"
     # Only the synthetic data set uses these: it has no files to count classes or images in.
     classes: int = 10
     synthetic_size: SubsetSpec = field(default_factory=lambda: SubsetSpec(train=2000, test=500))
@@ -117,7 +122,7 @@ class ScheduleSpec:
     name: str = "cosine"
     warmup_epochs: float = 0.0
     milestones: tuple[float, ...] = ()  # step schedule: epochs at which the rate is multiplied by gamma
-    gamma: float = 0.1
+    gamma: float = 0.1  # step: factor per milestone; exponential: factor per epoch
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,9 @@ class Spec:
     def dense_dict(self) -> dict[str, Any]:
         """The fields the dense trajectory depends on: equal dicts give equal dense runs."""
         d = self.to_dict()
+        d["data"].pop("cache")  # where the shards are read from changes no number
+        if d["data"]["shuffle_buffer"] == DataSpec.shuffle_buffer:
+            d["data"].pop("shuffle_buffer")  # added later: at its default, dense runs from before still match
         return {k: d[k] for k in ("seed", "data", "model", "dense")}
 
     def dense_hash(self) -> str:
@@ -415,6 +423,9 @@ def _check_data(spec: Spec) -> None:
         _one_of("data.half", d.half, ("a", "b"))
     if d.classes < 2:
         _fail("data.classes", d.classes, "must be >= 2")
+    if d.shuffle_buffer < 1:
+        _fail("data.shuffle_buffer", d.shuffle_buffer, "must be >= 1")
+    _one_of("data.cache", d.cache, ("none", "node"))
     for part in ("train", "test"):
         for where, sub in (("subset", d.subset), ("synthetic_size", d.synthetic_size)):
             n = getattr(sub, part) if sub else None

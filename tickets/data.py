@@ -1,19 +1,22 @@
 """Data sets: loading images and labels, then deterministic `tf.data` pipelines over them.
 
-Sources: Parquet shards of encoded images + integer labels (`../shared/data/cifar10`, and how
-ImageNet is sharded for clusters), ImageNet-style class folders, the CIFAR-10 python batches of
-the Keras cache, and a synthetic learnable set for smoke runs.
+Sources: Parquet shards of encoded images + integer labels (`../shared/data/cifar10`, and what
+`tickets.shards` writes from an ImageNet-style tree), ImageNet-style class folders, the CIFAR-10
+python batches of the Keras cache, and a synthetic learnable set for smoke runs.
 
-Images are held as one of: decoded uint8 arrays (small sets, decoded once at load, so epochs
-cost no JPEG decoding), encoded bytes, or file paths (large sets, decoded per element inside
-the parallel `tf.data` map). The order of every epoch is a seeded permutation and every
-augmentation draws from a stateless seed derived from (seed, epoch, position), so a pipeline can
-start at any step and give the same batches as an uninterrupted run.
+A split is held one of three ways: decoded uint8 pixels in memory (small sets at CIFAR-style
+sizes, decoded once at load so epochs cost no JPEG decoding), file paths (class folders too large
+for that), or streamed: only labels and row ids in memory, the images read from their Parquet
+shards by each pipeline (`tickets.stream`), so memory stays bounded whatever the data set's size.
+The order of every epoch is a function of (seed, epoch) and every augmentation draws from a
+stateless seed derived from (seed, epoch, position), so a pipeline can start at any step and give
+the same batches as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import socket
@@ -22,12 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
+from tickets import stream
 from tickets.config import DataSpec
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# Decode a whole split into memory when its uint8 pixels fit in this many bytes.
+# Hold a split's decoded pixels in memory when they fit in this many bytes. That is what it costs
+# per node and what each worker maps: the one object-store copy, shared by all the node's workers
+# (the pipeline gathers from it without a private copy); larger splits are streamed or read as files.
 DECODE_CACHE_BYTES = int(os.environ.get("TICKETS_DECODE_CACHE_MB", "2048")) * 2**20
+# From this image size on, ImageNet-style preprocessing: random-resized crops cut from the original
+# image (never from a thumbnail), so such splits are never decoded ahead.
+IMAGENET_STYLE = 128
 # The CIFAR-10a/10b halves are the same for every experiment seed, so transfer runs that use
 # different seeds still split the classes' images the same way.
 HALF_SPLIT_SEED = 20190531
@@ -39,20 +48,21 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    images: np.ndarray | None  # uint8 (n, h, w, 3) | encoded bytes (object array) | paths | None: not read
+    images: np.ndarray  # uint8 (n, h, w, 3) | paths | row ids into `shards`
     labels: np.ndarray  # int32 (n,)
-    kind: str  # "decoded" | "encoded" | "files"
+    kind: str  # "decoded" | "files" | "streamed"
+    shards: stream.Shards | None = None  # streamed: where the rows live
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, index: np.ndarray) -> "Split":
-        return Split(None if self.images is None else self.images[index], self.labels[index], self.kind)
+        return Split(self.images[index], self.labels[index], self.kind, self.shards)
 
 
 @dataclass
 class Dataset:
-    """A loaded data set: the encoded images and labels of both splits, in memory; batches come from
+    """A loaded data set: both splits (see `Split` for how each is held); batches come from
     `train_batches` / `test_batches`."""
 
     train: Split
@@ -75,31 +85,29 @@ class Dataset:
 
 def load(spec: DataSpec, seed: int) -> Dataset:
     """Read the data set a spec names, take its half/subset, validate labels, decode if small."""
-    d = _read(spec, seed, labels_only=False)
-    d.train, d.test = (_maybe_decode(s, spec.image_size) for s in (d.train, d.test))
+    d = inspect(spec, seed)
+    d.train, d.test = (_in_memory(s, spec.image_size) for s in (d.train, d.test))
     return d
 
 
 def inspect(spec: DataSpec, seed: int, download: bool = True) -> Dataset:
     """What `load` would give, checked without TensorFlow and without reading every image: labels,
     counts and one decoded sample per split. For the driver, before any cluster work starts.
-    Parquet images come back as None (only their labels are read). `download=False` (a dry run)
-    makes a missing CIFAR-10 an error instead of a download."""
-    return _read(spec, seed, labels_only=True, download=download)
-
-
-def _read(spec: DataSpec, seed: int, labels_only: bool, download: bool = True) -> Dataset:
+    Parquet splits come back streamed (labels and row ids only); `load` may then decode them.
+    `download=False` (a dry run) makes a missing CIFAR-10 an error instead of a download."""
     if spec.dataset == "synthetic":
         train, test, classes, source = *_synthetic(spec), spec.classes, "synthetic"
     else:
         root = _locate(spec)
-        train, test, classes, source = *_read_dir(root, spec.dataset, labels_only), None, str(root)
+        train, test, classes, source = *_read_dir(root, spec.dataset, spec.cache), None, str(root)
         if train is None:  # a Keras-cache CIFAR-10 that still has to be downloaded
             if not download:
                 raise DataError(f"data.dataset: 'cifar10' has no local copy (looked in $TICKETS_DATA_DIR/cifar10 "
                                 f"and {root}); a dry run downloads nothing: set data.path or TICKETS_DATA_DIR")
             train, test = _download_cifar10()
-        classes = 10 if spec.dataset == "cifar10" else int(train.labels.max()) + 1
+        names = root / stream.CLASSES_FILE
+        classes = (10 if spec.dataset == "cifar10" else len(json.loads(names.read_text())) if names.is_file()
+                   else int(train.labels.max()) + 1)
     _check_labels(train, classes, "train", source)
     _check_labels(test, classes, "test", source)
     if spec.half is not None:
@@ -114,6 +122,32 @@ def _read(spec: DataSpec, seed: int, labels_only: bool, download: bool = True) -
     return Dataset(train, test, classes, spec.image_size, source)
 
 
+def _streamed(split: Split, size: int) -> bool:
+    """Whether `load` leaves this split on its shards (else it is decoded into memory or read as files)."""
+    return split.kind == "streamed" and not _fits(split, size)
+
+
+def _fits(split: Split, size: int) -> bool:
+    return size < IMAGENET_STYLE and len(split) * size * size * 3 <= DECODE_CACHE_BYTES
+
+
+def describe(d: Dataset, spec: DataSpec) -> str:
+    """How the training split will be held, for the driver's data line, with a warning when
+    streamed shards are sorted by class (their shuffle windows would hold one class each)."""
+    t = d.train
+    if _streamed(t, spec.image_size):
+        where = "a node-local copy of " if spec.cache == "node" else ""
+        text = (f"streamed from {where}{len(t.shards.files)} shards (shuffle window {spec.shuffle_buffer} images; "
+                f"in-memory budget {DECODE_CACHE_BYTES >> 20} MiB, TICKETS_DECODE_CACHE_MB)")
+        if stream.class_sorted(t.shards, t.labels, t.images):
+            text += ("\nwarning: data.path: its row groups each hold one class, so streamed batches would too; "
+                     "write the shards again with `python -m tickets.shards` (rows in random order)")
+        return text
+    if t.kind == "files" and not _fits(t, spec.image_size):
+        return "read from image files as trained"
+    return "decoded into memory once"
+
+
 def _check_labels(split: Split, classes: int, name: str, source: str) -> None:
     if len(split) == 0:
         raise DataError(f"data.path: {source} has no {name} images")
@@ -125,6 +159,14 @@ def _check_labels(split: Split, classes: int, name: str, source: str) -> None:
 
 def _locate(spec: DataSpec) -> Path:
     """The directory to read; for `cifar10`, the first of the usual places that has a copy."""
+    if spec.dataset == "imagenet":  # shards written by tickets.shards, at data.path or $TICKETS_DATA_DIR/imagenet
+        where = spec.path or (os.environ.get("TICKETS_DATA_DIR") and Path(os.environ["TICKETS_DATA_DIR"]) / "imagenet")
+        root = Path(where or "$TICKETS_DATA_DIR/imagenet").expanduser()
+        if _layout(root) != "parquet":
+            raise DataError(f"data.dataset: 'imagenet' has no shards at {str(root)!r} (looked in "
+                            f"{'data.path' if spec.path else '$TICKETS_DATA_DIR/imagenet'}); write them with "
+                            f"`python -m tickets.shards ILSVRC_TREE {root}` (README, \"ImageNet\")")
+        return root
     if spec.dataset != "cifar10":
         root = Path(spec.path).expanduser()
         if not root.is_dir():
@@ -159,34 +201,33 @@ def _layout(root: Path) -> str | None:
         return None
     if (root / "data_batch_1").is_file() and (root / "test_batch").is_file():
         return "batches"
-    if _parquet_files(root, "train") and _parquet_files(root, "test"):
+    if _parquet_files(root, "train") and (_parquet_files(root, "test") or _parquet_files(root, "val")):
         return "parquet"
     if (root / "train").is_dir() and any((root / s).is_dir() for s in ("test", "val")):
         return "folders"
     return None
 
 
-def _read_dir(root: Path, dataset: str, labels_only: bool = False) -> tuple[Split | None, Split | None]:
+def _read_dir(root: Path, dataset: str, cache: str = "none") -> tuple[Split | None, Split | None]:
     layout = _layout(root)
     if dataset == "cifar10" and layout is None:
         return None, None
-    if dataset == "parquet" and layout != "parquet":
+    if dataset in ("parquet", "imagenet") and layout != "parquet":
         raise DataError(f"data.path: {str(root)!r} has no train*.parquet and test*.parquet shards "
-                        f"(or train/ and test/ folders of them)")
+                        f"(or train/ and test/ or val/ folders of them)")
     if dataset == "image_folder" and layout != "folders":
         raise DataError(f"data.path: {str(root)!r} has no train/ and test/ (or val/) class folders")
     if layout == "batches":
         return _cifar_batches(root)
     if layout == "parquet":
-        return (_parquet(_parquet_files(root, "train"), labels_only),
-                _parquet(_parquet_files(root, "test"), labels_only))
+        return (_parquet(_parquet_files(root, "train"), cache),
+                _parquet(_parquet_files(root, "test") or _parquet_files(root, "val"), cache))
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     splits = _folder(root / "train", classes), _folder(test_dir, classes)
-    if labels_only:
-        for split in splits:
-            if len(split):
-                _check_image(Path(split.images[0]).read_bytes(), split.images[0])
+    for split in splits:
+        if len(split):
+            _check_image(Path(split.images[0]).read_bytes(), split.images[0])
     return splits
 
 
@@ -197,24 +238,24 @@ def _parquet_files(root: Path, split: str) -> list[Path]:
     return files
 
 
-def _parquet(files: list[Path], labels_only: bool = False) -> Split:
+def _parquet(files: list[Path], cache: str) -> Split:
+    """A streamed split: the shards' row groups and every label; of the images only the first is read."""
     import pyarrow.parquet as pq
 
-    images, labels = [], []
+    labels = []
     for f in files:
         try:
-            table = pq.read_table(f, columns=["label"] if labels_only else ["image", "label"])
-            if labels_only and f == files[0] and table.num_rows:
-                first = pq.ParquetFile(f).read_row_group(0, columns=["image"]).column("image")[0].as_py()
+            labels.append(pq.read_table(f, columns=[stream.LABEL]).column(0).to_numpy().astype(np.int32))
+            if f == files[0] and len(labels[0]):
+                first = pq.ParquetFile(f).read_row_group(0, columns=[stream.IMAGE]).column(0)[0].as_py()
                 _check_image(first, f"{f} row 0")
         except DataError:
             raise
         except Exception as e:  # pyarrow raises several types for missing columns or bad files
             raise DataError(f"data.path: {str(f)!r} cannot be read as image/label Parquet: {e}") from None
-        if not labels_only:
-            images.extend(table.column("image").to_pylist())
-        labels.append(table.column("label").to_numpy().astype(np.int32))
-    return Split(None if labels_only else np.array(images, dtype=object), np.concatenate(labels), "encoded")
+    shards = stream.index(files)
+    shards.cache = cache
+    return Split(np.arange(shards.starts[-1]), np.concatenate(labels), "streamed", shards)
 
 
 def _check_image(encoded: bytes, where) -> None:
@@ -327,53 +368,123 @@ def half_indices(labels: np.ndarray, half: str) -> np.ndarray:
 # Pipelines.
 
 
-def _decode(image, size: int, kind: str):
+def _in_memory(split: Split, size: int) -> Split:
+    """Decode a split once so epochs cost no decoding, when it is small and at a CIFAR-style size;
+    leave others streamed or as files. Decoding goes row group by row group (or a few thousand
+    files at a time) into one preallocated array, so the peak is the pixels plus one group."""
     import tensorflow as tf
 
-    if kind == "files":
-        image = tf.io.read_file(image)
-    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+    if split.kind == "decoded":
+        if split.images.shape[1:] != (size, size, 3):
+            resized = tf.image.resize(split.images, (size, size), antialias=True)
+            return Split(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8), split.labels, "decoded")
+        return split
+    if not _fits(split, size):
+        return split
+    pixels = np.empty((len(split), size, size, 3), np.uint8)
+    if split.kind == "streamed":
+        group = split.shards.group_of(split.images)
+        by_group = np.argsort(group, kind="stable")
+        parts = np.split(by_group, np.flatnonzero(np.diff(group[by_group])) + 1)
+    else:
+        parts = np.array_split(np.arange(len(split)), max(1, len(split) // 4096))
+    reader = stream.Reader(split.shards) if split.kind == "streamed" else None
+    for part in parts:
+        encoded = (reader.read(split.images[part]) if reader else
+                   [Path(f).read_bytes() for f in split.images[part]])
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(encoded, tf.string))
+        ds = ds.map(lambda x: _small(x, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        try:
+            pixels[part] = np.concatenate([b.numpy() for b in ds.batch(1024)])
+        except tf.errors.InvalidArgumentError as e:
+            raise DataError(f"data: an image could not be decoded: {e.message.splitlines()[0]}") from None
+    return Split(pixels, split.labels, "decoded")
+
+
+# Preprocessing, one image at a time inside the `tf.data` map. `x` is what the split holds: uint8
+# pixels, a file path or encoded bytes.
+
+
+def _encoded(x, kind: str):
+    import tensorflow as tf
+
+    return tf.io.read_file(x) if kind == "files" else x
+
+
+def _small(encoded, size: int):
+    """The whole image resized to size x size, rounded to uint8 (as decoded-in-memory splits hold it)."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image = tf.image.resize(image, (size, size), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def _maybe_decode(split: Split, size: int) -> Split:
-    """Decode a small split once so epochs cost no decoding; leave large ones encoded."""
-    if split.kind == "decoded":
-        if split.images.shape[1:] != (size, size, 3):
-            import tensorflow as tf
-
-            resized = tf.image.resize(split.images, (size, size), antialias=True)
-            return Split(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8), split.labels, "decoded")
-        return split
-    if len(split) * size * size * 3 > DECODE_CACHE_BYTES:
-        return split
+def _random_resized_crop(x, kind: str, seed, size: int):
+    """A random crop of 8-100 % of the original image's area, aspect ratio 3/4..4/3 (Szegedy et al.
+    2015, as torchvision's RandomResizedCrop and TF's Inception preprocessing), resized to size x
+    size. JPEGs decode only the crop (`decode_and_crop_jpeg`); the crop box depends on the image's
+    shape and the seed alone, so every kind of split cuts the same box."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices(split.images)
-    ds = ds.map(lambda x: _decode(x, size, split.kind), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    try:
-        pixels = np.concatenate([b.numpy() for b in ds.batch(4096)])
-    except tf.errors.InvalidArgumentError as e:
-        raise DataError(f"data: an image could not be decoded: {e.message.splitlines()[0]}") from None
-    return Split(pixels, split.labels, "decoded")
+    def box(shape):
+        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape, tf.zeros((0, 0, 4)), seed=seed, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+            max_attempts=10, use_image_if_no_bounding_boxes=True)
+        return begin, extent
+
+    def cut(image):
+        begin, extent = box(tf.shape(image))
+        return tf.slice(image, begin, extent)
+
+    if kind == "decoded":
+        crop = cut(x)
+    else:
+        encoded = _encoded(x, kind)
+
+        def jpeg():
+            begin, extent = box(tf.image.extract_jpeg_shape(encoded))
+            return tf.image.decode_and_crop_jpeg(encoded, tf.stack([begin[0], begin[1], extent[0], extent[1]]),
+                                                 channels=3)
+
+        crop = tf.cond(tf.io.is_jpeg(encoded), jpeg,
+                       lambda: cut(tf.io.decode_image(encoded, channels=3, expand_animations=False)))
+    return tf.image.resize(crop, (size, size), antialias=True)
 
 
-def _augment(image, seed, size: int):
+def _central_crop(x, kind: str, size: int):
+    """Evaluation: the shorter side resized to size / 0.875, then the central size x size crop."""
+    import tensorflow as tf
+
+    image = x if kind == "decoded" else tf.io.decode_image(_encoded(x, kind), channels=3, expand_animations=False)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = round(size / 0.875) / tf.reduce_min(shape)
+    resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), antialias=True)
+    return tf.image.resize_with_crop_or_pad(resized, size, size)
+
+
+def _train_image(x, seed, kind: str, size: int, augment: bool):
     import tensorflow as tf
 
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    if size < 128:
-        # CIFAR-style: pad 4 pixels on each side, random crop back to size, random flip.
+    if size >= IMAGENET_STYLE:
+        if not augment:
+            return _central_crop(x, kind, size)
+        image = _random_resized_crop(x, kind, s1, size)
+    else:
+        image = x if kind == "decoded" else _small(_encoded(x, kind), size)
+        if not augment:
+            return image
+        # CIFAR-style: pad 4 pixels on each side, random crop back to size.
         padded = tf.image.resize_with_crop_or_pad(image, size + 8, size + 8)
         image = tf.image.stateless_random_crop(padded, (size, size, 3), seed=s1)
-    else:
-        # ImageNet-style random-resized crop: 8-100 % of the area, aspect ratio 3/4..4/3.
-        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image), tf.zeros((0, 0, 4)), seed=s1, area_range=(0.08, 1.0),
-            aspect_ratio_range=(3 / 4, 4 / 3), use_image_if_no_bounding_boxes=True)
-        image = tf.image.resize(tf.slice(image, begin, crop_size), (size, size))
     return tf.image.stateless_random_flip_left_right(image, seed=s2)
+
+
+def _test_image(x, kind: str, size: int):
+    if size >= IMAGENET_STYLE:
+        return _central_crop(x, kind, size)
+    return x if kind == "decoded" else _small(_encoded(x, kind), size)
 
 
 def _to_float(image):
@@ -382,53 +493,69 @@ def _to_float(image):
     return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
-def _lookup(split: Split, size: int):
+def _elements(split: Split, index: np.ndarray, seeds: np.ndarray, windows: np.ndarray | None = None):
+    """(x, label, seed) per position of `index`, as `tf.data`: x gathered from the in-memory
+    pixels (through numpy, so the pipeline never copies the whole array), a file path, or encoded
+    bytes streamed from the shards window by window."""
     import tensorflow as tf
 
-    images = tf.constant(split.images) if split.kind == "decoded" else tf.constant(split.images.tolist())
-    labels = tf.constant(split.labels)
+    labels = split.labels[index]
+    if split.kind == "files":
+        return tf.data.Dataset.from_tensor_slices((split.images[index], labels, seeds))
+    if split.kind == "decoded":
+        pixels = split.images
+        shape = (None, *pixels.shape[1:])
 
-    def get(i):
-        image = tf.gather(images, i)
-        if split.kind != "decoded":
-            image = _decode(image, size, split.kind)
-        return image, tf.gather(labels, i)
+        def gather(i, y, s):
+            x = tf.numpy_function(lambda j: pixels[j], [i], tf.uint8, stateful=False)
+            return tf.ensure_shape(x, shape), y, s
 
-    return get
+        ds = tf.data.Dataset.from_tensor_slices((index, labels, seeds)).batch(stream.CHUNK).map(gather)
+        return ds.unbatch()
+    rows = split.images[index]
+    if windows is None:  # a fixed order: read row group by row group
+        windows = split.shards.group_of(rows)
+    signature = (tf.TensorSpec((None,), tf.string), tf.TensorSpec((None,), tf.int32),
+                 tf.TensorSpec((None, 2), tf.int64))
+    ds = tf.data.Dataset.from_generator(lambda: stream.chunks(split.shards, rows, windows, labels, seeds),
+                                        output_signature=signature)
+    return ds.unbatch()
 
 
 def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num_steps: int, threads: int = 0):
     """Batches `start_step .. start_step + num_steps` of the training stream, as `tf.data`.
 
-    Epoch `e` visits a permutation seeded by (seed, e) and drops the last partial batch, so
-    step `k` always holds the same images, however the run was split or resumed. `threads` > 0
-    gives the pipeline a private pool of that size (the CPUs the process was given).
+    Epoch `e` visits the images in an order that depends on (seed, e) alone: a permutation of the
+    whole split when it is in memory or read as files, the windowed shard order of
+    `stream.epoch_order` when streamed. The last partial batch is dropped, so step `k` always
+    holds the same images however the run was split or resumed, and a resumed stream reads only
+    what its steps need. `threads` > 0 gives the pipeline a private pool of that size.
     """
     import tensorflow as tf
 
-    n, batch = len(data.train), spec.batch_size
-    spe = data.steps_per_epoch(batch)
+    split, batch, size = data.train, spec.batch_size, data.image_size
+    n, spe = len(split), data.steps_per_epoch(batch)
     first, last = start_step // spe, (start_step + num_steps - 1) // spe
-    index, epoch, position = [], [], []
+    index, epoch, position, windows = [], [], [], []
     for e in range(first, last + 1):
-        perm = np.random.default_rng([seed, e]).permutation(n)[: spe * batch]
-        index.append(perm)
-        epoch.append(np.full(len(perm), e))
-        position.append(np.arange(len(perm)))
+        if split.kind == "streamed":
+            order, window = stream.epoch_order(split.shards, split.images, seed, e, spec.shuffle_buffer)
+            windows.append(window[: spe * batch] + e * n)  # windows of different epochs never merge
+        else:
+            order = np.random.default_rng([seed, e]).permutation(n)
+        index.append(order[: spe * batch])
+        epoch.append(np.full(spe * batch, e))
+        position.append(np.arange(spe * batch))
     begin = (start_step - first * spe) * batch
     end = begin + num_steps * batch
     index, epoch, position = (np.concatenate(a)[begin:end] for a in (index, epoch, position))
+    windows = np.concatenate(windows)[begin:end] if windows else None
     seeds = np.stack([np.full(len(index), seed), epoch * n + position], axis=1).astype(np.int64)
 
-    get = _lookup(data.train, data.image_size)
+    def prepare(x, label, s):
+        return _to_float(_train_image(x, s, split.kind, size, spec.augment)), label
 
-    def prepare(i, s):
-        image, label = get(i)
-        if spec.augment:
-            image = _augment(image, s, data.image_size)
-        return _to_float(image), label
-
-    ds = tf.data.Dataset.from_tensor_slices((index, seeds))
+    ds = _elements(split, index, seeds, windows)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _sized(ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE), threads)
 
@@ -448,14 +575,12 @@ def test_batches(data: Dataset, spec: DataSpec, threads: int = 0):
     """The test split as a `tf.data.Dataset` of (images, labels) in a fixed order, no augmentation."""
     import tensorflow as tf
 
-    get = _lookup(data.test, data.image_size)
-    size = data.image_size
+    split, size = data.test, data.image_size
+    index = np.arange(len(split))
 
-    def prepare(i):
-        image, label = get(i)
-        if size >= 128:  # ImageNet-style evaluation: central 87.5 % crop
-            image = tf.image.resize(tf.image.central_crop(image, 0.875), (size, size))
-        return _to_float(image), label
+    def prepare(x, label, _):
+        return _to_float(_test_image(x, split.kind, size)), label
 
-    ds = tf.data.Dataset.range(len(data.test)).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _elements(split, index, np.zeros((len(split), 2), np.int64))
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _sized(ds.batch(spec.batch_size).prefetch(tf.data.AUTOTUNE), threads)

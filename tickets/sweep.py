@@ -563,7 +563,7 @@ def check_inputs(args: argparse.Namespace) -> Plan:
         res = resolve_resources(spec, [{"CPU": cpus, "GPU": gpus}])
         cluster = f"would start local Ray with {cpus} CPU, {gpus} GPU"
     print(f"data: {len(info.train)} train / {len(info.test)} test images, {info.num_classes} classes, "
-          f"from {info.source}; {spe} steps per epoch")
+          f"from {info.source}; {spe} steps per epoch; {data_lib.describe(info, spec.data)}")
     return Plan(args, spec, exp, spe, on_disk, sources, source_tickets, res, cluster)
 
 

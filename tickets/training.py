@@ -168,7 +168,8 @@ def derive_seed(*parts: int) -> int:
 
 
 class Schedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Warm-up, then constant, step or cosine decay; `offset` resumes it at a rewind step."""
+    """Warm-up, then constant, step, exponential (per epoch) or cosine decay; `offset` resumes it at
+    a rewind step."""
 
     def __init__(self, spec: DenseSpec, steps_per_epoch: int, offset: int = 0):
         self.base = spec.optimizer.learning_rate
@@ -177,6 +178,7 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup = step_of(spec.schedule.warmup_epochs, steps_per_epoch)
         self.milestones = [step_of(m, steps_per_epoch) for m in spec.schedule.milestones]
         self.gamma = spec.schedule.gamma
+        self.steps_per_epoch = steps_per_epoch
         # A variable, so a compiled model reused for another rewind point needs no retracing.
         self.offset = keras.Variable(float(offset), dtype="float32", trainable=False, name="schedule_offset")
 
@@ -188,6 +190,8 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         elif self.name == "step":
             passed = sum(keras.ops.cast(t >= m, "float32") for m in self.milestones) if self.milestones else 0.0
             lr = self.base * keras.ops.power(self.gamma, passed)
+        elif self.name == "exponential":  # torchvision's StepLR(step_size=1 epoch), as its MobileNetV2 recipe
+            lr = self.base * keras.ops.power(self.gamma, keras.ops.floor(t / self.steps_per_epoch))
         else:
             lr = self.base * keras.ops.ones_like(t)
         if self.warmup:
