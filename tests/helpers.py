@@ -195,7 +195,7 @@ def write_imagenet_tree(root: Path, classes: int = 12, train: int = 10, val: int
                         odd_files: bool = True, seed: int = 0) -> Path:
     """An ILSVRC-like tree, train/<synset>/*.JPEG and val/<synset>/*.JPEG: smooth colour images of
     random sizes and aspect ratios (each class its own colour, so they are learnable). With
-    `odd_files`: one truncated JPEG (listed as left out), one PNG, one CMYK JPEG (re-encoded) and a
+    `odd_files`: one truncated JPEG (listed as left out), one PNG, one CMYK JPEG (kept: TensorFlow decodes it) and a
     text file (ignored)."""
     from PIL import Image
 

@@ -37,7 +37,8 @@ def test_dense_hash_ignores_the_grid_but_not_the_training():
     a = config.load("smoke")
     assert config.load("smoke", ["search.sparsity=[0.3]"]).dense_hash() == a.dense_hash()
     assert config.load("smoke", ["dense.epochs=5"]).dense_hash() != a.dense_hash()
-    assert config.load("smoke", ["data.cache=node"]).dense_hash() == a.dense_hash()  # same numbers
+    cached = config.load("smoke", ["data.cache=node"])  # same numbers, and allowed on --resume
+    assert cached.dense_hash() == a.dense_hash() and cached.spec_hash() == a.spec_hash()
     assert config.load("smoke", ["data.shuffle_buffer=64"]).dense_hash() != a.dense_hash()
 
 

@@ -12,10 +12,10 @@ import textwrap
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import read_results, run, sets, write_imagenet_tree
+from helpers import CIFAR10, needs_cifar10, read_results, run, sets, write_imagenet_tree
 
 from tickets import bench, data, stream
-from tickets.config import DataSpec
+from tickets.config import DataSpec, SubsetSpec
 
 
 def _batches(ds):
@@ -38,7 +38,6 @@ def test_converter_writes_shards_reports_bad_images_and_skips_finished_ones(conv
     src, dst, out = converted
     report = json.loads((dst / "report.json").read_text())
     assert [c["path"] for c in report["left_out"]] == ["train/n00000000/n00000000_broken.JPEG"]
-    assert [c["path"] for c in report["converted"]] == ["train/n00000000/n00000000_cmyk.JPEG"]
     assert report["ignored"] == ["train/n00000000/notes.txt"]
     assert "n00000000_broken.JPEG: OSError" in out and "left out" in out  # named on the terminal too
     assert json.loads((dst / "classes.json").read_text()) == [f"n{c:08d}" for c in range(12)]
@@ -46,7 +45,7 @@ def test_converter_writes_shards_reports_bad_images_and_skips_finished_ones(conv
     shards = sorted((dst / "train").glob("*.parquet"))
     assert len(shards) >= 3 and [s["file"] for s in manifest["shards"]] == [s.name for s in shards]
     rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
-    assert rows == manifest["rows"] == 12 * 24 + 2  # + the PNG and the re-encoded CMYK, - the broken one
+    assert rows == manifest["rows"] == 12 * 24 + 2  # + the PNG and the CMYK JPEG, - the broken one
     first = pq.ParquetFile(shards[0])
     assert first.metadata.row_group(0).num_rows == 32 and first.schema_arrow.names == ["image", "label", "path"]
     # Rows are in random order (a row group holds many classes), and every image is where its label says.
@@ -65,7 +64,13 @@ def test_converter_writes_shards_reports_bad_images_and_skips_finished_ones(conv
 def test_converter_rejects_bad_input_before_starting_anything(tmp_path, converted):
     src, dst, _ = converted
     (tmp_path / "flat").mkdir()
+    (tmp_path / "noval" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "flatval" / "val").mkdir(parents=True)
+    (tmp_path / "flatval" / "train").symlink_to(src / "train")
+    (tmp_path / "flatval" / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"")
     for args, message in (([str(tmp_path / "flat"), str(tmp_path / "out")], "SRC: .* has no train/ folder"),
+                          ([str(tmp_path / "noval"), str(tmp_path / "out")], "SRC: .* has no val/ \\(or test/\\)"),
+                          ([str(tmp_path / "flatval"), str(tmp_path / "out")], "SRC: val/ holds images directly"),
                           ([str(src), str(src / "shards")], "DST: .* is inside SRC"),
                           ([str(src), str(dst), "--shard-mb", "1"], "DST: .* is a shard of another conversion"),
                           ([str(src), str(tmp_path / "out"), "--row-group", "0"], "--row-group: 0 must be >= 1")):
@@ -175,14 +180,15 @@ def test_streamed_memory_does_not_grow_with_the_data_set(tmp_path):
     """Peak RSS of a process streaming 25 batches at 128 px from 1,500 vs 6,000 ImageNet-like JPEGs
     (about 4x the encoded bytes) differs by far less than the encoded difference."""
     child = textwrap.dedent("""
-        import resource, sys
+        import sys
         from tickets import data
-        from tickets.config import DataSpec
+        from tickets.config import DataSpec, SubsetSpec
         spec = DataSpec(dataset="parquet", path=sys.argv[1], image_size=128, batch_size=32, shuffle_buffer=512)
         d = data.load(spec, seed=0)
         for _ in data.train_batches(d, spec, seed=0, start_step=0, num_steps=25, threads=2):
             pass
-        print(d.train.kind, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        # VmHWM: this process's own peak (ru_maxrss carries the parent's over from before exec)
+        print(d.train.kind, next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) // 1024)
     """)
     peaks, sizes = [], []
     for rows in (1500, 6000):
@@ -209,3 +215,54 @@ def test_a_sweep_trains_end_to_end_on_streamed_shards(converted, tmp_path):
     df = read_results(tmp_path / "streamed")
     final = df[df.epoch == 3].set_index("control")["test_accuracy"]  # chance: 1/12
     assert len(final) == 2 and (final > 2 / 12).all(), final  # the dense network and the ticket learned
+
+
+def test_unfinished_or_class_sorted_shards_are_caught_before_anything_starts(converted, tmp_path, monkeypatch):
+    import shutil
+
+    _, dst, _ = converted
+    partial = tmp_path / "partial"
+    shutil.copytree(dst, partial)
+    sorted((partial / "train").glob("*.parquet"))[-1].unlink()  # a conversion that stopped half-way
+    with pytest.raises(data.DataError, match=r"does not hold the shards shards.json lists .*tickets.shards"):
+        data.inspect(DataSpec(dataset="parquet", path=str(partial), image_size=128), seed=0)
+    (partial / "classes.json").unlink()
+    (partial / "train" / "shards.json").unlink()
+    with pytest.raises(data.DataError, match="has no classes.json: its conversion did not finish"):
+        data.inspect(DataSpec(dataset="imagenet", path=str(partial), image_size=128), seed=0)
+    monkeypatch.delenv("TICKETS_DATA_DIR", raising=False)
+    with pytest.raises(data.DataError, match="data.path: null and TICKETS_DATA_DIR is unset"):
+        data.inspect(DataSpec(dataset="imagenet", image_size=128), seed=0)
+    # Converted shards stream in windows; a small set at CIFAR size is decoded into memory instead.
+    spec = DataSpec(dataset="imagenet", path=str(dst), image_size=128, shuffle_buffer=64)
+    assert data.order(data.inspect(spec, seed=0).train, spec) == "streamed windows of 64"
+    small = DataSpec(dataset="imagenet", path=str(dst), image_size=64)
+    assert data.order(data.inspect(small, seed=0).train, small) == "permutation"
+
+
+@needs_cifar10()
+def test_class_sorted_shards_are_shuffled_whole_or_refused(monkeypatch):
+    # ../shared/data/cifar10 is sorted by class: windows would hold one class each.
+    spec = DataSpec(dataset="cifar10", path=str(CIFAR10), image_size=32, batch_size=50,
+                    subset=SubsetSpec(train=1000, test=100))
+    monkeypatch.setattr(data, "DECODE_CACHE_BYTES", 1000 * 32 * 32 * 3 // 2)  # too small to decode, enough to shuffle
+    d = data.load(spec, seed=0)
+    assert d.train.kind == "streamed" and data.order(d.train, spec) == "streamed whole"
+    assert "shuffled whole: its rows are sorted by class" in data.describe(d, spec)
+    labels = np.concatenate([y for _, y in _batches(data.train_batches(d, spec, seed=0, start_step=0, num_steps=20))])
+    assert sorted(labels.tolist()) == sorted(d.train.labels.tolist())  # one epoch: every image once
+    assert len(set(labels[:50].tolist())) >= 8  # and the first batch mixes the classes
+    monkeypatch.setattr(data, "DECODE_CACHE_BYTES", 0)
+    with pytest.raises(data.DataError, match="sorted by class, so they must be shuffled whole"):
+        data.inspect(spec, seed=0)
+
+
+def test_a_dense_run_that_saw_another_data_order_is_not_reused(tmp_path, capsys):
+    from tickets import artifacts, config, sweep
+
+    spec = config.load("smoke")
+    artifacts.save_dense(tmp_path / artifacts.DENSE_DIR, {0: {"w": np.zeros(2, np.float32)}},
+                         {"dense_hash": spec.dense_hash(), "runtime": {"data_order": "permutation"}})
+    assert sweep.reusable_dense(spec, tmp_path, [0], "permutation") is not None
+    assert sweep.reusable_dense(spec, tmp_path, [0], "streamed windows of 4096") is None
+    assert "visited the data as 'permutation'" in capsys.readouterr().out

@@ -28,6 +28,9 @@ DATASETS = ("cifar10", "imagenet", "parquet", "image_folder", "synthetic")
 ARCHS = ("mobilenet_v2", "conv2", "conv4", "conv6", "lenet_300_100")
 STRIDES = ("imagenet", "cifar")
 OPTIMIZERS = ("sgd", "adam")
+# From this image size on, ImageNet-style preprocessing (tickets.data): random-resized crops cut from
+# the original image, never from a thumbnail, so such splits are never decoded ahead.
+IMAGENET_STYLE = 128
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 # Groups of prunable kernels, broadest first: a tensor in several groups takes the rate of the last
 # one (`pruning.rates: {conv: 0.1, first_conv: 0.05}` prunes the first convolution at 0.05).
@@ -254,13 +257,17 @@ class Spec:
         d["data"].pop("cache")  # where the shards are read from changes no number
         if d["data"]["shuffle_buffer"] == DataSpec.shuffle_buffer:
             d["data"].pop("shuffle_buffer")  # added later: at its default, dense runs from before still match
+        if d["data"]["image_size"] >= IMAGENET_STYLE:  # crops cut from the original image since 2026-11
+            d["data"]["preprocessing"] = "crop from original"
         return {k: d[k] for k in ("seed", "data", "model", "dense")}
 
     def dense_hash(self) -> str:
         return _hash(self.dense_dict())
 
     def spec_hash(self) -> str:
-        return _hash(self.to_dict())
+        d = self.to_dict()
+        d["data"].pop("cache")  # a resumed sweep may read its shards from elsewhere
+        return _hash(d)
 
     def record_steps(self, steps_per_epoch: int) -> list[int]:
         """Steps at which the dense run keeps snapshots: init, every rewind point, final."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tickets import stream
-from tickets.config import DataSpec
+from tickets.config import IMAGENET_STYLE, DataSpec
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -34,9 +34,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # per node and what each worker maps: the one object-store copy, shared by all the node's workers
 # (the pipeline gathers from it without a private copy); larger splits are streamed or read as files.
 DECODE_CACHE_BYTES = int(os.environ.get("TICKETS_DECODE_CACHE_MB", "2048")) * 2**20
-# From this image size on, ImageNet-style preprocessing: random-resized crops cut from the original
-# image (never from a thumbnail), so such splits are never decoded ahead.
-IMAGENET_STYLE = 128
 # The CIFAR-10a/10b halves are the same for every experiment seed, so transfer runs that use
 # different seeds still split the classes' images the same way.
 HALF_SPLIT_SEED = 20190531
@@ -105,9 +102,7 @@ def inspect(spec: DataSpec, seed: int, download: bool = True) -> Dataset:
                 raise DataError(f"data.dataset: 'cifar10' has no local copy (looked in $TICKETS_DATA_DIR/cifar10 "
                                 f"and {root}); a dry run downloads nothing: set data.path or TICKETS_DATA_DIR")
             train, test = _download_cifar10()
-        names = root / stream.CLASSES_FILE
-        classes = (10 if spec.dataset == "cifar10" else len(json.loads(names.read_text())) if names.is_file()
-                   else int(train.labels.max()) + 1)
+        classes = 10 if spec.dataset == "cifar10" else _classes(root, spec.dataset, train)
     _check_labels(train, classes, "train", source)
     _check_labels(test, classes, "test", source)
     if spec.half is not None:
@@ -119,7 +114,21 @@ def inspect(spec: DataSpec, seed: int, download: bool = True) -> Dataset:
             test = test.take(balanced_subset(test.labels, spec.subset.test, seed, "data.subset.test"))
     if len(train) < spec.batch_size:
         raise DataError(f"data.batch_size: {spec.batch_size} is larger than the {len(train)} training images")
+    _check_shuffle(train, spec)
     return Dataset(train, test, classes, spec.image_size, source)
+
+
+def _classes(root: Path, dataset: str, train: Split) -> int:
+    names = root / stream.CLASSES_FILE
+    if names.is_file():
+        try:
+            return len(json.loads(names.read_text()))
+        except ValueError:
+            raise DataError(f"data.path: {str(names)!r} is not a JSON list of class names") from None
+    if dataset == "imagenet":  # tickets.shards writes classes.json last: without it, the conversion is unfinished
+        raise DataError(f"data.path: {str(root)!r} has no {stream.CLASSES_FILE}: its conversion did not finish; "
+                        f"run `python -m tickets.shards` again")
+    return int(train.labels.max()) + 1
 
 
 def _streamed(split: Split, size: int) -> bool:
@@ -131,18 +140,24 @@ def _fits(split: Split, size: int) -> bool:
     return size < IMAGENET_STYLE and len(split) * size * size * 3 <= DECODE_CACHE_BYTES
 
 
+def order(split: Split, spec: DataSpec) -> str:
+    """How epochs visit a split, which changes the numbers a run produces (so the dense manifest
+    records it): a permutation of the whole split in memory, or the streamed windowed order."""
+    if not _streamed(split, spec.image_size):
+        return "permutation"
+    return "streamed whole" if split.shards.sorted_by_class else f"streamed windows of {spec.shuffle_buffer}"
+
+
 def describe(d: Dataset, spec: DataSpec) -> str:
-    """How the training split will be held, for the driver's data line, with a warning when
-    streamed shards are sorted by class (their shuffle windows would hold one class each)."""
+    """How the training split will be held, for the driver's data line."""
     t = d.train
     if _streamed(t, spec.image_size):
         where = "a node-local copy of " if spec.cache == "node" else ""
-        text = (f"streamed from {where}{len(t.shards.files)} shards (shuffle window {spec.shuffle_buffer} images; "
-                f"in-memory budget {DECODE_CACHE_BYTES >> 20} MiB, TICKETS_DECODE_CACHE_MB)")
-        if stream.class_sorted(t.shards, t.labels, t.images):
-            text += ("\nwarning: data.path: its row groups each hold one class, so streamed batches would too; "
-                     "write the shards again with `python -m tickets.shards` (rows in random order)")
-        return text
+        how = ("shuffled whole: its rows are sorted by class, so windows would hold one class each; "
+               f"{_held(t) / 2**20:,.1f} MiB of encoded images held per process"
+               if t.shards.sorted_by_class else f"shuffle window {spec.shuffle_buffer} images")
+        return (f"streamed from {where}{len(t.shards.files)} shards ({how}; in-memory budget "
+                f"{DECODE_CACHE_BYTES >> 20} MiB, TICKETS_DECODE_CACHE_MB)")
     if t.kind == "files" and not _fits(t, spec.image_size):
         return "read from image files as trained"
     return "decoded into memory once"
@@ -160,10 +175,12 @@ def _check_labels(split: Split, classes: int, name: str, source: str) -> None:
 def _locate(spec: DataSpec) -> Path:
     """The directory to read; for `cifar10`, the first of the usual places that has a copy."""
     if spec.dataset == "imagenet":  # shards written by tickets.shards, at data.path or $TICKETS_DATA_DIR/imagenet
-        where = spec.path or (os.environ.get("TICKETS_DATA_DIR") and Path(os.environ["TICKETS_DATA_DIR"]) / "imagenet")
-        root = Path(where or "$TICKETS_DATA_DIR/imagenet").expanduser()
+        if not spec.path and not os.environ.get("TICKETS_DATA_DIR"):
+            raise DataError("data.path: null and TICKETS_DATA_DIR is unset: data.dataset 'imagenet' needs one of "
+                            "them to find its shards (written by `python -m tickets.shards`)")
+        root = Path(spec.path or Path(os.environ["TICKETS_DATA_DIR"]) / "imagenet").expanduser()
         if _layout(root) != "parquet":
-            raise DataError(f"data.dataset: 'imagenet' has no shards at {str(root)!r} (looked in "
+            raise DataError(f"data.dataset: 'imagenet' has no shards at {str(root)!r} (from "
                             f"{'data.path' if spec.path else '$TICKETS_DATA_DIR/imagenet'}); write them with "
                             f"`python -m tickets.shards ILSVRC_TREE {root}` (README, \"ImageNet\")")
         return root
@@ -253,9 +270,32 @@ def _parquet(files: list[Path], cache: str) -> Split:
             raise
         except Exception as e:  # pyarrow raises several types for missing columns or bad files
             raise DataError(f"data.path: {str(f)!r} cannot be read as image/label Parquet: {e}") from None
-    shards = stream.index(files)
+    try:
+        shards = stream.index(files)
+    except ValueError as e:
+        raise DataError(f"data.path: {e}") from None
     shards.cache = cache
-    return Split(np.arange(shards.starts[-1]), np.concatenate(labels), "streamed", shards)
+    rows, labels = np.arange(shards.starts[-1]), np.concatenate(labels)
+    shards.sorted_by_class = stream.class_sorted(shards, labels, rows)
+    return Split(rows, labels, "streamed", shards)
+
+
+def _held(split: Split) -> int:
+    """Encoded bytes of a streamed split's own rows (a subset's share of its shards)."""
+    return split.shards.encoded_bytes * len(split) // max(1, int(split.shards.starts[-1]))
+
+
+def _check_shuffle(split: Split, spec: DataSpec) -> None:
+    """A streamed split sorted by class is shuffled whole, which holds its encoded images in memory:
+    they must fit the in-memory budget."""
+    if not (_streamed(split, spec.image_size) and split.shards.sorted_by_class):
+        return
+    held = _held(split)
+    if held > DECODE_CACHE_BYTES:
+        raise DataError(f"data.path: the rows of {str(Path(split.shards.files[0]).parent)!r} are sorted by class, "
+                        f"so they must be shuffled whole, and their {held / 2**20:.1f} MiB of encoded images exceed the "
+                        f"in-memory budget ({DECODE_CACHE_BYTES >> 20} MiB, TICKETS_DECODE_CACHE_MB); write them "
+                        f"again with `python -m tickets.shards` (rows in random order)")
 
 
 def _check_image(encoded: bytes, where) -> None:
@@ -539,11 +579,12 @@ def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num
     index, epoch, position, windows = [], [], [], []
     for e in range(first, last + 1):
         if split.kind == "streamed":
-            order, window = stream.epoch_order(split.shards, split.images, seed, e, spec.shuffle_buffer)
+            buffer = n if split.shards.sorted_by_class else spec.shuffle_buffer  # see `order`
+            visit, window = stream.epoch_order(split.shards, split.images, seed, e, buffer)
             windows.append(window[: spe * batch] + e * n)  # windows of different epochs never merge
         else:
-            order = np.random.default_rng([seed, e]).permutation(n)
-        index.append(order[: spe * batch])
+            visit = np.random.default_rng([seed, e]).permutation(n)
+        index.append(visit[: spe * batch])
         epoch.append(np.full(spe * batch, e))
         position.append(np.arange(spe * batch))
     begin = (start_step - first * spe) * batch

@@ -10,8 +10,7 @@ every shard; the node cache checks copies against it) and `report.json`.
 
 Each shard is one Ray task, so a cluster converts in parallel (`--address`); finished shards are
 skipped when the command runs again. Every image is decoded once: one that cannot be read is left
-out and listed in report.json and on the terminal, never silently; CMYK JPEGs, which TensorFlow
-cannot decode to RGB, are re-encoded as RGB JPEGs and listed too.
+out and listed in report.json and on the terminal, never silently.
 """
 
 from __future__ import annotations
@@ -48,18 +47,28 @@ def plan(src: Path, shard_mb: float, seed: int) -> tuple[list[str], list[dict], 
     classes = sorted(p.name for p in train.iterdir() if p.is_dir())
     if not classes:
         raise UsageError(f"SRC: {str(train)!r} has no class folders (expected train/<class>/<image>)")
+    evals = [s for s in SPLITS[1:] if (src / s).is_dir()]
+    if not evals:
+        raise UsageError(f"SRC: {str(src)!r} has no val/ (or test/) folder of class folders to evaluate on")
+    label = {name: i for i, name in enumerate(classes)}
     shards, ignored = [], []
-    for split in (s for s in SPLITS if (src / s).is_dir()):
+    for split in ("train", *evals):
+        flat = [f.name for f in (src / split).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+        if flat:
+            raise UsageError(f"SRC: {split}/ holds images directly ({flat[0]}, ...); sort them into "
+                             f"{split}/<class>/ folders first (ILSVRC's validation images: valprep.sh)")
         entries = []
         for folder in sorted(p for p in (src / split).iterdir() if p.is_dir()):
-            if folder.name not in classes:
+            if folder.name not in label:
                 raise UsageError(f"SRC: {split}/{folder.name} is a class that train/ does not have")
             for f in sorted(folder.iterdir()):
                 rel = f"{split}/{folder.name}/{f.name}"
                 if f.suffix.lower() in IMAGE_SUFFIXES:
-                    entries.append((rel, classes.index(folder.name), f.stat().st_size))
+                    entries.append((rel, label[folder.name], f.stat().st_size))
                 elif f.is_file():
                     ignored.append(rel)
+        if not entries:
+            raise UsageError(f"SRC: {split}/ has no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
         order = np.random.default_rng([seed, SPLITS.index(split)]).permutation(len(entries))
         groups, size = [[]], 0
         for i in order:
@@ -88,7 +97,7 @@ def write_shard(src: str, dst: str, shard: dict, row_group: int) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".part{os.getpid()}")
     schema = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("path", pa.string())])
-    corrupt, converted, rows = [], [], 0
+    corrupt, rows = [], 0
     with pq.ParquetWriter(tmp, schema, compression="none", use_dictionary=["label"]) as writer:
         for start in range(0, len(shard["files"]), row_group):
             batch = {"image": [], "label": [], "path": []}
@@ -97,8 +106,6 @@ def write_shard(src: str, dst: str, shard: dict, row_group: int) -> dict:
                 if encoded is None:
                     corrupt.append({"path": rel, "reason": problem})
                     continue
-                if problem:
-                    converted.append({"path": rel, "reason": problem})
                 batch["image"].append(encoded)
                 batch["label"].append(label)
                 batch["path"].append(rel)
@@ -107,8 +114,7 @@ def write_shard(src: str, dst: str, shard: dict, row_group: int) -> dict:
                 rows += len(batch["label"])
     os.replace(tmp, out)
     record = {"file": out.name, "split": shard["split"], "rows": rows, "bytes": out.stat().st_size,
-              "sha256": stream.sha256_of(out), "key": _key(shard, row_group), "corrupt": corrupt,
-              "converted": converted}
+              "sha256": stream.sha256_of(out), "key": _key(shard, row_group), "corrupt": corrupt}
     progress = Path(dst) / PROGRESS_DIR / (out.name + ".json")
     progress.parent.mkdir(exist_ok=True)
     progress.write_text(json.dumps(record))
@@ -116,18 +122,14 @@ def write_shard(src: str, dst: str, shard: dict, row_group: int) -> dict:
 
 
 def _readable(path: Path) -> tuple[bytes | None, str]:
-    """(bytes to store, note): the file's bytes if Pillow decodes it whole; an RGB JPEG re-encoding
-    of a CMYK JPEG; or (None, why) when it cannot be read as an image."""
+    """(the file's bytes, "") if Pillow decodes it whole, else (None, why). The bytes are stored as
+    they are: TensorFlow decodes what Pillow does here (CMYK and greyscale JPEGs to RGB included)."""
     from PIL import Image
 
     try:
         encoded = path.read_bytes()
         with Image.open(io.BytesIO(encoded)) as im:
             im.load()
-            if im.format == "JPEG" and im.mode == "CMYK":
-                buf = io.BytesIO()
-                im.convert("RGB").save(buf, format="JPEG", quality=95)
-                return buf.getvalue(), "CMYK JPEG re-encoded as RGB JPEG (quality 95)"
             if min(im.size) < 1:
                 return None, f"empty image {im.size}"
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError... for bad files
@@ -141,7 +143,8 @@ def finished(dst: Path, shard: dict, row_group: int) -> dict | None:
     if not progress.is_file() or not (dst / shard["name"]).is_file():
         return None
     record = json.loads(progress.read_text())
-    return record if record["key"] == _key(shard, row_group) else None
+    same = record["key"] == _key(shard, row_group) and (dst / shard["name"]).stat().st_size == record["bytes"]
+    return record if same else None
 
 
 def convert(args: argparse.Namespace, classes: list[str], shards: list[dict], ignored: list[str]) -> int:
@@ -166,7 +169,15 @@ def convert(args: argparse.Namespace, classes: list[str], shards: list[dict], ig
                 done, _ = ray.wait(list(pending), timeout=2.0)
                 for ref in done:
                     shard = pending.pop(ref)
-                    records[shard["name"]] = ray.get(ref)
+                    try:
+                        records[shard["name"]] = ray.get(ref)
+                    except ray.exceptions.RayError as e:  # its retries spent; finished shards are kept
+                        bar.end()
+                        cause = str(e).strip().splitlines()[-1]
+                        kept = sum(r is not None for r in records.values())
+                        print(f"error: shard {shard['name']} failed ({cause}); the {kept} shards written are "
+                              f"kept: run the command again to continue", file=sys.stderr)
+                        return 1
                     bar.add(len(shard["files"]))
                 bar.show()
             bar.end()
@@ -185,18 +196,15 @@ def summarise(dst: Path, classes: list[str], shards: list[dict], records: dict, 
             {"split": split, "rows": sum(r["rows"] for r in mine),
              "shards": [{k: r[k] for k in manifest_keys} for r in mine]}, indent=1))
     corrupt = sorted((c for r in records.values() for c in r["corrupt"]), key=lambda c: c["path"])
-    converted = sorted((c for r in records.values() for c in r["converted"]), key=lambda c: c["path"])
-    (dst / REPORT_FILE).write_text(json.dumps({"left_out": corrupt, "converted": converted,
-                                               "ignored": sorted(ignored)}, indent=1))
+    (dst / REPORT_FILE).write_text(json.dumps({"left_out": corrupt, "ignored": sorted(ignored)}, indent=1))
     rows = sum(r["rows"] for r in records.values())
     print(f"shards: {rows:,} images in {len(shards)} shards, {len(classes)} classes ({dst / stream.CLASSES_FILE})")
-    for what, items in (("left out (unreadable)", corrupt), ("re-encoded", converted)):
-        if items:
-            print(f"shards: {len(items)} images {what}, listed in {dst / REPORT_FILE}:")
-            for c in items[:10]:
-                print(f"  {c['path']}: {c['reason']}")
-            if len(items) > 10:
-                print(f"  ... and {len(items) - 10} more")
+    if corrupt:
+        print(f"shards: {len(corrupt)} images left out (unreadable), listed in {dst / REPORT_FILE}:")
+        for c in corrupt[:10]:
+            print(f"  {c['path']}: {c['reason']}")
+        if len(corrupt) > 10:
+            print(f"  ... and {len(corrupt) - 10} more")
     if ignored:
         print(f"shards: {len(ignored)} files without an image suffix ignored, listed in {dst / REPORT_FILE}")
     return 0
@@ -259,6 +267,11 @@ def check(args: argparse.Namespace) -> tuple[list[str], list[dict], list[str]]:
         raise UsageError(f"--row-group: {args.row_group} must be >= 1")
     if dst.exists() and not dst.is_dir():
         raise UsageError(f"DST: {args.dst!r} exists and is not a directory")
+    probe = dst
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"DST: {args.dst!r} cannot be written ({probe} is not writable)")
     classes, shards, ignored = plan(src, args.shard_mb, args.seed)
     # Shards of another plan (other sizes, seed or images) would be read beside these ones.
     names = {s["name"] for s in shards}

@@ -13,7 +13,9 @@ images are known without reading anything before them. Its quality: every window
 images from row groups drawn at random from the whole split, and the converter (`tickets.shards`)
 writes rows in a random order, so each row group, hence each batch, is a random sample of the
 classes; what stays correlated across epochs is only which images share a row group. Shards sorted
-by class (as `../shared/data/cifar10` is) would give one-class windows: `class_sorted` detects them.
+by class (as `../shared/data/cifar10` is) would give one-class windows: `class_sorted` detects them,
+and such a split is shuffled whole instead (one window), which `tickets.data` allows only when its
+encoded images fit the in-memory budget.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class Shards:
     starts: np.ndarray  # first row id of each group, then the total row count
     checksums: dict[str, str] = field(default_factory=dict)  # file name -> sha256, from shards.json
     cache: str = "none"  # "node": read a node-local copy of each shard (`local_copy`)
+    sorted_by_class: bool = False  # most row groups hold one class: shuffle the split whole
+    encoded_bytes: int = 0  # the shards' size on disk
 
     def group_of(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.starts, rows, side="right") - 1
@@ -65,11 +69,30 @@ def index(files: list[Path]) -> Shards:
             group_in_file.append(g)
             sizes.append(meta.row_group(g).num_rows)
     checksums = {}
-    for manifest in {Path(f).parent / MANIFEST_FILE for f in files}:
-        if manifest.is_file():
-            checksums.update({s["file"]: s["sha256"] for s in json.loads(manifest.read_text())["shards"]})
+    for folder in sorted({Path(f).parent for f in files}):
+        checksums.update(_manifest(folder, [Path(f) for f in files if Path(f).parent == folder]))
     return Shards(tuple(str(f) for f in files), np.array(group_file, np.int32), np.array(group_in_file, np.int32),
-                  np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), checksums)
+                  np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), checksums,
+                  encoded_bytes=sum(Path(f).stat().st_size for f in files))
+
+
+def _manifest(folder: Path, files: list[Path]) -> dict[str, str]:
+    """The sha256 of each shard from `folder`'s shards.json, once the folder is checked to hold
+    exactly the shards it lists (a conversion that stopped half-way has no manifest yet, or more or
+    fewer files than it). Folders the converter did not write have none: {}."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return {}
+    try:
+        listed = {s["file"]: s for s in json.loads(path.read_text())["shards"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} cannot be read as a shard manifest ({type(e).__name__}: {e})") from None
+    present = {f.name for f in files}
+    if present != set(listed):
+        missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+        raise ValueError(f"{folder} does not hold the shards {path.name} lists (missing {missing[:3]}, "
+                         f"unlisted {extra[:3]}); run `python -m tickets.shards` again to finish the conversion")
+    return {name: s["sha256"] for name, s in listed.items()}
 
 
 def class_sorted(shards: Shards, labels: np.ndarray, rows: np.ndarray) -> bool:
@@ -130,8 +153,9 @@ class Reader:
 
 
 def chunks(shards: Shards, rows: np.ndarray, windows: np.ndarray, *extra: np.ndarray):
-    """Yield `(images, *extra)` for `rows` in order, CHUNK at a time, reading window by window (the
-    next window is read while this one is consumed); `windows` labels each row's window."""
+    """Yield `(images, *extra)` for `rows` in order, CHUNK at a time, reading window by window; the
+    next window is read while this one is consumed, so two windows of encoded images are in memory.
+    `windows` labels each row's window."""
     cuts = np.flatnonzero(np.diff(windows)) + 1
     parts = np.split(np.arange(len(rows)), cuts)
     reader = Reader(shards)
@@ -176,14 +200,20 @@ def local_copy(path: str, sha256: str | None = None) -> tuple[str, bool]:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
         if marker.is_file() and dest.is_file() and dest.stat().st_size == stat.st_size:
             return str(dest), False  # another process copied it while this one waited
+        for stale in home.glob(src.name + ".part*"):  # left by a copier that died: under the lock, nobody's
+            stale.unlink()
         tmp = home / (src.name + f".part{os.getpid()}")
         read = hashlib.sha256()
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while block := fin.read(1 << 22):
-                read.update(block)
-                fout.write(block)
-            fout.flush()
-            os.fsync(fout.fileno())
+        try:
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while block := fin.read(1 << 22):
+                    read.update(block)
+                    fout.write(block)
+                fout.flush()
+                os.fsync(fout.fileno())
+        except OSError:  # a full local disk, most likely: leave nothing half-written behind
+            tmp.unlink(missing_ok=True)
+            raise
         written = sha256_of(tmp)
         expected = sha256 or read.hexdigest()
         if tmp.stat().st_size != stat.st_size or written != expected or read.hexdigest() != expected:

@@ -264,12 +264,19 @@ def check_collapse(spec: config_lib.Spec, dense_dir: Path, final: dict) -> None:
 # The dense run: reused from disk when it fits, else trained once as a Ray task.
 
 
-def reusable_dense(spec: config_lib.Spec, exp: Path, steps: list[int]) -> dict | None:
+def reusable_dense(spec: config_lib.Spec, exp: Path, steps: list[int], data_order: str) -> dict | None:
     """The snapshots of a finished dense run of this dense spec in `<exp>/dense`, read and checked
     before Ray starts; None when there is none to reuse. A damaged run is an error, never retrained over."""
     dense_dir = exp / artifacts.DENSE_DIR
     manifest = artifacts.read_dense(dense_dir)
     if not manifest or manifest["dense_hash"] != spec.dense_hash():
+        return None
+    # In memory or streamed depends on the budget (TICKETS_DECODE_CACHE_MB), not the spec: the order
+    # the run saw must be the one the trials will see.
+    trained_on = manifest.get("runtime", {}).get("data_order", "permutation")
+    if trained_on != data_order:
+        print(f"dense: the run in {dense_dir} visited the data as '{trained_on}', this one would as "
+              f"'{data_order}' (in-memory budget or data changed): training it again")
         return None
     if not set(steps) <= set(manifest["snapshot_steps"]):
         return None  # the grid gained rewind points: train again with all of them
@@ -555,7 +562,8 @@ def check_inputs(args: argparse.Namespace) -> Plan:
     spe = info.steps_per_epoch(spec.data.batch_size)
     check_rewind_steps(spec, spe)
     # A dry run also checks the grid's masks against a finished dense run of this spec, if there is one.
-    on_disk = reusable_dense(spec, exp, spec.record_steps(spe)) if args.resume or args.dry_run else None
+    on_disk = (reusable_dense(spec, exp, spec.record_steps(spe), data_lib.order(info.train, spec.data))
+               if args.resume or args.dry_run else None)
     source_tickets = {t: artifacts.load_ticket(t / artifacts.TICKET_FILE) for t in set(sources.values())}
     res, cluster = None, f"would join {args.address} (resources resolved there)"
     if not args.address:

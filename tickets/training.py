@@ -30,6 +30,7 @@ from tickets import masks as masks_lib
 from tickets import models, pruning
 from tickets.config import DenseSpec, Spec, step_of
 from tickets.data import Dataset, test_batches, train_batches
+from tickets.data import order as data_order
 
 Weights = dict[str, np.ndarray]
 
@@ -355,7 +356,8 @@ def train_dense(spec: Spec, data: Dataset, on_epoch: Callable[[Progress], None] 
         for p in _segments(model, spec, data, derive_seed(spec.seed, 0), 0, total, keep, snapshot):
             metrics.append(vars(p))
             on_epoch(p)
-    return Trajectory(spe, total, snapshots, metrics, models.layout(model), {**RUNTIME.row(), "replicas": replicas})
+    return Trajectory(spe, total, snapshots, metrics, models.layout(model),
+                      {**RUNTIME.row(), "replicas": replicas, "data_order": data_order(data.train, spec.data)})
 
 
 def average_replicas(model: keras.Model) -> None:
