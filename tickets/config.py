@@ -251,10 +251,15 @@ class Spec:
             d["transfer"] = {("from" if k == "source" else k): v for k, v in d["transfer"].items()}
         return d
 
+    def _hashed(self) -> dict[str, Any]:
+        """`to_dict` less what changes no number and may change on --resume: where shards are read from."""
+        d = self.to_dict()
+        d["data"].pop("cache")
+        return d
+
     def dense_dict(self) -> dict[str, Any]:
         """The fields the dense trajectory depends on: equal dicts give equal dense runs."""
-        d = self.to_dict()
-        d["data"].pop("cache")  # where the shards are read from changes no number
+        d = self._hashed()
         if d["data"]["shuffle_buffer"] == DataSpec.shuffle_buffer:
             d["data"].pop("shuffle_buffer")  # added later: at its default, dense runs from before still match
         if d["data"]["image_size"] >= IMAGENET_STYLE:  # crops cut from the original image since 2026-11
@@ -265,9 +270,7 @@ class Spec:
         return _hash(self.dense_dict())
 
     def spec_hash(self) -> str:
-        d = self.to_dict()
-        d["data"].pop("cache")  # a resumed sweep may read its shards from elsewhere
-        return _hash(d)
+        return _hash(self._hashed())
 
     def record_steps(self, steps_per_epoch: int) -> list[int]:
         """Steps at which the dense run keeps snapshots: init, every rewind point, final."""

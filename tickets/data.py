@@ -259,19 +259,20 @@ def _parquet(files: list[Path], cache: str) -> Split:
     """A streamed split: the shards' row groups and every label; of the images only the first is read."""
     import pyarrow.parquet as pq
 
-    labels = []
+    labels, footers = [], []
     for f in files:
         try:
-            labels.append(pq.read_table(f, columns=[stream.LABEL]).column(0).to_numpy().astype(np.int32))
-            if f == files[0] and len(labels[0]):
-                first = pq.ParquetFile(f).read_row_group(0, columns=[stream.IMAGE]).column(0)[0].as_py()
-                _check_image(first, f"{f} row 0")
+            with pq.ParquetFile(f) as pf:
+                labels.append(pf.read(columns=[stream.LABEL]).column(0).to_numpy().astype(np.int32))
+                footers.append(pf.metadata)
+                if f == files[0] and len(labels[0]):
+                    _check_image(pf.read_row_group(0, columns=[stream.IMAGE]).column(0)[0].as_py(), f"{f} row 0")
         except DataError:
             raise
         except Exception as e:  # pyarrow raises several types for missing columns or bad files
             raise DataError(f"data.path: {str(f)!r} cannot be read as image/label Parquet: {e}") from None
     try:
-        shards = stream.index(files)
+        shards = stream.index(files, footers)
     except ValueError as e:
         raise DataError(f"data.path: {e}") from None
     shards.cache = cache

@@ -57,13 +57,11 @@ class Shards:
         return np.searchsorted(self.starts, rows, side="right") - 1
 
 
-def index(files: list[Path]) -> Shards:
-    """The row groups of `files`, from their Parquet footers (no image is read)."""
-    import pyarrow.parquet as pq
-
+def index(files: list[Path], footers: list) -> Shards:
+    """The row groups of `files`, from their Parquet footers (`ParquetFile.metadata`, read by the
+    caller as it reads the labels: each file is opened once; no image is read)."""
     group_file, group_in_file, sizes = [], [], []
-    for i, f in enumerate(files):
-        meta = pq.ParquetFile(f).metadata
+    for i, meta in enumerate(footers):
         for g in range(meta.num_row_groups):
             group_file.append(i)
             group_in_file.append(g)
