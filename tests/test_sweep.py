@@ -129,7 +129,7 @@ def test_resume_after_interrupt_finishes_the_grid_without_redoing_work(tmp_path)
     assert set(trials.status) == {"finished"}
 
 
-def test_two_node_cluster_spreads_trials_and_gives_each_one_gpu(tmp_path):
+def test_two_node_cluster_spreads_trials_gives_each_one_gpu_and_warms_them_beside_the_dense_run(tmp_path):
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "node_ip_address": "127.0.0.2"})
@@ -137,7 +137,7 @@ def test_two_node_cluster_spreads_trials_and_gives_each_one_gpu(tmp_path):
         cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.3")
         cluster.wait_for_nodes()
         code, out = run(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address, *FAST,
-                         "--set", "resources.gpus_per_trial=1"])
+                         "--set", "resources.gpus_per_trial=1", "--set", "dense.epochs=4"])
     finally:
         cluster.shutdown()
     assert code == 0, out[-3000:]
@@ -146,6 +146,11 @@ def test_two_node_cluster_spreads_trials_and_gives_each_one_gpu(tmp_path):
     assert len({r["node_id"] for r in rows}) == 2  # trials ran on both nodes
     assert all(r["cuda_visible_devices"] in ("0", "1") for r in rows)  # exactly one GPU each
     assert "1 CPU, 1 GPU" in out and dense_runs(exp) == 1
+    # The dense run took one node whole; the first trial started on the other beside it, warmed up
+    # (traced) there, and trained once the dense run ended: its start-up did not wait for it.
+    early = [r for r in rows if r["dense_wait_seconds"] > 0.5]  # warm, then it waited for the snapshots
+    assert early and all(r["worker_trial"] == 1 for r in early)
+    assert "start on the nodes the dense run leaves free" in out
 
 
 def test_layer_collapse_is_reported_before_training_in_the_results_and_the_report(tmp_path, capsys):

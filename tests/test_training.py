@@ -190,9 +190,15 @@ def test_sparse_run_resumes_exactly_from_its_state(small, trajectory):
     again = list(training.train_sparse(spec, d, ticket, 4, seed=1))
     training._COMPILED.clear()
     fresh = list(training.train_sparse(spec, d, ticket, 4, seed=1))
-    for (pa, sa), (pb, sb) in zip(again, fresh):
-        assert pa.test_loss == pb.test_loss
-        assert all(np.array_equal(sa.weights[k], sb.weights[k]) for k in sa.weights)
+    # A trial that warmed up beside the dense run (steps traced with all-ones masks) trains the same.
+    training._COMPILED.clear()
+    training.warm_up(spec, d)
+    warmed = list(training.train_sparse(spec, d, ticket, 4, seed=1))
+    for run in (again, warmed):
+        for (pa, sa), (pb, sb) in zip(run, fresh, strict=True):
+            assert pa.test_loss == pb.test_loss
+            assert all(np.array_equal(sa.weights[k], sb.weights[k]) for k in sa.weights)
+    assert all(np.all(warmed[-1][1].weights[k][~m] == 0.0) for k, m in ticket.mask.items())
 
 
 @needs_cifar10()

@@ -23,19 +23,22 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 from ray import tune
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from tickets import analysis, artifacts, pruning
 from tickets import config as config_lib
 from tickets import data as data_lib
 from tickets.config import SpecError
 from tickets.data import DataError
-from tickets.trainable import DenseRefs, train_imp_chain, train_ticket, transfer_key
+from tickets.trainable import DenseBoard, DenseRefs, train_imp_chain, train_ticket, transfer_key
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C'd command
@@ -316,8 +319,9 @@ def _train_dense(spec_dict: dict, dataset, out_dir: str) -> list[dict]:
     return trajectory.metrics
 
 
-def follow_dense(task: ray.ObjectRef, dense_dir: Path, epochs: int) -> None:
-    """Wait for the dense task, printing each epoch and writing it as TensorBoard events as it ends."""
+def follow_dense(task: ray.ObjectRef, dense_dir: Path, epochs: int, check=lambda: None) -> None:
+    """Wait for the dense task, printing each epoch and writing it as TensorBoard events as it ends;
+    `check()` runs every second and may raise to stop waiting."""
     shown = 0
     with artifacts.DenseEvents(dense_dir) as events:
         while True:
@@ -335,29 +339,104 @@ def follow_dense(task: ray.ObjectRef, dense_dir: Path, epochs: int) -> None:
             if done:
                 ray.get(task)  # its error, if any, stops the sweep here
                 return
+            check()
 
 
-def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_disk: dict | None) -> DenseRefs:
+def dense_task(spec: config_lib.Spec, exp: Path, res: Resources, data_ref: ray.ObjectRef,
+               placement=None) -> ray.ObjectRef:
+    """Start the dense run: one whole node (`placement`, when given, reserves it)."""
+    options = {"num_cpus": res.dense_cpus, "num_gpus": res.dense_gpus, "max_retries": spec.resources.max_failures,
+               "runtime_env": training_env(res.dense_cpus, res.dense_gpus, "dense")}
+    if placement is not None:
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement)
+    return ray.remote(_train_dense).options(**options).remote(spec.to_dict(), data_ref, str(exp / artifacts.DENSE_DIR))
+
+
+def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_disk: dict | None,
+               data_ref: ray.ObjectRef, task: ray.ObjectRef | None = None, check=lambda: None) -> DenseRefs:
     """The data set and one object ref per needed snapshot, each in the object store once.
 
     The driver puts the snapshots itself (from `<exp>/dense`, where the dense task wrote them), so
     they live on the driver's node: losing a worker node never loses them or retrains the dense net.
     """
-    data_ref = _load_data.remote(spec.to_dict())
     steps = spec.record_steps(spe)
     dense_dir = exp / artifacts.DENSE_DIR
     if on_disk is not None:
         print(f"dense: reusing the dense run in {dense_dir}")
     else:
         print(f"dense: training {spec.dense.epochs} epochs once (snapshots at steps {steps})")
-        task = ray.remote(_train_dense).options(num_cpus=res.dense_cpus, num_gpus=res.dense_gpus,
-                                               max_retries=spec.resources.max_failures,
-                                               runtime_env=training_env(res.dense_cpus, res.dense_gpus, "dense"))
-        follow_dense(task.remote(spec.to_dict(), data_ref, str(dense_dir)), dense_dir, spec.dense.epochs)
+        task = task or dense_task(spec, exp, res, data_ref)
+        follow_dense(task, dense_dir, spec.dense.epochs, check)
         on_disk = artifacts.load_snapshots(dense_dir, steps)
     check_collapse(spec, dense_dir, on_disk[spec.dense.epochs * spe])
     refs = {s: ray.put(w) for s, w in on_disk.items()}
     return DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, refs, data_ref)
+
+
+def last_line(error: BaseException) -> str:
+    """What went wrong, in one line: a remote error's text ends with the original exception's."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
+
+
+def overlaps(res: Resources, nodes: list[dict]) -> bool:
+    """Whether trials can start beside the dense run, on a node it leaves free: it takes one node
+    whole, so at least one other must hold a trial. Never on one node, where it would slow the run."""
+    return sum(n.get("CPU", 0) >= res.cpus and n.get("GPU", 0) >= res.gpus for n in nodes) >= 2
+
+
+class DenseBeside:
+    """The dense run trained on a thread of the driver while the grid starts: trials placed on the
+    nodes it leaves free import TensorFlow, build and trace their model, then wait on a `DenseBoard`
+    for the snapshots, so they train as soon as it ends. Its node is reserved (a placement group)
+    before any trial is placed, and freed for trials when it ends."""
+
+    LOST_AFTER_S = 60  # its node lost and no whole node free for the retry (trials hold them)
+
+    def __init__(self, spec: config_lib.Spec, exp: Path, res: Resources, spe: int, data_ref: ray.ObjectRef):
+        bundle = {"CPU": res.dense_cpus, **({"GPU": res.dense_gpus} if res.dense_gpus else {})}
+        self.placement = placement_group([bundle], strategy="STRICT_PACK")
+        ray.get(self.placement.ready())
+        # On the driver's node, with the snapshots it puts: a lost worker node never takes it along.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.board = DenseBoard.options(scheduling_strategy=here).remote()
+        self.task = dense_task(spec, exp, res, data_ref, self.placement)
+        self.refs = DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, {}, data_ref, board=self.board)
+        self.error: BaseException | None = None
+        self.stopping = False
+        self._unplaced_since: float | None = None
+        self.thread = threading.Thread(target=self._run, args=(spec, exp, res, spe, data_ref), daemon=True)
+        self.thread.start()
+
+    def _run(self, spec, exp, res, spe, data_ref) -> None:
+        try:
+            done = dense_refs(spec, exp, res, spe, None, data_ref, self.task, self._check)
+            self.board.publish.remote(done.snapshots)
+        except BaseException as e:  # noqa: BLE001 - every failure must reach the waiting trials
+            self.error = e
+            self.board.fail.remote(f"the dense run failed: {last_line(e)}")
+        finally:
+            remove_placement_group(self.placement)  # frees its node for trials; kills the run if it still runs
+
+    def _check(self) -> None:
+        if self.stopping:
+            raise RuntimeError("the sweep stopped before the dense run ended")
+        if placement_group_table(self.placement).get("state") == "CREATED":
+            self._unplaced_since = None
+            return
+        self._unplaced_since = self._unplaced_since or time.monotonic()
+        if time.monotonic() - self._unplaced_since > self.LOST_AFTER_S:
+            raise RuntimeError(f"the dense run's node was lost and no whole node has been free for "
+                               f"{self.LOST_AFTER_S} s to train it again (trials wait on the others)")
+
+    def join(self) -> BaseException | None:
+        """Once the grid has stopped: the dense run's error, if it failed. A run still going (the
+        grid was interrupted, or every trial failed) is stopped: the sweep says why itself."""
+        if self.thread.is_alive():
+            self.stopping = True
+            self.thread.join()
+            return None
+        return self.error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,8 +686,8 @@ def run(plan: Plan) -> int:
     started, cluster, logs = start_ray(plan.args)
     try:
         res = plan.res
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         if res is None:
-            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
             try:
                 res = resolve_resources(spec, nodes)
             except SpecError as e:
@@ -621,13 +700,26 @@ def run(plan: Plan) -> int:
         exp.mkdir(parents=True, exist_ok=True)
         if not (exp / artifacts.SPEC_FILE).exists():
             (exp / artifacts.SPEC_FILE).write_text(spec.to_yaml())
-        dense = dense_refs(spec, exp, res, plan.steps_per_epoch, plan.on_disk)
+        data_ref = _load_data.remote(spec.to_dict())
+        beside = None
+        if plan.on_disk is None and overlaps(res, nodes):
+            beside = DenseBeside(spec, exp, res, plan.steps_per_epoch, data_ref)
+            dense = beside.refs
+        else:
+            dense = dense_refs(spec, exp, res, plan.steps_per_epoch, plan.on_disk, data_ref)
         if plan.sources:
             refs = {t: ray.put(ticket) for t, ticket in plan.source_tickets.items()}  # one object per source trial
             dense = dataclasses.replace(dense, transfers={k: refs[t] for k, t in plan.sources.items()})
         if not plan.args.verbose:
             print(f"trials: {len(grid_points(spec))}; worker logs in {logs} (--verbose shows them here)")
-        return finish(plan, run_tuner(spec, exp, dense, res, plan.args.resume, plan.args.verbose))
+        if beside:
+            print("trials: the first ones start on the nodes the dense run leaves free, and train once it ends")
+        trials = run_tuner(spec, exp, dense, res, plan.args.resume, plan.args.verbose)
+        failed = beside.join() if beside else None
+        if failed is not None:
+            print(f"error: the dense run failed: {last_line(failed)}", file=sys.stderr)
+        code = finish(plan, trials)
+        return 1 if failed is not None and code == 0 else code
     finally:
         if started:
             ray.shutdown()

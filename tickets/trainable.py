@@ -10,6 +10,7 @@ survivors → rewind → retrain, level after level; one report and one checkpoi
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import os
@@ -35,9 +36,40 @@ class DenseRefs:
     dense_hash: str
     steps_per_epoch: int
     total_steps: int
-    snapshots: dict  # step -> ObjectRef of dict[str, np.ndarray]
+    snapshots: dict  # step -> ObjectRef of dict[str, np.ndarray]; empty while `board` is set
     data: ray.ObjectRef  # tickets.data.Dataset, loaded once per sweep
     transfers: dict = field(default_factory=dict)  # transfer_key(...) -> ObjectRef of a loaded source ticket
+    board: object = None  # a DenseBoard while the dense run still trains: trials warm up, then wait there
+
+    def ready(self) -> DenseRefs:
+        """These refs with the snapshots in: from the board once the dense run has put them there."""
+        if self.board is None:
+            return self
+        return dataclasses.replace(self, snapshots=ray.get(self.board.wait.remote()), board=None)
+
+
+@ray.remote(num_cpus=0)
+class DenseBoard:
+    """Where trials that started beside the dense run (on resources it does not use) wait for its
+    snapshots, already warmed up; the driver publishes the refs, or why there will be none."""
+
+    def __init__(self):
+        self._published = asyncio.Event()
+        self._refs, self._error = None, None
+
+    async def publish(self, refs: dict) -> None:
+        self._refs = refs
+        self._published.set()
+
+    async def fail(self, message: str) -> None:
+        self._error = message
+        self._published.set()
+
+    async def wait(self) -> dict:
+        await self._published.wait()
+        if self._error is not None:
+            raise RuntimeError(self._error)
+        return self._refs
 
 
 def transfer_key(sparsity: float, rewind_epoch: float, replicate: int) -> str:
@@ -55,6 +87,8 @@ class _Trial:
     replicate: int
     seed: int  # the sparse runs' data order
     runtime: object  # training.Runtime: threads and precision this trial's process trains with
+    dense: DenseRefs  # with the snapshots in
+    waited: float  # seconds spent warmed up, waiting for the dense run to end (0: it had ended)
 
 
 _TRIALS_IN_PROCESS = 0  # Tune reuses worker processes: the first trial in one pays for imports and tracing
@@ -87,8 +121,17 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
     rewind_epoch, replicate = float(config["rewind_epoch"]), int(config["replicate"])
     data = ray.get(dense.data)
     model = training.sparse_model(spec_obj, data)  # compiled once per worker process, reused by its trials
+    waited = 0.0
+    if dense.board is not None:
+        # Started beside the dense run, on resources it does not use: trace the train and test steps
+        # now, so that the trial trains at once when the snapshots come.
+        training.warm_up(spec_obj, data)
+        waiting = time.perf_counter()
+        dense = dense.ready()
+        waited = time.perf_counter() - waiting
     return _Trial(spec_obj, data, model, rewind_epoch, config_lib.step_of(rewind_epoch, dense.steps_per_epoch),
-                  str(config["control"]), replicate, training.derive_seed(spec_obj.seed, replicate, 1), runtime)
+                  str(config["control"]), replicate, training.derive_seed(spec_obj.seed, replicate, 1), runtime,
+                  dense, waited)
 
 
 def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
@@ -103,7 +146,7 @@ def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
             "weights_remaining": summary["weights_remaining"], "weights_remaining_count": summary["remaining"],
             "prunable_weights": summary["total"],
             "threshold": summary["threshold"] if summary["threshold"] is not None else float("nan"),
-            "dense_hash": dense.dense_hash, "node_id": ray.get_runtime_context().get_node_id(),
+            "dense_hash": dense.dense_hash, "dense_wait_seconds": t.waited, "node_id": ray.get_runtime_context().get_node_id(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **t.runtime.row()}
 
 
@@ -165,6 +208,7 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
     from tickets import training
 
     t = _setup(config, spec, dense)
+    dense = t.dense
     ticket, base = _one_shot_ticket(t, config, dense)
     saved = _restore()
     if saved is not None and any(not np.array_equal(saved["mask"][k], ticket.mask[k]) for k in ticket.mask):
@@ -172,9 +216,10 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
     resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"], saved["best_test_loss"],
                                   saved["best_epoch"]) if saved else None
     # Start-up cost: the worker's age on entry, which of its trials this is (the first pays for
-    # imports and tracing) and the time from entry to the first training step.
+    # imports and tracing) and the time from entry to the first training step, less any wait for
+    # the dense run (a trial that started beside it was already warm then).
     base |= {"resumed_from_step": resume.step if resume else -1, "worker_age_seconds": worker_age,
-             "worker_trial": _TRIALS_IN_PROCESS, "setup_seconds": time.perf_counter() - entered}
+             "worker_trial": _TRIALS_IN_PROCESS, "setup_seconds": time.perf_counter() - entered - t.waited}
 
     state = resume  # restarted after its last epoch's checkpoint: nothing left to train
     for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):
@@ -214,6 +259,7 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
     from tickets import training
 
     t = _setup(config, spec, dense)
+    dense = t.dense
     final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[t.rewind_step]])
     levels = t.spec.pruning.num_levels()
     # Level 0 is the dense run: its final weights rank the first pruning. A checkpoint's step is its level.

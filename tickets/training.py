@@ -258,6 +258,8 @@ def install_mask(model: keras.Model, mask: masks_lib.Mask) -> None:
             var.constraint.mask.assign(m.astype("float32"))
         else:
             var.constraint = MaskConstraint(m)
+            # A train step traced without this constraint would never apply it: trace again.
+            model.train_function = None
         var.assign(keras.ops.convert_to_numpy(var.value) * m)
 
 
@@ -490,6 +492,20 @@ def _compiled(spec: Spec, data: Dataset) -> tuple:
         optimizer.build(model.trainable_variables)
         _COMPILED[key] = (model, optimizer, schedule)
     return _COMPILED[key]
+
+
+def warm_up(spec: Spec, data: Dataset) -> None:
+    """Trace the sparse model's train and test steps ahead of the first trial (one train step, one
+    test batch), with all-ones masks on the prunable weights so the traced step applies masks.
+    `train_sparse` resets everything the step changed: weights, optimizer state, metrics."""
+    model = sparse_model(spec, data)
+    if model.train_function is not None:  # this process has traced it already
+        return
+    names = pruning.prunable(spec.pruning, layout(model))
+    weights = models.get_weights(model)
+    install_mask(model, {n: np.ones(weights[n].shape, dtype=bool) for n in names})
+    model.fit(train_batches(data, spec.data, 0, 0, 1, RUNTIME.data_threads), epochs=1, verbose=0, shuffle=False)
+    model.evaluate(test_batches(data, spec.data, RUNTIME.data_threads).take(1), verbose=0)
 
 
 def train_sparse(spec: Spec, data: Dataset, ticket: Ticket, rewind_step: int, seed: int,
