@@ -171,8 +171,10 @@ def _trial_phase(trials: list[list[dict]]) -> float:
 
 
 def _steady_epoch_s(trials: list[list[dict]]) -> float:
-    """Median seconds of the trials' epochs after each one's first (which pays for tracing)."""
-    return statistics.median(r["epoch_seconds"] for rows in trials for r in rows[1:])
+    """Median seconds of the trials' epochs after each one's first (which pays for tracing); of
+    every epoch when the trials train one each (`--tiny`)."""
+    later = [r["epoch_seconds"] for rows in trials for r in rows[1:]]
+    return statistics.median(later or [r["epoch_seconds"] for rows in trials for r in rows])
 
 
 def parallel_efficiency(runs: dict, slots: int, scaling: dict | None) -> dict:
@@ -198,6 +200,8 @@ def parallel_efficiency(runs: dict, slots: int, scaling: dict | None) -> dict:
            "sequential_trial_phase_s": seq_phase, "trial_phase_speedup": seq_phase / phase,
            "trial_phase_efficiency": sum(trial_seconds) / slots / phase,
            "epoch_s": epoch_s, "sequential_epoch_s": seq_epoch_s, "measured": slots * seq_epoch_s / epoch_s}
+    if par is seq:  # --tiny's one grid point: nothing ran side by side
+        out["measured"] = 1.0
     if scaling:
         out |= {"machine_ceiling": slots * scaling["slot_efficiency"], "scaling": scaling}
     return out
