@@ -19,7 +19,7 @@ def test_bench_tiny_runs_every_figure(tmp_path):
     assert figures["2"]["dense_runs"] == 1 and figures["2"]["naive_dense_runs"] == figures["2"]["trials"] == 1
     assert figures["3"]["speedup"] > 0 and figures["3"]["trial_phase_speedup"] > 0
     assert 0 < figures["3"]["trial_phase_efficiency"] and figures["3"]["trial_phase_s"] > 0
-    assert 0 < figures["3"]["machine_ceiling"] <= 2.2  # two one-thread processes side by side, measured
+    assert figures["3"]["machine_ceiling"] > 0  # one-thread processes side by side, measured
     assert 0 < figures["4"]["ratio"] and figures["4"]["fresh_worker_startup_s"] > 0
     assert figures["4"]["projected"]["trial_s"] > 0  # projected from figure 1's throughput
     assert figures["5"]["errors"] == 0 and figures["5"]["points"] == 8
@@ -27,7 +27,7 @@ def test_bench_tiny_runs_every_figure(tmp_path):
     # The sweep and the hand-written loop trained the same grid, and both learned (chance is 0.10).
     fig8 = figures["8"]
     if "skipped" not in fig8:  # it needs the real CIFAR-10 shards
-        assert fig8["ratio"] > 0 and 0 < fig8["machine_floor"] <= 1.1 and sorted(fig8["sweep_test_accuracy"]) == sorted(fig8["loop_test_accuracy"])
+        assert fig8["ratio"] > 0 and fig8["machine_floor"] > 0 and sorted(fig8["sweep_test_accuracy"]) == sorted(fig8["loop_test_accuracy"])
         assert fig8["loop_test_accuracy"]["dense"] > 0.15 and fig8["sweep_test_accuracy"]["dense"] > 0.15
     assert figures["9"]["ratio"] > 0 and [figures["9"]["runs"][r]["replicas"] for r in ("1", "2")] == [1, 2]
     # Streamed shards: both crops measured; memory at two sizes 4x apart; 12 needs a GPU.

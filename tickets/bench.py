@@ -256,7 +256,10 @@ def machine_scaling(steps: int, rounds: int = 3) -> dict:
                 for p in ps:
                     p.stdin.write("go\n")
                     p.stdin.flush()
-                rates = [json.loads(p.stdout.readline())["images_per_s"] for p in ps]
+                lines = [p.stdout.readline() for p in ps]
+                if not all(lines):
+                    raise RuntimeError("a figure 3/8 scaling process died while training")
+                rates = [json.loads(line)["images_per_s"] for line in lines]
                 if sum(rates) > sum(best[name]):
                     best[name] = rates
     finally:

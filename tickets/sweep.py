@@ -31,7 +31,7 @@ from pathlib import Path
 import ray
 from ray import tune
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tickets import analysis, artifacts, pruning
 from tickets import config as config_lib
@@ -42,6 +42,7 @@ from tickets.trainable import DenseBoard, DenseRefs, train_imp_chain, train_tick
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C'd command
+HEAD_NODE = "node:__internal_head__"  # the resource Ray gives the head node alone
 
 
 class UsageError(Exception):
@@ -376,13 +377,19 @@ def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_di
 def last_line(error: BaseException) -> str:
     """What went wrong, in one line: a remote error's text ends with the original exception's."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(error).__name__
+    if isinstance(error, ray.exceptions.RayError):
+        return lines[-1][:300] if lines else type(error).__name__
+    return f"{type(error).__name__}: {lines[-1][:300] if lines else ''}"
 
 
 def overlaps(res: Resources, nodes: list[dict]) -> bool:
     """Whether trials can start beside the dense run, on a node it leaves free: it takes one node
     whole, so at least one other must hold a trial. Never on one node, where it would slow the run."""
     return sum(n.get("CPU", 0) >= res.cpus and n.get("GPU", 0) >= res.gpus for n in nodes) >= 2
+
+
+class _Stopped(Exception):
+    """The sweep stopped (interrupted, or no trial left to wait) before the dense run ended."""
 
 
 class DenseBeside:
@@ -397,9 +404,8 @@ class DenseBeside:
         bundle = {"CPU": res.dense_cpus, **({"GPU": res.dense_gpus} if res.dense_gpus else {})}
         self.placement = placement_group([bundle], strategy="STRICT_PACK")
         ray.get(self.placement.ready())
-        # On the driver's node, with the snapshots it puts: a lost worker node never takes it along.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        self.board = DenseBoard.options(scheduling_strategy=here).remote()
+        # On the head node, as Ray's own controllers are: removing a worker node never takes it along.
+        self.board = DenseBoard.options(resources={HEAD_NODE: 0.001}).remote()
         self.task = dense_task(spec, exp, res, data_ref, self.placement)
         self.refs = DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, {}, data_ref, board=self.board)
         self.error: BaseException | None = None
@@ -412,6 +418,8 @@ class DenseBeside:
         try:
             done = dense_refs(spec, exp, res, spe, None, data_ref, self.task, self._check)
             self.board.publish.remote(done.snapshots)
+        except _Stopped:
+            self.board.fail.remote("the sweep stopped before the dense run ended")
         except BaseException as e:  # noqa: BLE001 - every failure must reach the waiting trials
             self.error = e
             self.board.fail.remote(f"the dense run failed: {last_line(e)}")
@@ -420,7 +428,7 @@ class DenseBeside:
 
     def _check(self) -> None:
         if self.stopping:
-            raise RuntimeError("the sweep stopped before the dense run ended")
+            raise _Stopped()
         if placement_group_table(self.placement).get("state") == "CREATED":
             self._unplaced_since = None
             return
@@ -430,12 +438,10 @@ class DenseBeside:
                                f"{self.LOST_AFTER_S} s to train it again (trials wait on the others)")
 
     def join(self) -> BaseException | None:
-        """Once the grid has stopped: the dense run's error, if it failed. A run still going (the
-        grid was interrupted, or every trial failed) is stopped: the sweep says why itself."""
-        if self.thread.is_alive():
-            self.stopping = True
-            self.thread.join()
-            return None
+        """Once the grid has stopped (before Ray stops): the dense run's error, if it failed. A run
+        still going (the grid was interrupted, or every trial failed) is stopped: the sweep says why."""
+        self.stopping = True
+        self.thread.join()
         return self.error
 
 
@@ -684,6 +690,7 @@ def run(plan: Plan) -> int:
     # so Tune stops the trials and saves the experiment state for --resume.
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     started, cluster, logs = start_ray(plan.args)
+    beside = None
     try:
         res = plan.res
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -701,7 +708,6 @@ def run(plan: Plan) -> int:
         if not (exp / artifacts.SPEC_FILE).exists():
             (exp / artifacts.SPEC_FILE).write_text(spec.to_yaml())
         data_ref = _load_data.remote(spec.to_dict())
-        beside = None
         if plan.on_disk is None and overlaps(res, nodes):
             beside = DenseBeside(spec, exp, res, plan.steps_per_epoch, data_ref)
             dense = beside.refs
@@ -721,6 +727,8 @@ def run(plan: Plan) -> int:
         code = finish(plan, trials)
         return 1 if failed is not None and code == 0 else code
     finally:
+        if beside is not None:  # also on a second Ctrl-C or an error: its thread calls Ray
+            beside.join()
         if started:
             ray.shutdown()
 

@@ -41,11 +41,9 @@ class DenseRefs:
     transfers: dict = field(default_factory=dict)  # transfer_key(...) -> ObjectRef of a loaded source ticket
     board: object = None  # a DenseBoard while the dense run still trains: trials warm up, then wait there
 
-    def ready(self) -> DenseRefs:
-        """These refs with the snapshots in: from the board once the dense run has put them there."""
-        if self.board is None:
-            return self
-        return dataclasses.replace(self, snapshots=ray.get(self.board.wait.remote()), board=None)
+    def published(self, answer: ray.ObjectRef) -> DenseRefs:
+        """These refs with the snapshots in, from the board's `answer` (it raises if the run failed)."""
+        return dataclasses.replace(self, snapshots=ray.get(answer), board=None)
 
 
 @ray.remote(num_cpus=0)
@@ -88,7 +86,8 @@ class _Trial:
     seed: int  # the sparse runs' data order
     runtime: object  # training.Runtime: threads and precision this trial's process trains with
     dense: DenseRefs  # with the snapshots in
-    waited: float  # seconds spent warmed up, waiting for the dense run to end (0: it had ended)
+    beside_dense: bool  # started while the dense run trained: warmed up, then waited for it
+    waited: float  # seconds spent waiting for the snapshots
 
 
 _TRIALS_IN_PROCESS = 0  # Tune reuses worker processes: the first trial in one pays for imports and tracing
@@ -107,6 +106,12 @@ def process_age() -> float:
 
 
 def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
+    answer, beside = None, False
+    if dense.board is not None:
+        answer = dense.board.wait.remote()
+        beside = not ray.wait([answer], timeout=1.0)[0]
+        if not beside:  # the dense run has ended; had it failed, this trial fails here, before any import
+            dense = dense.published(answer)
     # Imports that start TensorFlow come after the thread counts are known.
     from tickets import training
 
@@ -122,16 +127,16 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
     data = ray.get(dense.data)
     model = training.sparse_model(spec_obj, data)  # compiled once per worker process, reused by its trials
     waited = 0.0
-    if dense.board is not None:
+    if beside:
         # Started beside the dense run, on resources it does not use: trace the train and test steps
         # now, so that the trial trains at once when the snapshots come.
         training.warm_up(spec_obj, data)
         waiting = time.perf_counter()
-        dense = dense.ready()
+        dense = dense.published(answer)
         waited = time.perf_counter() - waiting
     return _Trial(spec_obj, data, model, rewind_epoch, config_lib.step_of(rewind_epoch, dense.steps_per_epoch),
                   str(config["control"]), replicate, training.derive_seed(spec_obj.seed, replicate, 1), runtime,
-                  dense, waited)
+                  dense, beside, waited)
 
 
 def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
@@ -146,7 +151,8 @@ def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
             "weights_remaining": summary["weights_remaining"], "weights_remaining_count": summary["remaining"],
             "prunable_weights": summary["total"],
             "threshold": summary["threshold"] if summary["threshold"] is not None else float("nan"),
-            "dense_hash": dense.dense_hash, "dense_wait_seconds": t.waited, "node_id": ray.get_runtime_context().get_node_id(),
+            "dense_hash": dense.dense_hash, "started_beside_dense": t.beside_dense,
+            "dense_wait_seconds": t.waited, "node_id": ray.get_runtime_context().get_node_id(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **t.runtime.row()}
 
 
@@ -223,7 +229,7 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
 
     state = resume  # restarted after its last epoch's checkpoint: nothing left to train
     for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):
-        _report({**base, **_epoch_metrics(progress, state), "trial_seconds": time.perf_counter() - entered},
+        _report({**base, **_epoch_metrics(progress, state), "trial_seconds": time.perf_counter() - entered - t.waited},
                 state, ticket.mask)
     if state is not None:  # the ticket marks the trial finished: every report is in by now
         info = {**{k: base[k] for k in config_lib.GRID_KEYS}, "rewind_step": t.rewind_step,
