@@ -45,7 +45,8 @@ def sets(*overrides: str) -> list[str]:
     return [arg for override in overrides for arg in ("--set", override)]
 
 
-SMALL = sets("dense.epochs=2", "search.rewind_epoch=[0]")  # two dense epochs, every trial from initialisation
+# Two dense epochs, every trial from initialisation, tickets only (the smoke preset adds random reinits).
+SMALL = sets("dense.epochs=2", "search.rewind_epoch=[0]", "search.control=[ticket]")
 
 
 # ---------------------------------------------------------------------------------------------

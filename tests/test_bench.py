@@ -16,13 +16,18 @@ def test_bench_tiny_runs_every_figure(tmp_path):
     figures = results["figures"]
     assert sorted(figures, key=int) == [str(n) for n in range(1, 13)]
     assert figures["1"]["dense_images_per_s"] > 0 and set(figures["1"]["masked"]) == {"0.95"}
-    assert figures["2"]["dense_runs"] == 1 and figures["2"]["naive_dense_runs"] == figures["2"]["trials"] == 1
-    assert figures["3"]["speedup"] > 0 and figures["3"]["trial_phase_speedup"] > 0
-    assert 0 < figures["3"]["trial_phase_efficiency"] and figures["3"]["trial_phase_s"] > 0
-    assert figures["3"]["machine_ceiling"] > 0  # one-thread processes side by side, measured
+    # What does not depend on the machine: one dense run per sweep, exactly (the naive design one per trial).
+    assert figures["2"]["measured"] == figures["2"]["dense_runs"] == 1 and figures["2"]["verdict"] == "meets"
+    assert figures["2"]["naive_dense_runs"] == figures["2"]["trials"] == 1
+    # Figure 3 needs trials side by side: with --tiny's one grid point it is not measured (never a made-up 1.0).
+    assert figures["3"]["measured"] is None and figures["3"]["verdict"] == "not measured"
+    assert figures["3"]["trial_phase_s"] > 0 and figures["3"]["machine_ceiling"] > 0  # the ceiling is measured
     assert 0 < figures["4"]["ratio"] and figures["4"]["fresh_worker_startup_s"] > 0
     assert figures["4"]["projected"]["trial_s"] > 0  # projected from figure 1's throughput
     assert figures["5"]["errors"] == 0 and figures["5"]["points"] == 8
+    assert figures["5"]["ratio"] == figures["5"]["seconds"] / 8 < 0.2 * 25  # under its bound, with start-up slack
+    for number, fig in figures.items():  # every figure states its goal, its verdict and what it measured
+        assert fig["goal"].split()[0] in (">=", "==", "<", "<=") and fig["verdict"] and fig["detail"], number
     assert "skipped" in figures["7"] or figures["7"]["ratio"] > 0
     # The sweep and the hand-written loop trained the same grid, and both learned (chance is 0.10).
     fig8 = figures["8"]

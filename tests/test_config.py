@@ -40,6 +40,18 @@ def test_dense_hash_ignores_the_grid_but_not_the_training():
     cached = config.load("smoke", ["data.cache=node"])  # same numbers, and allowed on --resume
     assert cached.dense_hash() == a.dense_hash() and cached.spec_hash() == a.spec_hash()
     assert config.load("smoke", ["data.shuffle_buffer=64"]).dense_hash() != a.dense_hash()
+    # Another validation split is another dense run; the near-collapse threshold changes no number.
+    assert config.load("smoke", ["data.validation=100"]).dense_hash() != a.dense_hash()
+    assert config.load("smoke", ["data.validation=100"]).dense_hash() != config.load(
+        "smoke", ["data.validation=200"]).dense_hash()
+    low = config.load("smoke", ["pruning.min_live_channels=9"])
+    assert low.dense_hash() == a.dense_hash() and low.spec_hash() == a.spec_hash()
+
+
+def test_paper_presets_hold_out_the_papers_validation_split():
+    for name in ("conv2-cifar10", "conv4-cifar10", "conv6-cifar10", "mobilenetv2-cifar10"):
+        assert config.load(name).data.validation == 5000, name
+    assert config.load("mobilenetv2-imagenet").data.validation == 10000
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -84,6 +96,12 @@ def test_dense_hash_ignores_the_grid_but_not_the_training():
     ({"references": [{"source": "", "points": [{"test_accuracy": 50}]}]}, "references[0].source: '' must cite"),
     ({"references": [{"source": "x", "points": [{"weights_remaining": 5}]}]},
      "references[0].points[0]: 'test_accuracy/gain' needs exactly one of test_accuracy and gain"),
+    ({"data": {"validation": -1}}, "data.validation: -1 must be >= 0"),
+    ({"data": {"validation": 2.5}}, "data.validation: 2.5 must be an integer"),
+    ({"data": {"validation": "5k"}}, "data.validation: '5k' must be an integer"),
+    ({"pruning": {"min_live_channels": -1}}, "pruning.min_live_channels: -1 must be >= 0"),
+    ({"pruning": {"mode": "imp", "levels": 2}, "search": {"control": ["random_reinit"]}},
+     "search.control: ['random_reinit'] has no 'ticket': IMP controls train the ticket chain's masks"),
 ])
 def test_bad_values_name_field_and_value(raw, message):
     with pytest.raises(SpecError) as e:

@@ -55,7 +55,7 @@ def test_image_folder_large_images_stay_files(tmp_path, monkeypatch):
     assert d.train.kind == "files" and d.num_classes == 3
     (x, y), *_ = _batches(data.train_batches(d, spec, seed=0, start_step=0, num_steps=2))
     assert x.shape == (4, 128, 128, 3) and x.dtype == np.float32 and -1 <= x.min() and x.max() <= 1
-    (xt, _), *_ = _batches(data.test_batches(d, spec))
+    (xt, _), *_ = _batches(data.eval_batches(d, d.test, spec))
     assert xt.shape[1:] == (128, 128, 3)
 
 
@@ -92,3 +92,40 @@ def test_training_stream_is_the_same_however_it_is_split():
     epoch0 = np.concatenate([y for _, y in whole[:10]])
     assert sorted(epoch0.tolist()) == sorted(d.train.labels.tolist())
     assert not np.array_equal(whole[0][0], whole[10][0])
+
+
+@needs_cifar10()
+def test_validation_is_balanced_the_same_for_every_seed_and_never_trained_on():
+    import pyarrow.parquet as pq
+
+    # Held out of CIFAR-10a by row, before the seed's subset is drawn from what is left.
+    spec = DataSpec(dataset="cifar10", path=str(CIFAR10), half="a", validation=1000,
+                    subset=SubsetSpec(train=2000, test=100))
+    a, b = data.inspect(spec, seed=0), data.inspect(spec, seed=1)
+    assert a.train.kind == a.validation.kind == "streamed"  # row ids into the shards, nothing decoded yet
+    assert len(a.validation) == 1000 and np.bincount(a.validation.labels).tolist() == [100] * 10
+    assert np.array_equal(a.validation.images, b.validation.images)  # the same images whatever the seed
+    assert not np.array_equal(a.train.images, b.train.images)  # the subset follows the seed
+    for d in (a, b):
+        assert not set(d.validation.images) & set(d.train.images)
+    labels = pq.read_table(CIFAR10 / "train.parquet", columns=["label"]).column("label").to_numpy()
+    half_a = set(data.half_indices(labels, "a").tolist())
+    assert set(a.validation.images.tolist()) <= half_a and set(a.train.images.tolist()) <= half_a
+    # Without the subset, every image of the half is either trained on or held out.
+    whole = data.inspect(DataSpec(dataset="cifar10", path=str(CIFAR10), half="a", validation=1000), seed=0)
+    assert len(whole.train) == 24000 and set(whole.train.images) | set(whole.validation.images) == half_a
+
+    loaded = data.load(DataSpec(dataset="cifar10", path=str(CIFAR10), validation=500, batch_size=100,
+                                subset=SubsetSpec(train=1000, test=100)), seed=0)
+    assert loaded.validation.kind == "decoded" and loaded.validation.images.shape == (500, 32, 32, 3)
+    labels = [y for _, y in _batches(data.eval_batches(loaded, loaded.validation, DataSpec(batch_size=100)))]
+    assert np.concatenate(labels).tolist() == loaded.validation.labels.tolist()  # every image, in order
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_is_bad_input():
+    spec = DataSpec(dataset="synthetic", synthetic_size=SubsetSpec(train=200, test=50), batch_size=20, validation=200)
+    with pytest.raises(data.DataError, match=r"^data.validation: 200 is not below the 200 training images"):
+        data.inspect(spec, seed=0)
+    d = data.load(DataSpec(dataset="synthetic", synthetic_size=SubsetSpec(train=200, test=50), batch_size=20,
+                           validation=50), seed=0)
+    assert len(d.train) == 150 and np.bincount(d.validation.labels).tolist() == [5] * 10

@@ -70,15 +70,42 @@ def test_a_layer_whose_inputs_are_all_cut_passes_no_signal_though_it_keeps_weigh
     assert live["conv1/kernel"].tolist() == [True] + [False] * 63
 
 
-def test_a_residual_block_that_is_cut_is_skipped_not_fatal():
+def test_an_emptied_residual_branch_is_skipped_not_a_cut():
     layout = _layout()
     mask = {n: np.ones(layout.shapes[n], bool) for n in layout.names}
     mask["block_2_project/kernel"][:] = False  # block_2 adds to block_1's output: the skip carries the signal
-    assert pruning.collapsed(mask, layout) == {"block_2_project/kernel": "no weights left (0 of 384)"}
+    health = pruning.check(mask, layout)
+    assert health.cuts == {} and pruning.collapsed(mask, layout) == {}
+    assert list(health.branches) == ["block_2_project/kernel"]
+    assert health.branches["block_2_project/kernel"].startswith("no weights left (0 of 384); a residual connection")
+    mask["block_4_expand/kernel"][:] = False  # inside block_4's branch: its depthwise and project see no input
+    assert list(pruning.check(mask, layout).branches) == ["block_2_project/kernel", "block_4_expand/kernel"]
+    table = pruning.density_table({"p": mask}, layout)
+    assert any(line.startswith("block_4_expand/kernel") and line.endswith("0.00~") for line in table)
+
     mask["block_1_project/kernel"][:] = False  # no residual around block_1: everything after it is cut
-    assert pruning.collapsed(mask, layout) == {
+    health = pruning.check(mask, layout)
+    assert health.cuts == {  # after the cut no skip carries anything: emptied kernels there are cuts too
         "block_1_project/kernel": "no weights left (0 of 384)", "block_2_project/kernel": "no weights left (0 of 384)",
+        "block_4_expand/kernel": "no weights left (0 of 1,536)",
         "predictions/kernel": "10 of 10 outputs receive no signal from the input"}
+    assert health.branches == {}
+
+
+def test_the_narrowest_layer_and_the_share_of_every_kernel_weight_kept():
+    layout = _layout()
+    whole = {n: np.ones(layout.shapes[n], bool) for n in layout.names}
+    assert pruning.check(whole, layout).narrowest[1:] == (8, 8)  # width 0.35: the 8-channel projections
+    mask = {n: m.copy() for n, m in whole.items() if n not in ("Conv1/kernel", "predictions/kernel")}
+    mask["block_5_project/kernel"][..., 3:] = False  # 3 of its 16 output channels keep weights
+    health = pruning.check(mask, layout)
+    assert health.cuts == {} and health.narrowest == ("block_5_project/kernel", 3, 16)
+    assert health.near_collapse(3) and not health.near_collapse(2)
+    assert health.narrowest_text() == "block_5_project/kernel (3 of 16 live)"
+    kept, total = pruning.kept_total(mask, layout)
+    assert total == sum(int(np.prod(s)) for s in layout.shapes.values())
+    pruned = int((~mask["block_5_project/kernel"]).sum())
+    assert kept == total - pruned  # the excluded kernels (absent from the mask) count as kept
 
 
 @pytest.fixture(scope="module")

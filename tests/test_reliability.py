@@ -35,7 +35,7 @@ def _pids_alive(pids) -> list[int]:
 def test_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
     exp = tmp_path / "smoke"
     p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", "--set", "dense.epochs=5",
-             "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5]",
+             "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5]", "--set", "search.control=[ticket]",
              "--set", "data.synthetic_size={train: 2048, test: 256}"])
 
     def two_epochs():
@@ -100,7 +100,7 @@ def test_a_node_removed_mid_sweep_does_not_stop_the_grid(tmp_path):
         cluster.wait_for_nodes()
         p = cli(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address,
                  "--set", "dense.epochs=3", "--set", "search.rewind_epoch=[0]",
-                 "--set", "search.sparsity=[0.5,0.7,0.8,0.9]"])
+                 "--set", "search.sparsity=[0.5,0.7,0.8,0.9]", "--set", "search.control=[ticket]"])
         # Two epochs reported from the worker node: a trial writes a row before `tune.report`ing it,
         # and reports one at a time, so the first row's checkpoint is Tune's by then and that row
         # survives the node's removal (a later epoch may be retrained elsewhere).
@@ -139,7 +139,7 @@ def interrupted(tmp_path_factory):
     # Eight epochs a trial: Tune takes a few seconds to stop after SIGINT, during which the running
     # trial keeps training; it must still be unfinished when the sweep has exited.
     p = cli(["smoke", "--storage-path", str(storage), "--num-cpus", "2", "--set", "dense.epochs=8",
-             "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5,0.9]",
+             "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5,0.9]", "--set", "search.control=[ticket]",
              "--set", "data.synthetic_size={train: 2048, test: 256}",
              "--set", "resources.max_concurrent_trials=1", "--set", "resources.max_failures=1"],
             start_new_session=True)
@@ -226,6 +226,11 @@ SPEC_CASES = [
     ("smoke", ["resources.cpus_per_trial=64"], "resources.cpus_per_trial: 64 cannot be met by any node"),
     ("smoke", ["search.control=[transfer]"], "search.control: ['transfer'] has 'transfer' but the spec has no"),
     ("smoke", ["data.subset={train: 10}"], "data.subset.train: 10 is smaller than data.batch_size (64)"),
+    ("smoke", ["data.validation=-5"], "data.validation: -5 must be >= 0"),
+    ("smoke", ["data.validation=0.1"], "data.validation: 0.1 must be an integer"),
+    ("smoke", ["data.validation=1152"], "data.validation: 1152 is not below the 1152 training images"),
+    ("smoke", ["pruning.mode=imp", "pruning.levels=2", "search.sparsity=[]", "search.control=[random_prune]"],
+     "search.control: ['random_prune'] has no 'ticket'"),
 ]
 
 
@@ -250,8 +255,11 @@ DATA_CASES = [
                                              "data.batch_size=10"], "holds images of shape (1024,)"),
     ("subset larger than a class", lambda d: ["data.dataset=cifar10", "data.batch_size=10",
                                               f"data.path={write_cifar_batches(d / 'c', labels=[0, 0] + [1] * 18)}",
-                                              "data.subset={train: 90}"],
+                                              "data.subset={train: 90}", "data.validation=0"],
      "data.subset.train: 90 needs 45 images of class 0; the data has 10"),
+    ("validation leaves nothing to train", lambda d: ["data.dataset=cifar10", "data.batch_size=10",
+                                                      f"data.path={write_cifar_batches(d / 'c')}", "data.validation=100"],
+     "data.validation: 100 is not below the 100 training images: nothing would be left to train on"),
 ]
 
 

@@ -171,7 +171,8 @@ def test_node_cache_copies_each_shard_once_per_node_and_checks_it(converted, tmp
     # A pipeline with data.cache: node reads the copies.
     spec = DataSpec(dataset="parquet", path=str(dst), image_size=128, batch_size=16, cache="node")
     monkeypatch.setenv("TICKETS_CACHE_DIR", str(tmp_path / "cache2"))
-    _batches(data.test_batches(data.load(spec, seed=0), spec))
+    loaded = data.load(spec, seed=0)
+    _batches(data.eval_batches(loaded, loaded.test, spec))
     cached = sorted(p.name for p in (tmp_path / "cache2").rglob("*.parquet"))
     assert cached == sorted(p.name for p in (dst / "val").glob("*.parquet"))
 
@@ -203,18 +204,62 @@ def test_streamed_memory_does_not_grow_with_the_data_set(tmp_path):
     assert peaks[1] - peaks[0] < 60, (peaks, sizes)
 
 
+def test_validation_is_held_out_of_streamed_shards_by_row(converted):
+    _, dst, _ = converted
+    spec = DataSpec(dataset="imagenet", path=str(dst), image_size=128, batch_size=8, shuffle_buffer=64,
+                    validation=24)
+    d = data.load(spec, seed=0)
+    assert d.train.kind == d.validation.kind == "streamed"  # row ids: the images stay on the shards
+    assert len(d.validation) == 24 and np.bincount(d.validation.labels).tolist() == [2] * 12
+    assert not set(d.validation.images) & set(d.train.images) and len(d.train) == 290 - 24
+    labels = np.concatenate([y for _, y in _batches(data.eval_batches(d, d.validation, spec))])
+    assert labels.tolist() == d.validation.labels.tolist()  # read from the shards, row by row
+
+
 def test_a_sweep_trains_end_to_end_on_streamed_shards(converted, tmp_path):
     _, dst, _ = converted
     code, out = run(["smoke", "--storage-path", str(tmp_path), "--name", "streamed", "--num-cpus", "2",
                      *sets("data.dataset=parquet", f"data.path={dst}", "data.image_size=64", "data.batch_size=32",
                            "data.augment=true", "data.shuffle_buffer=96", "model.arch=conv2", "dense.epochs=3",
-                           "search.sparsity=[0.8]", "search.rewind_epoch=[0]")],
+                           "search.sparsity=[0.8]", "search.rewind_epoch=[0]", "search.control=[ticket]",
+                           "data.validation=0")],
                     env={"TICKETS_DECODE_CACHE_MB": "0"}, timeout=400)
     assert code == 0, out
     assert "290 train / 48 test images, 12 classes" in out and "streamed from 7 shards" in out
     df = read_results(tmp_path / "streamed")
     final = df[df.epoch == 3].set_index("control")["test_accuracy"]  # chance: 1/12
     assert len(final) == 2 and (final > 2 / 12).all(), final  # the dense network and the ticket learned
+
+
+@needs_cifar10()
+def test_an_imagenet_ticket_trains_on_cifar10(converted, tmp_path):
+    """Morcos et al.'s other transfer, end to end at small size: MobileNetV2 width 1.0 tickets found on
+    ImageNet-like shards (Keras's strides) trained on CIFAR-10 with the CIFAR strides."""
+    _, dst, _ = converted
+    small = sets("dense.epochs=1", "search.sparsity=[0.9]", "search.rewind_epoch=[0]", "search.replicate=[0]",
+                 "data.batch_size=32")
+    code, out = run(["mobilenetv2-imagenet", "--storage-path", str(tmp_path), "--name", "imagenet", "--num-cpus", "2",
+                     *small, *sets(f"data.path={dst}", "data.image_size=32", "data.validation=24",
+                                   "search.control=[ticket]")], timeout=600)
+    assert code == 0, out[-3000:]
+    code, out = run(["transfer-imagenet-to-cifar10", "--storage-path", str(tmp_path), "--num-cpus", "2", *small,
+                     *sets(f"data.path={CIFAR10}", "data.subset={train: 256, test: 100}", "data.validation=50",
+                           "dense.schedule.warmup_epochs=0",
+                           "search.control=[ticket,transfer]")], timeout=600)
+    assert code == 0, out[-3000:]
+    df = read_results(tmp_path / "transfer-imagenet-to-cifar10")
+    final = df[df.control != "dense"].set_index("control")
+    assert final.loc["transfer", "classifier_reinitialised"] and not final.loc["ticket", "classifier_reinitialised"]
+    assert (final.collapsed_layers == "").all() and (final.weights_remaining.round(6) == 0.1).all()
+    from tickets import artifacts
+
+    source = artifacts.load_ticket(next((tmp_path / "imagenet").glob(f"*/{artifacts.TICKET_FILE}")))
+    (target,) = [f for f in (tmp_path / "transfer-imagenet-to-cifar10").glob(f"*/{artifacts.TICKET_FILE}")
+                 if artifacts.load_ticket(f)["info"]["control"] == "transfer"]
+    ticket = artifacts.load_ticket(target)
+    for name, m in ticket["mask"].items():  # every prunable kernel: the ImageNet ticket's mask and start
+        assert np.array_equal(m, source["mask"][name]), name
+        assert np.array_equal(ticket["start"][name], source["start"][name]), name
 
 
 def test_unfinished_or_class_sorted_shards_are_caught_before_anything_starts(converted, tmp_path, monkeypatch):

@@ -134,14 +134,18 @@ def test_cifar_strides_train_bit_identically_on_two_threads(tmp_path, replicas):
     assert out.stdout.splitlines()[-1] == f"2 1 {replicas} []"  # threads as configured; no weight differs
 
 
-def test_masked_step_under_mixed_bfloat16_keeps_float32_weights_and_exact_zeros(small):
+@pytest.mark.parametrize("policy, compute", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
+def test_masked_step_under_mixed_precision_keeps_float32_weights_and_exact_zeros(small, policy, compute):
     # Mixed precision computes in 16 bits but keeps float32 master weights, so the mask constraint
-    # still leaves pruned weights at exactly 0.0 and snapshots stay float32 (bfloat16 runs on CPUs).
+    # still leaves pruned weights at exactly 0.0 and snapshots stay float32; under float16 Keras
+    # scales the loss (LossScaleOptimizer), and the mask still applies after its unscaled update.
     spec, d = small
-    training.set_precision("mixed_bfloat16")
+    training.set_precision(policy)
     try:
         model = training.sparse_model(spec, d)
-        assert model.layers[-2].compute_dtype == "bfloat16" and model.layers[-1].compute_dtype == "float32"
+        assert model.layers[-2].compute_dtype == compute and model.layers[-1].compute_dtype == "float32"
+        scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert scaled == (policy == "mixed_float16")
         weights = models.get_weights(model)
         ticket = training.make_ticket(spec, model, weights, weights, 0.8, "ticket", 0)
         (progress, state), = training.train_sparse(spec, d, ticket, d.steps_per_epoch(32), seed=1)
@@ -202,21 +206,28 @@ def test_sparse_run_resumes_exactly_from_its_state(small, trajectory):
 
 
 @needs_cifar10()
-def test_finds_a_ticket_on_real_cifar10_without_ray():
-    """Conv-2 on a CIFAR-10 subset: dense, prune 80 % globally, rewind to init, retrain."""
+def test_finds_a_ticket_on_real_cifar10_without_ray_that_beats_its_random_reinit():
+    """Conv-2 on a CIFAR-10 subset: dense, prune 90 % globally, rewind to init, retrain; the same mask
+    from a fresh initialisation (Frankle & Carbin's control) trains worse."""
     training.configure(2)
-    spec = config.load("conv2-cifar10", [f"data.path={CIFAR10}", "data.subset={train: 5000, test: 1000}",
-                                         "dense.epochs=3", "search.rewind_epoch=[0]", "pruning.scope=global",
-                                         "dense.optimizer.learning_rate=0.0005"])
+    spec = config.load("conv2-cifar10", [f"data.path={CIFAR10}", "data.subset={train: 3000, test: 1000}",
+                                         "data.validation=500", "dense.epochs=3", "search.rewind_epoch=[0]",
+                                         "pruning.scope=global", "dense.optimizer.learning_rate=0.0005"])
     d = data.load(spec.data, spec.seed)
     traj = training.train_dense(spec, d, on_epoch=print)
-    dense_acc = traj.metrics[-1]["test_accuracy"]
-    assert dense_acc > 0.35, dense_acc  # chance is 0.10
+    assert traj.metrics[-1]["test_accuracy"] > 0.35, traj.metrics[-1]  # chance is 0.10
+    assert all(0 < m["val_accuracy"] <= 1 for m in traj.metrics)  # the held-out images are evaluated too
     model = training.sparse_model(spec, d)
-    ticket = training.make_ticket(spec, model, traj.final, traj.snapshots[0], 0.8, "ticket", 0)
-    report = masks.report(ticket.mask)
-    assert report["pruned"] == round(0.8 * report["total"])
-    *_, (last, state) = training.train_sparse(spec, d, ticket, 0, seed=1)
-    assert last.test_accuracy > 0.35, last.test_accuracy
-    for name, m in ticket.mask.items():
-        assert np.all(state.weights[name][~m] == 0.0)
+    final = {}
+    for control in ("ticket", "random_reinit"):
+        ticket = training.make_ticket(spec, model, traj.final, traj.snapshots[0], 0.9, control, 0)
+        report = masks.report(ticket.mask)
+        assert report["pruned"] == round(0.9 * report["total"])
+        *_, (last, state) = training.train_sparse(spec, d, ticket, 0, seed=1)
+        for name, m in ticket.mask.items():
+            assert np.all(state.weights[name][~m] == 0.0)
+        assert state.early_stop.epoch in (1, 2, 3)  # chosen on the validation split
+        final[control] = (ticket.mask, last.test_accuracy)
+    (ticket_mask, ticket_acc), (reinit_mask, reinit_acc) = final["ticket"], final["random_reinit"]
+    assert all(np.array_equal(ticket_mask[k], reinit_mask[k]) for k in ticket_mask)
+    assert ticket_acc > reinit_acc + 0.03, (ticket_acc, reinit_acc)  # measured: 48.9 vs 38.6 %

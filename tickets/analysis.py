@@ -2,6 +2,10 @@
 
 Works on finished, running and interrupted experiments, without Ray or TensorFlow: it reads the
 `metrics.jsonl` each trial appends to in its dir before every report, and the dense run's manifest.
+
+Nothing here is chosen on the test set: the early-stop epoch is the epoch of least validation loss
+(`data.validation`), and `early_stop_accuracy` the test accuracy at that epoch. Without a
+validation split nothing is early-stopped (those columns are NaN) and only final-epoch numbers exist.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from tickets import artifacts
 from tickets import config as config_lib
 from tickets.config import CONTROLS, GRID_KEYS
 
-_METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "train_accuracy", "train_loss", "actual_sparsity",
-            "weights_remaining", "weights_remaining_count", "threshold", "early_stop_epoch", "best_test_loss",
+# The numeric columns of a trial row (as the trainable reports them) and of the dense rows.
+_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
+            "actual_sparsity", "weights_remaining", "weights_remaining_count", "weights_remaining_total",
+            "threshold", "early_stop_epoch", "early_stop_accuracy", "best_val_loss", "narrowest_live_channels",
             "epoch_seconds", "step")
-
-
+# Text columns: where a mask cuts the network, the residual branches it empties, its narrowest layer.
+_TEXT = ("collapsed_layers", "emptied_branches", "narrowest_layer")
 
 
 def _status(trial: Path) -> str:
@@ -47,8 +53,8 @@ def load(path) -> pd.DataFrame:
             row |= {"trial_id": r.get("trial_id", trial.name), "trial": trial.name, "status": status,
                     "epoch": r["epoch"], "node_id": r.get("node_id")}
             row |= {k: r.get(k, np.nan) for k in _METRICS}
+            row |= {k: r.get(k) or "" for k in _TEXT}
             row["classifier_reinitialised"] = bool(r.get("classifier_reinitialised", False))
-            row["collapsed_layers"] = r.get("collapsed_layers") or ""
             row["precision"] = r.get("precision") or "float32"  # rows from before mixed precision existed
             rows.append(row)
     rows += _dense_rows(experiment)
@@ -59,9 +65,15 @@ def load(path) -> pd.DataFrame:
 
 def _with_new_columns(df: pd.DataFrame) -> pd.DataFrame:
     """A results.parquet written before a column existed reads with that column empty."""
-    for column, empty in (("level", pd.NA), ("collapsed_layers", ""), ("precision", "float32")):
-        if column not in df:
-            df[column] = pd.Series([empty] * len(df), dtype="Int64" if column == "level" else "string")
+    for column in _columns():
+        if column in df:
+            continue
+        if column == "level":
+            df[column] = pd.Series([pd.NA] * len(df), dtype="Int64")
+        elif column in _TEXT or column == "precision":
+            df[column] = pd.Series(["float32" if column == "precision" else ""] * len(df), dtype="string")
+        else:
+            df[column] = np.nan
     return df
 
 
@@ -70,18 +82,28 @@ def _dense_rows(experiment: Path) -> list[dict]:
     manifest = artifacts.read_dense(dense) if dense.is_dir() else None
     if not manifest:
         return []
-    return [{"sparsity": 0.0, "rewind_epoch": np.nan, "control": "dense", "replicate": 0, "trial_id": "dense",
-             "trial": "dense", "status": "finished", "epoch": m["epoch"], "node_id": None,
-             "test_accuracy": m["test_accuracy"], "test_loss": m["test_loss"],
-             "train_accuracy": m["train_accuracy"], "train_loss": m["train_loss"], "actual_sparsity": 0.0,
-             "weights_remaining": 1.0, "step": m["step"], "epoch_seconds": m["seconds"], "collapsed_layers": "",
-             "precision": manifest.get("runtime", {}).get("precision", "float32")}
-            for m in manifest["metrics"]]
+    rows, best = [], None
+    for m in manifest["metrics"]:
+        val_loss = m.get("val_loss", np.nan)
+        if val_loss < (best["val_loss"] if best else np.inf):  # NaN (no validation split) never is
+            best = {"epoch": m["epoch"], "val_loss": val_loss, "test_accuracy": m["test_accuracy"]}
+        rows.append({
+            "sparsity": 0.0, "rewind_epoch": np.nan, "control": "dense", "replicate": 0, "trial_id": "dense",
+            "trial": "dense", "status": "finished", "epoch": m["epoch"], "node_id": None,
+            **{k: m.get(k, np.nan) for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
+                                              "train_accuracy", "train_loss", "step")},
+            "actual_sparsity": 0.0, "weights_remaining": 1.0, "weights_remaining_total": 1.0,
+            "epoch_seconds": m["seconds"],
+            "early_stop_epoch": best["epoch"] if best else np.nan,
+            "early_stop_accuracy": best["test_accuracy"] if best else np.nan,
+            "best_val_loss": best["val_loss"] if best else np.nan,
+            **{k: "" for k in _TEXT}, "precision": manifest.get("runtime", {}).get("precision", "float32")})
+    return rows
 
 
 def _columns() -> list[str]:
-    return [*GRID_KEYS, "trial_id", "trial", "status", "epoch", "node_id", *_METRICS, "classifier_reinitialised",
-            "collapsed_layers", "precision"]
+    return [*GRID_KEYS, "trial_id", "trial", "status", "epoch", "node_id", *_METRICS, *_TEXT,
+            "classifier_reinitialised", "precision"]
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -90,7 +112,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df = df.drop_duplicates(subset=["trial_id", "level", "epoch"], keep="last")
     df = df.astype({"sparsity": "float64", "rewind_epoch": "float64", "replicate": "int64", "epoch": "int64",
                     "trial_id": "string", "trial": "string", "status": "string", "node_id": "string",
-                    "classifier_reinitialised": "bool", "collapsed_layers": "string", "precision": "string"})
+                    "classifier_reinitialised": "bool", "precision": "string", **{k: "string" for k in _TEXT}})
     df["control"] = pd.Categorical(df["control"], categories=("dense", *CONTROLS))
     for k in _METRICS:
         df[k] = pd.to_numeric(df[k], errors="coerce").astype("float64")
@@ -125,10 +147,25 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 def dense_accuracy(df: pd.DataFrame) -> float:
     """The dense network's final test accuracy (a fraction), the reference every ticket is held to."""
+    return float(_dense_final(df)["test_accuracy"].mean())
+
+
+def dense_early_stop_accuracy(df: pd.DataFrame) -> float:
+    """The dense network's test accuracy at its early-stop epoch (least validation loss); NaN
+    without a validation split."""
+    return float(_dense_final(df)["early_stop_accuracy"].mean())
+
+
+def _dense_final(df: pd.DataFrame) -> pd.DataFrame:
     dense = final_rows(df[df["control"] == "dense"])
     if dense.empty:
         raise ValueError("Received results without dense reference rows (control == 'dense')")
-    return float(dense["test_accuracy"].mean())
+    return dense
+
+
+def validated(df: pd.DataFrame) -> bool:
+    """Whether the experiment held out a validation split: only then is anything early-stopped."""
+    return bool(df["val_loss"].notna().any())
 
 
 def _keys(df: pd.DataFrame) -> list[str]:
@@ -147,67 +184,73 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
             references: tuple[config_lib.Reference, ...] = ()) -> pd.DataFrame:
     """One row per (control, sparsity or level, rewind_epoch) over replicates.
 
-    `matches` is the papers' winning-ticket test: mean final test accuracy within `tolerance`
-    percentage points of the dense network's, or better. `collapsed` is true when a replicate's mask
-    emptied a layer (`collapsed_layers`): its accuracy measures a cut network, not a ticket.
-    With `references` (`references(experiment)`), each row gains the published point of its control
-    nearest in weights remaining (log scale) and `published_gap`, final minus published accuracy.
+    `final_accuracy` is the test accuracy at the end of training; `early_stop_accuracy` the test
+    accuracy at the epoch of least validation loss (NaN without a validation split). `matches` is
+    the winning-ticket test: mean final test accuracy within `tolerance` percentage points of the
+    dense network's final accuracy, or better, and no replicate's network cut (`collapsed`: a mask
+    that cuts the network measures a cut network, not a ticket). `weights_remaining_total` is the
+    share of every kernel weight of the network kept (the papers' axis); `weights_remaining` that of
+    the prunable ones. With `references` (`references(experiment)`), each row gains the published
+    point of its control nearest in `weights_remaining_total` (log scale) and `published_gap`: the
+    early-stop accuracy minus the published (early-stopped) one, like with like; NaN without a
+    validation split, where there is no early-stopped accuracy to compare.
     """
     trials = df[df["control"] != "dense"]
     dense = dense_accuracy(df)
-    runs = _runs(trials)
-    best = trials.groupby(runs, observed=True, dropna=False)["test_accuracy"].max().rename("best_accuracy")
-    final = final_rows(trials).join(best, on=runs)
-    if "best_test_accuracy" in final and final["best_test_accuracy"].notna().any():  # IMP: best within the level
-        final["best_accuracy"] = final["best_test_accuracy"].fillna(final["best_accuracy"])
+    final = final_rows(trials)
     keys = _keys(df)
     out = final.groupby(keys, observed=True, dropna=False).agg(
         replicates=("trial_id", "nunique"), sparsity_mean=("sparsity", "mean"),
-        weights_remaining=("weights_remaining", "mean"),
+        weights_remaining=("weights_remaining", "mean"), weights_remaining_total=("weights_remaining_total", "mean"),
         final_accuracy=("test_accuracy", "mean"), final_accuracy_std=("test_accuracy", "std"),
-        best_accuracy=("best_accuracy", "mean"), best_accuracy_std=("best_accuracy", "std"),
+        early_stop_accuracy=("early_stop_accuracy", "mean"), early_stop_accuracy_std=("early_stop_accuracy", "std"),
         early_stop_epoch=("early_stop_epoch", "mean"), epochs=("epoch", "max"),
         collapsed=("collapsed_layers", lambda c: bool((c.fillna("") != "").any())),
+        emptied_branches=("emptied_branches", lambda c: bool((c.fillna("") != "").any())),
+        narrowest_live_channels=("narrowest_live_channels", "min"),
     ).reset_index()
-    out["final_accuracy_std"] = out["final_accuracy_std"].fillna(0.0)
-    out["best_accuracy_std"] = out["best_accuracy_std"].fillna(0.0)
+    for column in ("final_accuracy_std", "early_stop_accuracy_std"):
+        out[column] = out[column].fillna(0.0).where(out[column.removesuffix("_std")].notna())
     if "sparsity" not in keys:
         out.insert(1, "sparsity", out["sparsity_mean"])
     out = out.drop(columns="sparsity_mean")
     out["dense_accuracy"] = dense
-    out["matches"] = out["final_accuracy"] >= dense - tolerance / 100
+    out["dense_early_stop_accuracy"] = dense_early_stop_accuracy(df)
+    out["matches"] = (out["final_accuracy"] >= dense - tolerance / 100) & ~out["collapsed"]
     if references:
-        out = _published(out, references, dense)
+        out = _published(out, references, dense_early_stop_accuracy(df))
     return out.sort_values(keys).reset_index(drop=True)
 
 
 def _published(s: pd.DataFrame, references, dense: float) -> pd.DataFrame:
-    """The nearest published point (same control, log weights remaining) beside each row, as fractions."""
+    """The nearest published point (same control, log weights remaining of the whole network) beside
+    each row, as fractions. Published accuracies are early-stopped, and gains are over the paper's
+    early-stopped dense network: they are compared with this experiment's early-stopped numbers."""
     nearest = []
     for row in s.itertuples():
         points = [p for r in references if r.control == row.control for p in r.points]
-        if not points or not row.weights_remaining > 0:
+        if not points or not row.weights_remaining_total > 0:
             nearest.append((np.nan, np.nan))
             continue
-        p = min(points, key=lambda p: abs(np.log(p.weights_remaining / 100) - np.log(row.weights_remaining)))
+        p = min(points, key=lambda p: abs(np.log(p.weights_remaining / 100) - np.log(row.weights_remaining_total)))
         nearest.append((p.weights_remaining / 100, p.accuracy(dense * 100) / 100))
     s = s.copy()
     s["published_weights_remaining"] = [w for w, _ in nearest]
     s["published_accuracy"] = [a for _, a in nearest]
-    s["published_gap"] = s["final_accuracy"] - s["published_accuracy"]
+    s["published_gap"] = s["early_stop_accuracy"] - s["published_accuracy"]
     return s
 
 
 def collapsed_trials(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial whose mask emptied a layer: its grid point and `collapsed_layers`."""
+    """One row per trial (IMP: per level) whose mask cut the network: its grid point and `collapsed_layers`."""
     trials = df[(df["control"] != "dense") & (df["collapsed_layers"].fillna("") != "")]
     columns = [k for k in (*GRID_KEYS, "trial_id", "collapsed_layers") if trials[k].notna().any()]
-    return trials.drop_duplicates("trial_id")[columns].reset_index(drop=True)
+    return trials.drop_duplicates(["trial_id", "level"])[columns].reset_index(drop=True)
 
 
 def winning_tickets(df: pd.DataFrame, tolerance: float = 0.5) -> pd.DataFrame:
     """Per rewind epoch, the sparsest ticket that matches the dense network (a collapsed one never does)."""
     s = summary(df, tolerance)
-    wins = s[(s["control"] == "ticket") & s["matches"] & ~s["collapsed"]]
-    idx = wins.groupby("rewind_epoch")["weights_remaining"].idxmin()
+    wins = s[(s["control"] == "ticket") & s["matches"]]
+    idx = wins.groupby("rewind_epoch")["weights_remaining_total"].idxmin()
     return wins.loc[idx].reset_index(drop=True)

@@ -6,7 +6,8 @@
     <experiment>/dense/runs.jsonl          one line per dense training started
     <experiment>/dense/metrics.jsonl       the dense run's per-epoch rows, as it trains
     <experiment>/<trial>/metrics.jsonl     each trial's reports; ticket.npz marks it finished
-    <experiment>/<trial>/level_<k>.npz     an IMP chain's ticket at level k
+    <experiment>/<trial>/level_<k>.npz     an IMP trial's ticket at level k (a chain's, or a control's)
+    <experiment>/<trial>/chain_error.json  an IMP ticket chain that failed for good (its controls fail with it)
 
 Plain `.npz`, JSON and Parquet, readable with numpy and pandas alone: no Ray, no TensorFlow.
 """
@@ -30,6 +31,7 @@ MANIFEST_FILE = "manifest.json"
 DENSE_RUNS_LOG = "runs.jsonl"  # one line per dense training started: how often it really ran
 RESULTS_FILE = "results.parquet"
 ERROR_FILE = "error.txt"  # Tune writes a failed trial's traceback there
+CHAIN_ERROR_FILE = "chain_error.json"  # written by the driver when an IMP ticket chain fails for good
 
 
 def snapshot_file(dense_dir: Path, step: int) -> Path:
@@ -82,7 +84,7 @@ class DenseEvents:
     gives the trials' metrics, so `tensorboard --logdir <experiment>` draws dense and sparse runs
     on the same charts. A new training of the dense run replaces the events of an earlier one."""
 
-    TAGS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss")
+    TAGS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss")
 
     def __init__(self, dense_dir: Path):
         self.dense_dir = dense_dir
@@ -96,7 +98,8 @@ class DenseEvents:
 
     def add(self, row: dict) -> None:
         for tag in self.TAGS:
-            self.writer.add_scalar(f"ray/tune/{tag}", row[tag], global_step=row["epoch"])
+            if tag in row and np.isfinite(row[tag]):  # val_*: only with a validation split
+                self.writer.add_scalar(f"ray/tune/{tag}", row[tag], global_step=row["epoch"])
         self.writer.flush()
 
     def __exit__(self, *exc) -> None:
@@ -146,14 +149,13 @@ def load_ticket(path) -> dict:
     return out
 
 
-def save_state(directory: Path, step: int, weights: dict, optimizer: list, mask: dict,
-               best_test_loss: float, best_epoch: int) -> None:
-    """A trial checkpoint: weights, optimizer variables (in order), mask, position."""
+def save_state(directory: Path, step: int, weights: dict, optimizer: list, mask: dict, early_stop: dict) -> None:
+    """A trial checkpoint: weights, optimizer variables (in order), mask, position, and the early
+    stop chosen so far (`training.EarlyStop` as a dict)."""
     np.savez(directory / "weights.npz", **weights)
     np.savez(directory / "optimizer.npz", *optimizer)
     masks_lib.save(directory / "mask.npz", mask)
-    (directory / "state.json").write_text(json.dumps(
-        {"step": step, "best_test_loss": best_test_loss, "best_epoch": best_epoch}))
+    (directory / "state.json").write_text(json.dumps({"step": step, "early_stop": early_stop}))
 
 
 def load_state(directory: Path) -> dict:
@@ -245,3 +247,48 @@ def _same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(float(a) - float(b)) < 1e-9
     return a == b
+
+
+# ---------------------------------------------------------------------------------------------
+# IMP: control trials find their ticket chain's levels (and its failure) on the storage path.
+
+
+def ticket_info(path: Path) -> dict | None:
+    """The `info` of a saved ticket, read alone; None when the file cannot be read."""
+    try:
+        with np.load(path) as f:
+            return json.loads(str(f["info"]))
+    except Exception:  # a file being replaced, or one from a killed writer: not (yet) a level
+        return None
+
+
+def find_level(experiment: Path, level: int, **coordinates) -> Path | None:
+    """The `level_<level>.npz` in `experiment` whose info matches `coordinates` (None: not written yet)."""
+    for path in sorted(experiment.glob(f"*/level_{level}.npz")):
+        info = ticket_info(path)
+        if info is not None and all(_same(info.get(k), v) for k, v in coordinates.items()):
+            return path
+    return None
+
+
+def write_chain_error(trial_dir: Path, coordinates: dict, error: str) -> None:
+    with atomic(trial_dir / CHAIN_ERROR_FILE) as tmp:
+        tmp.write_text(json.dumps({**coordinates, "error": error}))
+
+
+def chain_error(experiment: Path, **coordinates) -> str | None:
+    """The one-line error of the failed ticket chain at `coordinates`, or None."""
+    for path in sorted(experiment.glob(f"*/{CHAIN_ERROR_FILE}")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if all(_same(record.get(k), v) for k, v in coordinates.items()):
+            return record["error"]
+    return None
+
+
+def clear_chain_errors(experiment: Path) -> None:
+    """On --resume: failed chains train again, so their controls wait for them instead of failing."""
+    for path in experiment.glob(f"*/{CHAIN_ERROR_FILE}"):
+        path.unlink(missing_ok=True)

@@ -119,7 +119,8 @@ def step_throughput(size: int, batch: int, steps: int, repeats: int, sparsities=
 def _sweep(storage: Path, name: str, size: dict, extra: list[str]) -> dict:
     argv = [sys.executable, "-m", "tickets.sweep", "smoke", "--storage-path", str(storage), "--name", name,
             "--set", f"dense.epochs={size['dense_epochs']}",
-            "--set", f"data.synthetic_size={{train: {size['train']}, test: 256}}", *extra]
+            "--set", f"data.synthetic_size={{train: {size['train']}, test: 256}}", "--set", "search.control=[ticket]",
+            "--set", "data.validation=0", *extra]
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     wall = time.perf_counter() - start
@@ -200,8 +201,9 @@ def parallel_efficiency(runs: dict, slots: int, scaling: dict | None) -> dict:
            "sequential_trial_phase_s": seq_phase, "trial_phase_speedup": seq_phase / phase,
            "trial_phase_efficiency": sum(trial_seconds) / slots / phase,
            "epoch_s": epoch_s, "sequential_epoch_s": seq_epoch_s, "measured": slots * seq_epoch_s / epoch_s}
-    if par is seq:  # --tiny's one grid point: nothing ran side by side
-        out["measured"] = 1.0
+    if par is seq:  # --tiny's one grid point: nothing ran side by side, so there is nothing to measure
+        out["measured"] = None
+        out["not_measured"] = "one grid point (--tiny): no trials ran side by side"
     if scaling:
         out |= {"machine_ceiling": slots * scaling["slot_efficiency"], "scaling": scaling}
     return out
@@ -483,7 +485,7 @@ def sweep_vs_loop(size: dict, storage: Path, scaling: dict) -> dict:
                  f"dense.epochs={loop['epochs']}", "pruning.mode=oneshot", "pruning.scope=layerwise",
                  "pruning.rates={}",
                  "search.sparsity=[0.5, 0.9]", "search.rewind_epoch=[0, 1]", "search.control=[ticket]",
-                 "search.replicate=[0]"]
+                 "search.replicate=[0]", "data.validation=0"]  # the hand-written loop holds nothing out
     spec = config.load("conv2-cifar10", overrides)
     d = data.load(spec.data, spec.seed)  # the loop gets the same images, decoded (the sweep decodes them itself)
     arrays = storage / "loop.npz"
@@ -549,7 +551,8 @@ def dense_data_parallel(size: dict, storage: Path, gpus: int) -> dict:
 
     images, epochs, strides = size["dp"]
     spec = config.load("smoke", [f"model.strides={strides}", f"dense.epochs={epochs}", "data.batch_size=128",
-                                 f"data.synthetic_size={{train: {images}, test: 256}}", "search.rewind_epoch=[0]"])
+                                 f"data.synthetic_size={{train: {images}, test: 256}}", "search.rewind_epoch=[0]",
+                                 "data.validation=0"])
     path = storage / "dense-dp.yaml"
     path.write_text(spec.to_yaml())
     runs = {}
@@ -798,18 +801,28 @@ def run(figures: list[int], size_name: str) -> dict:
     return results
 
 
+def describe(results: dict) -> None:
+    """Give every figure in `results` its goal, its verdict and its detail line, as the JSON keeps them."""
+    for number, fig in results["figures"].items():
+        op, goal = GOALS[number]
+        fig["goal"] = f"{op} {goal}"
+        if "skipped" in fig:
+            fig["verdict"], fig["detail"] = "skipped", fig["skipped"]
+            continue
+        value = fig["measured"] if "measured" in fig else fig["ratio"]
+        if value is None:
+            fig["verdict"], fig["detail"] = "not measured", fig.get("not_measured", "")
+            continue
+        ok = {">=": value >= goal, "==": value == goal, "<": value < goal, "<=": value <= goal}[op]
+        fig["verdict"], fig["detail"] = ("meets" if ok else "MISSES"), _detail(number, fig)
+
+
 def table(results: dict) -> str:
     lines = [f"{'figure':<28} {'measured':>10} {'goal':>8}  detail", "-" * 90]
     for number, fig in sorted(results["figures"].items()):
-        op, goal = GOALS[number]
-        if "skipped" in fig:
-            lines.append(f"{number}. {NAMES[number]:<25} {'skipped':>10} {op + str(goal):>8}  {fig['skipped']}")
-            continue
-        value = fig["measured"] if "measured" in fig else fig["ratio"]
-        ok = {">=": value >= goal, "==": value == goal, "<": value < goal, "<=": value <= goal}[op] \
-            if value is not None else False
-        lines.append(f"{number}. {NAMES[number]:<25} {value:>10.3f} {op + str(goal):>8}  "
-                     f"{'meets' if ok else 'MISSES'}; {_detail(number, fig)}")
+        value = fig.get("measured", fig.get("ratio"))
+        shown = f"{value:>10.3f}" if isinstance(value, (int, float)) and "skipped" not in fig else f"{'-':>10}"
+        lines.append(f"{number}. {NAMES[number]:<25} {shown} {fig['goal']:>8}  {fig['verdict']}; {fig['detail']}")
     return "\n".join(lines)
 
 
@@ -880,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --only: {args.only!r} names figures outside 1..{max(GOALS)}", file=sys.stderr)
         return 2
     results = run(figures, "tiny" if args.tiny else "quick" if args.quick else "full")
+    describe(results)
     print(table(results))
     args.out.write_text(json.dumps(results, indent=1, default=float))
     print(f"wrote {args.out}")

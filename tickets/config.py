@@ -92,6 +92,10 @@ class DataSpec:
     augment: bool = True
     subset: SubsetSpec | None = None
     half: str | None = None
+    # Training images held out for validation (0: none): class-balanced, drawn with VALIDATION_SEED
+    # (the same for every experiment seed) from the training images `half` leaves, before `subset`
+    # draws from the rest. Early stopping and every "best" are chosen on it, never on the test set.
+    validation: int = 0
     # Streamed splits (too large for memory; tickets.stream): images per shuffle window, and
     # `node` to read a node-local copy of each shard ($TICKETS_CACHE_DIR, else the temp dir)
     # instead of shared storage. The cache changes no number, so it is not in the dense hash.
@@ -100,6 +104,7 @@ class DataSpec:
     # Only the synthetic data set uses these: it has no files to count classes or images in.
     classes: int = 10
     synthetic_size: SubsetSpec = field(default_factory=lambda: SubsetSpec(train=2000, test=500))
+    synthetic_noise: float = 0.075  # std of the pixel noise over each class's pattern (pixels in 0..1)
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,9 @@ class PruningSpec:
     levels: int | None = None  # imp: number of levels (or derived from target_sparsity)
     target_sparsity: float | None = None  # imp: prune until at least this fraction is removed
     rates: dict[str, float] = field(default_factory=dict)  # per-group rates per level, e.g. {classifier: 0.1}
+    # A layer left with this many live output channels or fewer is named (near-collapse): the
+    # sweep's mask check and each trial's `narrowest_layer` say so. 0 turns the warning off.
+    min_live_channels: int = 4
 
     def num_levels(self) -> int:
         if self.levels is not None:
@@ -252,16 +260,19 @@ class Spec:
         return d
 
     def _hashed(self) -> dict[str, Any]:
-        """`to_dict` less what changes no number and may change on --resume: where shards are read from."""
+        """`to_dict` less what changes no number and may change on --resume: where shards are read
+        from, and the near-collapse warning's threshold."""
         d = self.to_dict()
         d["data"].pop("cache")
+        d["pruning"].pop("min_live_channels")
         return d
 
     def dense_dict(self) -> dict[str, Any]:
         """The fields the dense trajectory depends on: equal dicts give equal dense runs."""
         d = self._hashed()
-        if d["data"]["shuffle_buffer"] == DataSpec.shuffle_buffer:
-            d["data"].pop("shuffle_buffer")  # added later: at its default, dense runs from before still match
+        for added_later in ("shuffle_buffer", "validation", "synthetic_noise"):  # at their defaults, dense runs from before still match
+            if d["data"][added_later] == getattr(DataSpec, added_later):
+                d["data"].pop(added_later)
         if d["data"]["image_size"] >= IMAGENET_STYLE:  # crops cut from the original image since 2026-11
             d["data"]["preprocessing"] = "crop from original"
         return {k: d[k] for k in ("seed", "data", "model", "dense")}
@@ -433,6 +444,8 @@ def _check_data(spec: Spec) -> None:
         _one_of("data.half", d.half, ("a", "b"))
     if d.classes < 2:
         _fail("data.classes", d.classes, "must be >= 2")
+    if d.synthetic_noise < 0:
+        _fail("data.synthetic_noise", d.synthetic_noise, "must be >= 0")
     if d.shuffle_buffer < 1:
         _fail("data.shuffle_buffer", d.shuffle_buffer, "must be >= 1")
     _one_of("data.cache", d.cache, ("none", "node"))
@@ -441,6 +454,8 @@ def _check_data(spec: Spec) -> None:
             n = getattr(sub, part) if sub else None
             if n is not None and n < 1:
                 _fail(f"data.{where}.{part}", n, "must be >= 1")
+    if d.validation < 0:
+        _fail("data.validation", d.validation, "must be >= 0 (training images held out; 0: none)")
     if d.subset and d.subset.train is not None and d.subset.train < d.batch_size:
         _fail("data.subset.train", d.subset.train, f"is smaller than data.batch_size ({d.batch_size})")
 
@@ -509,6 +524,8 @@ def _check_pruning(spec: Spec) -> None:
         _fail("pruning.levels", None, "must be set (or pruning.target_sparsity) when pruning.mode is 'imp'")
     if p.mode == "imp" and p.levels is not None and p.target_sparsity is not None:
         _fail("pruning.target_sparsity", p.target_sparsity, "conflicts with pruning.levels: set one of them")
+    if p.min_live_channels < 0:
+        _fail("pruning.min_live_channels", p.min_live_channels, "must be >= 0")
 
 
 def _check_search(spec: Spec) -> None:
@@ -545,6 +562,9 @@ def _check_search(spec: Spec) -> None:
             _fail(name, v, f"equals dense.epochs ({epochs}): nothing would be left to train")
     for i, c in enumerate(s.control):
         _one_of(f"search.control[{i}]", c, CONTROLS)
+    if imp and "ticket" not in s.control:
+        _fail("search.control", list(s.control), "has no 'ticket': IMP controls train the ticket chain's masks "
+                                                 "level by level, so the ticket chain must run too")
     for i, r in enumerate(s.replicate):
         if r < 0:
             _fail(f"search.replicate[{i}]", r, "must be >= 0")

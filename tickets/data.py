@@ -7,7 +7,8 @@ python batches of the Keras cache, and a synthetic learnable set for smoke runs.
 A split is held one of three ways: decoded uint8 pixels in memory (small sets at CIFAR-style
 sizes, decoded once at load so epochs cost no JPEG decoding), file paths (class folders too large
 for that), or streamed: only labels and row ids in memory, the images read from their Parquet
-shards by each pipeline (`tickets.stream`), so memory stays bounded whatever the data set's size.
+shards by each pipeline (`tickets.stream`), so no process holds the images: its memory grows with the
+data set's size only by the row ids, labels and epoch order it keeps (about 90 bytes per image).
 The order of every epoch is a function of (seed, epoch) and every augmentation draws from a
 stateless seed derived from (seed, epoch, position), so a pipeline can start at any step and give
 the same batches as an uninterrupted run.
@@ -37,6 +38,9 @@ DECODE_CACHE_BYTES = int(os.environ.get("TICKETS_DECODE_CACHE_MB", "2048")) * 2*
 # The CIFAR-10a/10b halves are the same for every experiment seed, so transfer runs that use
 # different seeds still split the classes' images the same way.
 HALF_SPLIT_SEED = 20190531
+# Likewise the validation split (`data.validation`): experiments of different seeds hold out the
+# same images, so their early-stopping points are chosen on the same data.
+VALIDATION_SEED = 20180309
 
 
 class DataError(ValueError):
@@ -59,14 +63,15 @@ class Split:
 
 @dataclass
 class Dataset:
-    """A loaded data set: both splits (see `Split` for how each is held); batches come from
-    `train_batches` / `test_batches`."""
+    """A loaded data set: its splits (see `Split` for how each is held); batches come from
+    `train_batches` / `eval_batches`."""
 
     train: Split
     test: Split
     num_classes: int
     image_size: int
     source: str  # where it was read from, for logs and results
+    validation: Split | None = None  # training images held out (`data.validation`); None: no split
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -84,6 +89,8 @@ def load(spec: DataSpec, seed: int) -> Dataset:
     """Read the data set a spec names, take its half/subset, validate labels, decode if small."""
     d = inspect(spec, seed)
     d.train, d.test = (_in_memory(s, spec.image_size) for s in (d.train, d.test))
+    if d.validation is not None:
+        d.validation = _in_memory(d.validation, spec.image_size)
     return d
 
 
@@ -107,6 +114,9 @@ def inspect(spec: DataSpec, seed: int, download: bool = True) -> Dataset:
     _check_labels(test, classes, "test", source)
     if spec.half is not None:
         train = train.take(half_indices(train.labels, spec.half))
+    validation = None
+    if spec.validation:
+        train, validation = hold_out(train, spec.validation, "after data.half" if spec.half else "")
     if spec.subset is not None:
         if spec.subset.train is not None:
             train = train.take(balanced_subset(train.labels, spec.subset.train, seed, "data.subset.train"))
@@ -115,7 +125,7 @@ def inspect(spec: DataSpec, seed: int, download: bool = True) -> Dataset:
     if len(train) < spec.batch_size:
         raise DataError(f"data.batch_size: {spec.batch_size} is larger than the {len(train)} training images")
     _check_shuffle(train, spec)
-    return Dataset(train, test, classes, spec.image_size, source)
+    return Dataset(train, test, classes, spec.image_size, source, validation)
 
 
 def _classes(root: Path, dataset: str, train: Split) -> int:
@@ -358,7 +368,9 @@ def _download_cifar10() -> tuple[Split, Split]:
 
 
 def _synthetic(spec: DataSpec) -> tuple[Split, Split]:
-    """Each class is a fixed smooth colour pattern plus noise: learnable in a few epochs."""
+    """Each class is a fixed smooth colour pattern (a 4 x 4 grid of colours) at 70 % contrast, plus
+    pixel noise of std `synthetic_noise`: learnable in a few epochs, and the more noise, the more a
+    network needs its training to tell the classes apart."""
     size, classes = spec.image_size, spec.classes
     rng = np.random.default_rng(7)
     coarse = rng.uniform(0, 1, size=(classes, 4, 4, 3))
@@ -368,8 +380,8 @@ def _synthetic(spec: DataSpec) -> tuple[Split, Split]:
         r = np.random.default_rng(stream)
         labels = np.arange(n, dtype=np.int32) % classes
         r.shuffle(labels)
-        noise = r.normal(0, 0.25, size=(n, size, size, 3))
-        pixels = np.clip(0.7 * prototypes[labels] + 0.3 * noise + 0.15, 0, 1)
+        noise = r.normal(0, 1, size=(n, size, size, 3)) * spec.synthetic_noise
+        pixels = np.clip(0.5 + 0.7 * (prototypes[labels] - 0.5) + noise, 0, 1)
         return Split((pixels * 255).astype(np.uint8), labels, "decoded")
 
     return make(spec.synthetic_size.train, 1), make(spec.synthetic_size.test, 2)
@@ -391,6 +403,17 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int, field_name: str) -> n
             raise DataError(f"{field_name}: {n} needs {k} images of class {c}; the data has {len(members)}")
         chosen.append(members[rng.permutation(len(members))[:k]])
     return np.sort(np.concatenate(chosen))
+
+
+def hold_out(train: Split, n: int, where: str = "") -> tuple[Split, Split]:
+    """(what is left to train on, `n` class-balanced validation images), drawn with VALIDATION_SEED;
+    by row, so a streamed split stays on its shards."""
+    if n >= len(train):
+        raise DataError(f"data.validation: {n} is not below the {len(train)} training images"
+                        f"{f' ({where})' if where else ''}: nothing would be left to train on")
+    held = balanced_subset(train.labels, n, VALIDATION_SEED, "data.validation")
+    rest = np.setdiff1d(np.arange(len(train)), held, assume_unique=True)
+    return train.take(rest), train.take(held)
 
 
 def half_indices(labels: np.ndarray, half: str) -> np.ndarray:
@@ -613,11 +636,12 @@ def _sized(ds, threads: int):
     return ds.with_options(options)
 
 
-def test_batches(data: Dataset, spec: DataSpec, threads: int = 0):
-    """The test split as a `tf.data.Dataset` of (images, labels) in a fixed order, no augmentation."""
+def eval_batches(data: Dataset, split: Split, spec: DataSpec, threads: int = 0):
+    """An evaluation split (`data.test`, `data.validation`) as a `tf.data.Dataset` of (images,
+    labels) in a fixed order, without augmentation."""
     import tensorflow as tf
 
-    split, size = data.test, data.image_size
+    size = data.image_size
     index = np.arange(len(split))
 
     def prepare(x, label, _):

@@ -12,6 +12,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from tickets import analysis
 
@@ -33,7 +34,7 @@ def _percent_axis(ax, values) -> None:
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("weights remaining (%)")
+    ax.set_xlabel("weights remaining (% of all kernel weights)")
 
 
 def _figure(width: float, height: float):
@@ -42,9 +43,11 @@ def _figure(width: float, height: float):
 
 
 def accuracy_vs_weights(df: pd.DataFrame, tolerance: float = 0.5, references=()) -> Figure:
-    """Final test accuracy vs percent of weights remaining: a line per rewind epoch, controls dashed,
-    the dense network as a band (± the matching tolerance), configurations whose mask emptied a
-    layer crossed out, and `references` (`analysis.references(experiment)`) as grey "published" lines."""
+    """Final test accuracy vs percent of the network's weights remaining (every kernel weight,
+    `weights_remaining_total`, the papers' axis): a line per rewind epoch, controls dashed, the dense
+    network as a band (± the matching tolerance), configurations whose mask cut the network crossed
+    out, and `references` (`analysis.references(experiment)`) as grey "published" lines (published
+    points are early-stopped; the report compares them with the early-stopped accuracies)."""
     s = analysis.summary(df, tolerance)
     dense = analysis.dense_accuracy(df) * 100
     fig, ax = _figure(7, 4.5)
@@ -52,16 +55,25 @@ def accuracy_vs_weights(df: pd.DataFrame, tolerance: float = 0.5, references=())
                label=f"dense {dense:.1f} % ± {tolerance:g} pt")
     ax.axhline(dense, color="tab:red", lw=1.2)
     _lines(ax, s, "final_accuracy", 100, "final_accuracy_std")
+    _cut(ax, s, "final_accuracy", 100)
+    # Published gains are over the paper's early-stopped dense network: drawn over this one's (or,
+    # without a validation split, over its final accuracy).
+    base = analysis.dense_early_stop_accuracy(df) * 100
+    for ref in references:
+        _published(ax, ref, base if np.isfinite(base) else dense)
+    if references:  # label the published points' x positions too
+        _percent_axis(ax, [*(s["weights_remaining_total"] * 100),
+                           *(p.weights_remaining for r in references for p in r.points)])
+    _finish(fig, ax, "final test accuracy (%)", "Accuracy of sparse networks vs weights remaining")
+    return fig
+
+
+def _cut(ax, s: pd.DataFrame, column: str, scale: float) -> None:
+    """Cross out the configurations whose mask cut the network: a cut network, not a ticket."""
     cut = s[s["collapsed"]]
     if len(cut):
-        ax.scatter(cut["weights_remaining"] * 100, cut["final_accuracy"] * 100, marker="x", s=90, color="black",
-                   zorder=5, label="collapsed mask (a layer emptied)")
-    for ref in references:
-        _published(ax, ref, dense)
-    if references:  # label the published points' x positions too
-        _percent_axis(ax, [*(s["weights_remaining"] * 100), *(p.weights_remaining for r in references for p in r.points)])
-    _finish(fig, ax, "test accuracy (%)", "Accuracy of sparse networks vs weights remaining")
-    return fig
+        ax.scatter(cut["weights_remaining_total"] * 100, cut[column] * scale, marker="x", s=90, color="black",
+                   zorder=5, label="cut network (collapsed mask)")
 
 
 def _published(ax, ref, dense: float) -> None:
@@ -69,17 +81,24 @@ def _published(ax, ref, dense: float) -> None:
     approximate = any(p.approximate for p in points)
     ax.plot([p.weights_remaining for p in points], [p.accuracy(dense) for p in points], color="0.45",
             ls=_STYLE.get(ref.control, "-"), marker="*", ms=8, mfc="white", lw=1.5,
-            label=f"published {ref.control}{' (≈, read off a plot)' if approximate else ''}"
+            label=f"published {ref.control}, early-stopped{' (≈, read off a plot)' if approximate else ''}"
                   f"{' (gain over dense)' if any(p.gain is not None for p in points) else ''}: "
                   f"{ref.source.split(',')[0][:60]}")  # the citation's first part; report.md has it whole
 
 
 def early_stop_vs_weights(df: pd.DataFrame) -> Figure:
-    """Early-stop epoch (lowest test loss) vs percent of weights remaining."""
+    """Early-stop epoch (least validation loss) vs percent of weights remaining. Without a validation
+    split nothing is early-stopped: the figure says so instead of choosing on the test set."""
     s = analysis.summary(df)
     fig, ax = _figure(7, 4.5)
-    _lines(ax, s, "early_stop_epoch", 1)
-    _finish(fig, ax, "early-stop epoch (min test loss)", "Early-stop epoch vs weights remaining")
+    if s["early_stop_epoch"].notna().any():
+        _lines(ax, s, "early_stop_epoch", 1)
+        _cut(ax, s, "early_stop_epoch", 1)
+    else:
+        _percent_axis(ax, s["weights_remaining_total"] * 100)
+        ax.text(0.5, 0.5, "no validation split (data.validation): nothing is early-stopped",
+                transform=ax.transAxes, ha="center", va="center")
+    _finish(fig, ax, "early-stop epoch (least validation loss)", "Early-stop epoch vs weights remaining")
     return fig
 
 
@@ -87,39 +106,48 @@ def _lines(ax, s: pd.DataFrame, column: str, scale: float, error: str | None = N
     """One line per (control, rewind epoch) over weights remaining: colour by rewind, style by control."""
     colors = _rewind_colors(s["rewind_epoch"].unique())
     for (control, rewind), g in s.groupby(["control", "rewind_epoch"], observed=True):
-        g = g.sort_values("weights_remaining", ascending=False)
-        ax.errorbar(g["weights_remaining"] * 100, g[column] * scale, yerr=g[error] * scale if error else None,
+        g = g.sort_values("weights_remaining_total", ascending=False)
+        ax.errorbar(g["weights_remaining_total"] * 100, g[column] * scale,
+                    yerr=g[error].fillna(0) * scale if error else None,
                     color=colors[rewind], ls=_STYLE.get(control, "-"), marker=_MARKER.get(control, "o"), ms=4,
                     capsize=2, label=f"{control}, rewind {rewind:g}")
-    _percent_axis(ax, s["weights_remaining"] * 100)
+    _percent_axis(ax, s["weights_remaining_total"] * 100)
 
 
 def _finish(fig: Figure, ax, ylabel: str, title: str) -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
 
 
 def heatmap(df: pd.DataFrame, control: str = "ticket") -> Figure:
-    """Final test accuracy of `control` trials over sparsity × rewind epoch."""
+    """Final test accuracy of `control` trials over sparsity × rewind epoch; cells whose mask cut
+    the network are hatched and marked "cut"."""
     s = analysis.summary(df)
     s = s[s["control"] == control]
     table = s.pivot_table(index="rewind_epoch", columns="sparsity", values="final_accuracy") * 100
+    cut = s.pivot_table(index="rewind_epoch", columns="sparsity", values="collapsed", aggfunc="any")
+    cut = cut.reindex(index=table.index, columns=table.columns).fillna(False).astype(bool)
     fig, ax = _figure(1.2 * max(3, table.shape[1]) + 2, 0.8 * max(2, table.shape[0]) + 1.5)
     im = ax.imshow(table.values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(table.shape[1]), [f"{c:g}" for c in table.columns])
+    ax.set_xticks(range(table.shape[1]), [f"{c:.4g}" for c in table.columns])
     ax.set_yticks(range(table.shape[0]), [f"{r:g}" for r in table.index])
-    ax.set_xlabel("sparsity (fraction pruned)")
+    ax.set_xlabel("sparsity (fraction of the prunable weights pruned)")
     ax.set_ylabel("rewind epoch")
     finite = table.values[np.isfinite(table.values)]
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for (i, j), v in np.ndenumerate(table.values):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white" if v < middle else "black")
-    fig.colorbar(im, ax=ax, label="test accuracy (%)")
-    ax.set_title(f"{control}: final test accuracy")
+            collapsed = bool(cut.values[i, j])
+            if collapsed:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="white", lw=0))
+            ax.text(j, i, f"{v:.1f}" + ("\ncut" if collapsed else ""), ha="center", va="center",
+                    color="white" if v < middle else "black", fontweight="bold" if collapsed else None)
+    fig.colorbar(im, ax=ax, label="final test accuracy (%)")
+    ax.set_title(f"{control}: final test accuracy" + (" (cut: a collapsed mask)" if cut.values.any() else ""))
     fig.tight_layout()
     return fig
 

@@ -104,39 +104,96 @@ def _signal(mask: masks_lib.Mask, layout: Layout) -> dict[str, tuple[np.ndarray,
     return signal
 
 
+@dataclass(frozen=True)
+class Health:
+    """What a mask leaves of the network (`check`)."""
+
+    cuts: dict[str, str]  # kernel -> why the signal stops there for good: the network is cut
+    branches: dict[str, str]  # kernel -> why, where a residual connection carries the signal past it
+    narrowest: tuple[str, int, int] | None  # (kernel, live, all output channels) of the narrowest live layer
+
+    def near_collapse(self, min_live_channels: int) -> bool:
+        return self.narrowest is not None and self.narrowest[1] <= min_live_channels
+
+    def narrowest_text(self) -> str:
+        return "" if self.narrowest is None else f"{self.narrowest[0]} ({self.narrowest[1]} of {self.narrowest[2]} live)"
+
+
+def check(mask: masks_lib.Mask, layout: Layout) -> Health:
+    """Follow the signal from the input through the masked network.
+
+    A kernel left with no weights, or one that signal reaches but does not pass (its kept weights
+    connect no live input channel to an output), stops the signal. That is a cut -- the network
+    cannot learn, and the layers after it are not listed -- unless a residual connection carries
+    the signal around it: then every path from it reaches a join (a kernel fed by several) that
+    still gets live input, and it is an emptied branch (the block is skipped). An output layer with
+    outputs no signal reaches is a cut too (their logits no longer depend on the input).
+    `narrowest` is the non-output layer with the fewest live output channels (near-collapse).
+    """
+    return _health(mask, layout, _signal(mask, layout))
+
+
 def collapsed(mask: masks_lib.Mask, layout: Layout) -> dict[str, str]:
-    """Where the mask cuts the network, with why: a kernel left with no weights, or one that signal
-    reaches but does not pass (its kept weights connect no live input channel to an output; with a
-    residual around it, the block is skipped) -- the layers after such a cut are not listed -- and an
-    output layer with outputs no signal reaches (their logits no longer depend on the input).
-    Empty when the network is whole."""
-    return _cuts(mask, layout, _signal(mask, layout))
+    """Where the mask cuts the network, with why (`check`); empty when the network is whole."""
+    return check(mask, layout).cuts
 
 
-def _cuts(mask: masks_lib.Mask, layout: Layout, signal: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, str]:
-    out = {}
+def _health(mask: masks_lib.Mask, layout: Layout, signal: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Health:
+    stops = {}
     for name, (live_in, live_out) in signal.items():
         if name in mask and not np.any(mask[name]):
-            out[name] = f"no weights left (0 of {int(np.size(mask[name])):,})"
+            stops[name] = f"no weights left (0 of {int(np.size(mask[name])):,})"
         elif live_in.any() and not live_out.any():
-            out[name] = f"no signal passes (its kept weights connect none of {int(live_in.sum()):,} live inputs)"
-        if name in layout.groups["classifier"] and not live_out.all():
-            out[name] = f"{int((~live_out).sum())} of {live_out.size} outputs receive no signal from the input"
-    return out
+            stops[name] = f"no signal passes (its kept weights connect none of {int(live_in.sum()):,} live inputs)"
+    consumers: dict[str, list[str]] = {n: [] for n in layout.names}
+    for name in layout.names:
+        for source in layout.inputs[name]:
+            if source != "input":
+                consumers[source].append(name)
+
+    def skipped(name: str) -> bool:
+        if not consumers[name]:
+            return False  # the signal ends here: nothing carries it on
+        return all(signal[c][0].any() if len(layout.inputs[c]) > 1 else skipped(c) for c in consumers[name])
+
+    cuts, branches = {}, {}
+    for name, why in stops.items():
+        if skipped(name):
+            branches[name] = f"{why}; a residual connection carries the signal past it"
+        else:
+            cuts[name] = why
+    for name in layout.groups["classifier"]:
+        live_out = signal[name][1]
+        if not live_out.all():
+            cuts[name] = f"{int((~live_out).sum())} of {live_out.size} outputs receive no signal from the input"
+    live = [(int(out.sum()), out.size, name) for name, (_, out) in signal.items()
+            if name not in layout.groups["classifier"] and out.any()]
+    narrowest = min(live) if live else None
+    return Health(cuts, branches, (narrowest[2], narrowest[0], narrowest[1]) if narrowest else None)
+
+
+def kept_total(mask: masks_lib.Mask, layout: Layout) -> tuple[int, int]:
+    """(kept, all) kernel weights of the whole network -- convolutions, depthwise and dense layers,
+    excluded ones included (they stay dense): what the papers' weights-remaining axis counts."""
+    sizes = {n: int(np.prod(layout.shapes[n])) for n in layout.names}
+    kept = sum(int(np.count_nonzero(mask[n])) if n in mask else size for n, size in sizes.items())
+    return kept, sum(sizes.values())
 
 
 def density_table(points: Mapping[str, masks_lib.Mask], layout: Layout) -> list[str]:
     """Per-layer density (%) of each mask, one column per grid point; `!` marks a layer that cuts the
-    network and `*` one with output channels no signal reaches. Lines for the sweep's output."""
+    network, `~` an emptied residual branch and `*` a layer with output channels no signal reaches.
+    Lines for the sweep's output."""
     names = list(next(iter(points.values())))
     width = max(len(n) for n in names)
     lines = [f"{'layer':<{width}} {'weights':>9} " + " ".join(f"{p:>9}" for p in points)]
     signals = {p: _signal(m, layout) for p, m in points.items()}
-    cuts = {p: _cuts(m, layout, signals[p]) for p, m in points.items()}
+    health = {p: _health(m, layout, signals[p]) for p, m in points.items()}
     for name in names:
         cells = []
         for point, m in points.items():
-            flag = "!" if name in cuts[point] else "*" if not signals[point][name][1].all() else " "
+            flag = ("!" if name in health[point].cuts else "~" if name in health[point].branches else
+                    "*" if not signals[point][name][1].all() else " ")
             cells.append(f"{100 * np.count_nonzero(m[name]) / m[name].size:8.2f}{flag}")
         lines.append(f"{name:<{width}} {int(np.prod(layout.shapes[name])):>9,} " + " ".join(cells))
     return lines

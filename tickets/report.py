@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tickets import analysis, plots
+from tickets import analysis, artifacts, plots
+from tickets import config as config_lib
 
 
 def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
@@ -33,39 +34,98 @@ def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
     return written
 
 
+def what_was_run(experiment: Path, df) -> list[str]:
+    """The report's opening: model, data sizes, pruning, what the weights axis counts, and which split
+    chose what -- what a reader needs before any number."""
+    path = experiment / artifacts.SPEC_FILE
+    if not path.is_file():
+        return ["(no spec.yaml beside the results: what was run is unknown)"]
+    spec = config_lib.load(path)
+    manifest = artifacts.read_dense(experiment / artifacts.DENSE_DIR) or {}
+    sizes = manifest.get("data")
+    m, d, p = spec.model, spec.data, spec.pruning
+    model = f"{m.arch}" + (f" (width {m.width:g}, {m.strides} strides)" if m.arch == "mobilenet_v2" else "")
+    images = (f"{sizes['train']:,} train / {sizes['validation']:,} validation / {sizes['test']:,} test images"
+              if sizes else "split sizes not recorded (a dense run from before they were)")
+    mode = (f"IMP, {p.num_levels()} levels of {p.rate:g} of the remaining weights" if p.mode == "imp" else
+            f"one shot to IMP levels {list(spec.search.level)} (rate {p.rate:g})" if spec.search.level else
+            f"one shot to sparsities {list(spec.search.sparsity)}")
+    rates = ", ".join(f"{g} {r:g}" for g, r in p.rates.items())
+    final = analysis.final_rows(df[df["control"] != "dense"])
+    sparsest = final.loc[final["weights_remaining_total"].idxmin()] if final["weights_remaining_total"].notna().any() else None
+    lines = [f"- **Model**: {model}, {spec.dense.epochs} dense epochs ({spec.dense.optimizer.name}, learning rate "
+             f"{spec.dense.optimizer.learning_rate:g}, {spec.dense.schedule.name} schedule), seed {spec.seed}.",
+             f"- **Data**: {d.dataset}" + (f" half {d.half}" if d.half else "") + f" at {d.image_size} px: {images}.",
+             f"- **Pruning**: {mode}; scope `{p.scope}`; excluded (left dense): {', '.join(p.exclude) or 'nothing'}"
+             + (f"; own rates per level: {rates}" if rates else "") + f"; controls: {', '.join(spec.search.control)}; "
+             f"rewind epochs {list(spec.search.rewind_epoch)}; replicates {len(spec.search.replicate)}.",
+             "- **Weights axis**: the plots and `weights_remaining_total` count every kernel weight of the network "
+             "(convolutions, depthwise and dense layers, the excluded ones included), as the papers do; "
+             "`sparsity` and `weights_remaining` count the prunable weights only"
+             + (f" (the sparsest trial here keeps {sparsest['weights_remaining'] * 100:.3g} % of the prunable and "
+                f"{sparsest['weights_remaining_total'] * 100:.3g} % of all kernel weights)" if sparsest is not None else "")
+             + "."]
+    if analysis.validated(df):
+        lines.append(f"- **Selection**: the early-stop epoch is the epoch of least validation loss on the "
+                     f"{d.validation:,} held-out training images; early-stop accuracies are test accuracies at that "
+                     "epoch, and published (early-stopped) points are compared with them. `matches` and the "
+                     "winning tickets use the final test accuracy. Nothing is chosen on the test set.")
+    else:
+        lines.append("- **Selection**: no validation split (`data.validation`), so nothing is early-stopped: every "
+                     "accuracy here is the final epoch's test accuracy, and published (early-stopped) points are "
+                     "drawn but not compared.")
+    return lines
+
+
 def _markdown(experiment, df, s, wins, tolerance, figures, references) -> str:
     trials = df[df["control"] != "dense"]
     status = trials.drop_duplicates("trial_id")["status"].value_counts().to_dict()
-    lines = [f"# Lottery tickets: {experiment.name}", "",
-             f"Dense network: {analysis.dense_accuracy(df) * 100:.2f} % test accuracy. "
+    dense_stop = analysis.dense_early_stop_accuracy(df)
+    stopped = f", {dense_stop * 100:.2f} % at its early-stop epoch" if np.isfinite(dense_stop) else ""
+    lines = [f"# Lottery tickets: {experiment.name}", "", *what_was_run(experiment, df), "",
+             f"Dense network: {analysis.dense_accuracy(df) * 100:.2f} % final test accuracy{stopped}. "
              f"Trials: {', '.join(f'{v} {k}' for k, v in status.items())}.", ""]
     collapsed = analysis.collapsed_trials(df)
     if len(collapsed):
-        lines += [f"**Warning: {len(collapsed)} trial(s) trained a mask that empties a layer** (layer collapse): "
-                  "their accuracy is that of a cut network, not of a ticket, and they never count as winning "
-                  "tickets. `pruning.scope: lamp` or `erk` never empties a layer.", "",
+        lines += [f"**Warning: {len(collapsed)} trial(s) trained a mask that cuts the network** (layer collapse): "
+                  "their accuracy is that of a cut network, not of a ticket, and they never match or win. "
+                  "`pruning.scope: lamp` or `erk` never empties a layer.", "",
                   "| " + " | ".join(collapsed.columns) + " |", "|" + "---|" * len(collapsed.columns)]
         lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in collapsed.itertuples(index=False)]
         lines.append("")
-    lines += [f"## Winning tickets (within {tolerance:g} points of dense)", ""]
+    low = _min_live_channels(experiment)
+    narrow = s[(s["narrowest_live_channels"] <= low) & ~s["collapsed"]] if low else s.iloc[:0]
+    if len(narrow):
+        lines += [f"**Near collapse**: {len(narrow)} configuration(s) keep a layer with at most {low} live channels "
+                  "(`pruning.min_live_channels`; `narrowest_layer` in the results names it).", ""]
+    if s["emptied_branches"].any():
+        lines += ["Some masks empty residual branches (`emptied_branches` in the results): the skip connection "
+                  "carries the signal past them, so the network is not cut, but those blocks are skipped.", ""]
+    lines += [f"## Winning tickets (final accuracy within {tolerance:g} points of dense, network not cut)", ""]
     if wins.empty:
         lines.append("No configuration matched the dense network.")
     else:
-        lines += ["| rewind epoch | sparsity | weights remaining | final accuracy |", "|---|---|---|---|"]
-        lines += [f"| {r.rewind_epoch:g} | {r.sparsity:g} | {r.weights_remaining * 100:.2f} % | "
-                  f"{r.final_accuracy * 100:.2f} % |" for r in wins.itertuples()]
+        lines += ["| rewind epoch | sparsity | weights remaining (all / prunable) | final accuracy |", "|---|---|---|---|"]
+        lines += [f"| {r.rewind_epoch:g} | {r.sparsity:.4g} | {r.weights_remaining_total * 100:.2f} % / "
+                  f"{r.weights_remaining * 100:.2f} % | {r.final_accuracy * 100:.2f} % |" for r in wins.itertuples()]
     published, levels = "published_gap" in s, "level" in s
-    lines += ["", "## Summary", "", "| control | " + ("level | " if levels else "") + "sparsity | rewind | "
-              "accuracy (mean ± std) | early stop | matches | collapsed |" + (" published (nearest) | gap |" if published else ""),
-              "|---|---|---|---|---|---|---|" + ("---|" if levels else "") + ("---|---|" if published else "")]
+    early = analysis.validated(df)
+    lines += ["", "## Summary", "", "| control | " + ("level | " if levels else "") + "sparsity | weights left (all) | "
+              "rewind | final accuracy (mean ± std) | " + ("early-stop accuracy | early-stop epoch | " if early else "")
+              + "matches | collapsed |" + (" published (nearest) | gap (early stop) |" if published else ""),
+              "|---|---|---|---|---|---|---|" + ("---|" if levels else "") + ("---|---|" if early else "")
+              + ("---|---|" if published else "")]
     for r in s.itertuples():
-        line = (f"| {r.control} | " + (f"{r.level} | " if levels else "") + f"{r.sparsity:.4g} | {r.rewind_epoch:g} | "
-                f"{r.final_accuracy * 100:.2f} ± "
-                f"{r.final_accuracy_std * 100:.2f} | {r.early_stop_epoch:.1f} | {'yes' if r.matches else 'no'} | "
-                f"{'**yes**' if r.collapsed else 'no'} |")
+        line = (f"| {r.control} | " + (f"{r.level} | " if levels else "") + f"{r.sparsity:.4g} | "
+                f"{r.weights_remaining_total * 100:.3g} % | {r.rewind_epoch:g} | "
+                f"{r.final_accuracy * 100:.2f} ± {r.final_accuracy_std * 100:.2f} | ")
+        if early:
+            line += f"{r.early_stop_accuracy * 100:.2f} ± {r.early_stop_accuracy_std * 100:.2f} | {r.early_stop_epoch:.1f} | "
+        line += f"{'yes' if r.matches else 'no'} | {'**yes**' if r.collapsed else 'no'} |"
         if published:
             line += (f" {r.published_accuracy * 100:.1f} % at {r.published_weights_remaining * 100:.3g} % | "
-                     f"{r.published_gap * 100:+.1f} pt |" if np.isfinite(r.published_accuracy) else " — | — |")
+                     + (f"{r.published_gap * 100:+.1f} pt |" if np.isfinite(r.published_gap) else "— (no validation split) |")
+                     if np.isfinite(r.published_accuracy) else " — | — |")
         lines.append(line)
     if references:
         lines += ["", "## Published reference points", ""]
@@ -74,6 +134,11 @@ def _markdown(experiment, df, s, wins, tolerance, figures, references) -> str:
                   for ref in references]
     lines += ["", "## Figures", ""] + [f"![{name}]({name}.png)" for name in figures] + [""]
     return "\n".join(lines)
+
+
+def _min_live_channels(experiment: Path) -> int:
+    path = experiment / artifacts.SPEC_FILE
+    return config_lib.load(path).pruning.min_live_channels if path.is_file() else config_lib.PruningSpec.min_live_channels
 
 
 def main(argv: list[str] | None = None) -> int:

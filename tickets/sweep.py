@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
+import pickle
 import shutil
 import secrets
 import signal
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -38,7 +41,7 @@ from tickets import config as config_lib
 from tickets import data as data_lib
 from tickets.config import SpecError
 from tickets.data import DataError
-from tickets.trainable import DenseBoard, DenseRefs, train_imp_chain, train_ticket, transfer_key
+from tickets.trainable import DenseBoard, DenseRefs, train_imp, train_ticket, transfer_key
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C'd command
@@ -181,28 +184,46 @@ def local_gpus() -> int:
 
 
 def grid(spec: config_lib.Spec) -> dict[str, list]:
-    """The Tune grid's axes: sparsities or one-shot levels; IMP has neither (each trial walks the levels)."""
+    """The grid's axes: sparsities or one-shot levels; IMP has neither (its chains walk the levels)."""
     s = spec.search
     axes = {"sparsity": list(s.sparsity), "level": list(s.level), "rewind_epoch": list(s.rewind_epoch),
             "control": list(s.control), "replicate": list(s.replicate)}
     return {k: v for k, v in axes.items() if v}
 
 
-def grid_points(spec: config_lib.Spec) -> list[dict]:
+def trial_points(spec: config_lib.Spec) -> list[dict]:
+    """Every trial's config, in the order they are queued. One shot: the grid's product. IMP: one
+    ticket chain per (rewind epoch, replicate), then every other control at every level, level by
+    level, each on its chain's mask of that level (Frankle & Carbin's controls)."""
     points = [{}]
-    for key, values in grid(spec).items():
-        points = [{**p, key: v} for p in points for v in values]
-    return points
+    if spec.pruning.mode != "imp":
+        for key, values in grid(spec).items():
+            points = [{**p, key: v} for p in points for v in values]
+        return points
+    s = spec.search
+    chains = [{"rewind_epoch": r, "control": "ticket", "replicate": i} for r in s.rewind_epoch for i in s.replicate]
+    controls = [{**chain, "control": c, "level": k} for k in range(1, spec.pruning.num_levels() + 1)
+                for chain in chains for c in s.control if c != "ticket"]
+    return chains + controls
 
 
 def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster: str) -> None:
     print(f"experiment {exp}")
     axes = " x ".join(f"{k} {v}" for k, v in grid(spec).items())
-    print(f"grid: {len(grid_points(spec))} trials = {axes}")
+    points = trial_points(spec)
+    if spec.pruning.mode == "imp":
+        chains = sum("level" not in p for p in points)
+        others = [c for c in spec.search.control if c != "ticket"]
+        print(f"grid: {len(points)} trials = {chains} ticket chain(s) (rewind_epoch {list(spec.search.rewind_epoch)} x "
+              f"replicate {list(spec.search.replicate)})"
+              + (f" + {len(points) - chains} control trials ({', '.join(others)} at each level, on their chain's "
+                 f"mask of that level)" if others else ""))
+    else:
+        print(f"grid: {len(points)} trials = {axes}")
     p = spec.pruning
     rates = "".join(f", {g} {r:g}" for g, r in p.rates.items())
     if p.mode == "imp" or spec.search.level:
-        what = f"IMP: {p.num_levels()} levels per trial" if p.mode == "imp" else "one shot to IMP levels"
+        what = f"IMP: {p.num_levels()} levels per chain" if p.mode == "imp" else "one shot to IMP levels"
         deepest = p.num_levels() if p.mode == "imp" else max(spec.search.level)
         print(f"{what}, {p.rate:g} of the remaining weights pruned per level{rates} "
               f"(at level {deepest}, tensors at rate {p.rate:g} keep {(1 - p.rate) ** deepest * 100:.2f} %)")
@@ -233,9 +254,10 @@ def mask_points(spec: config_lib.Spec) -> dict[str, dict]:
 
 
 def check_collapse(spec: config_lib.Spec, dense_dir: Path, final: dict) -> None:
-    """Before any trial trains: print the per-layer densities of the grid's masks (pruned from the
-    dense run's `final` weights, with the layout its manifest stores) when one of them cuts the
-    network; one line when none does."""
+    """Before any trial trains: check the grid's masks (pruned from the dense run's `final` weights,
+    with the layout its manifest stores). One line when every one leaves the network whole; where
+    one cuts it, empties a residual branch or leaves a layer near collapse (at most
+    `pruning.min_live_channels` live channels), say where, with the per-layer densities on a cut."""
     layout = (artifacts.read_dense(dense_dir) or {}).get("layout")
     if not layout or "inputs" not in layout:
         print("masks: not checked (the dense run predates layout records; train it again to check)")
@@ -243,12 +265,23 @@ def check_collapse(spec: config_lib.Spec, dense_dir: Path, final: dict) -> None:
     lay = pruning.Layout.of(layout)
     masks = {label: pruning.oneshot_mask(spec.pruning, lay, final, **point)[0]
              for label, point in mask_points(spec).items()}
-    bad = {label: pruning.collapsed(m, lay) for label, m in masks.items()}
-    bad = {label: c for label, c in bad.items() if c}
-    if not bad:
-        print(f"masks: no grid point cuts the network (scope {spec.pruning.scope}, checked on the final dense weights)")
-        return
+    health = {label: pruning.check(m, lay) for label, m in masks.items()}
+    bad = {label: h.cuts for label, h in health.items() if h.cuts}
+    low = spec.pruning.min_live_channels
+    narrow = {label: h.narrowest_text() for label, h in health.items() if h.near_collapse(low) and not h.cuts}
+    branches = {label: h.branches for label, h in health.items() if h.branches}
     scope = spec.pruning.scope
+    if not bad:
+        print(f"masks: no grid point cuts the network (scope {scope}, checked on the final dense weights)")
+    for label, emptied in branches.items():
+        print(f"masks: {label} empties residual branches (the skip carries the signal, the block is skipped): "
+              + "; ".join(emptied))
+    for label, text in narrow.items():
+        print(f"warning: {label} leaves a layer near collapse: {text} (pruning.min_live_channels {low})")
+    if spec.pruning.mode == "imp" and (bad or narrow or branches):
+        print("  (* IMP levels pruned in one shot from the dense weights: an estimate of the chain's masks)")
+    if not bad:
+        return
     advice = ("pruning.scope lamp or erk never empties a layer" if scope == "global" else
               "lower the sparsity, or keep the output layer dense (pruning.exclude: [classifier])")
     print(f"warning: pruning.scope {scope!r} collapses layers at {len(bad)} of {len(masks)} grid points; those "
@@ -258,8 +291,8 @@ def check_collapse(spec: config_lib.Spec, dense_dir: Path, final: dict) -> None:
     if spec.pruning.mode == "imp":  # many levels: show the first that collapses and the last
         first = next(iter(bad))
         masks = {k: m for k, m in masks.items() if k in (first, list(masks)[-1])}
-        print("  (* IMP levels pruned in one shot from the dense weights: an estimate of the chain's masks)")
-    print("per-layer density (%) of each grid point's mask; ! collapsed, * some output channels keep no weight:")
+    print("per-layer density (%) of each grid point's mask; ! collapsed, ~ emptied residual branch, "
+          "* some output channels keep no weight:")
     for line in pruning.density_table(masks, lay):
         print("  " + line)
 
@@ -332,8 +365,10 @@ def follow_dense(task: ray.ObjectRef, dense_dir: Path, epochs: int, check=lambda
                 print("dense: restarted")
                 shown = 0
             for row in rows[shown:]:
+                val = row.get("val_loss", math.nan)
+                validation = (f" | val loss {val:.4f} acc {row['val_accuracy']:.4f}" if math.isfinite(val) else "")
                 print(f"dense epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} "
-                      f"acc {row['train_accuracy']:.4f} | test loss {row['test_loss']:.4f} "
+                      f"acc {row['train_accuracy']:.4f}{validation} | test loss {row['test_loss']:.4f} "
                       f"acc {row['test_accuracy']:.4f} ({row['seconds']:.1f}s)", flush=True)
                 events.add(row)
             shown = len(rows)
@@ -470,7 +505,7 @@ def check_transfer(spec: config_lib.Spec, storage: Path) -> dict[str, Path]:
                          f"this spec uses {spec.model.arch} (width {spec.model.width})")
     sel = spec.transfer.select
     found = {}
-    for point in grid_points(spec):
+    for point in trial_points(spec):
         if point["control"] != "transfer":
             continue
         want = {"trial": sel.trial} if sel.trial else {
@@ -488,26 +523,105 @@ def check_transfer(spec: config_lib.Spec, storage: Path) -> dict[str, Path]:
 
 def make_trainable(spec: config_lib.Spec, dense: DenseRefs, res: Resources):
     """The spec's trainable (one-shot or IMP) with the dense refs bound and the per-trial resources."""
-    function = train_imp_chain if spec.pruning.mode == "imp" else train_ticket
+    function = train_imp if spec.pruning.mode == "imp" else train_ticket
     trainable = tune.with_parameters(function, spec=spec.to_dict(), dense=dense)
     return tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
+
+
+def chain_of(config: dict) -> tuple[float, int]:
+    """The IMP ticket chain a trial belongs to (its own, for a chain)."""
+    return float(config["rewind_epoch"]), int(config["replicate"])
+
+
+class ImpQueue(Searcher):
+    """IMP's trials in `trial_points` order, each suggested once it can train: every ticket chain at
+    once, a control at level k once its chain has reported level k (its level file is written by
+    then), or has failed for good (the control then fails with the chain's error). So no control
+    holds a slot waiting, and controls train beside the chains instead of after them."""
+
+    def __init__(self, points: list[dict]):
+        super().__init__()
+        self.points = points
+        self.suggested: set[int] = set()
+        self.chains: dict[str, tuple[float, int]] = {}  # trial id -> chain, for the chains suggested
+        self.reached: dict[tuple[float, int], int] = {}  # chain -> the last level it reported
+        self.failed: set[tuple[float, int]] = set()
+
+    def _ready(self, point: dict) -> bool:
+        chain = chain_of(point)
+        return "level" not in point or point["level"] <= self.reached.get(chain, 0) or chain in self.failed
+
+    def suggest(self, trial_id: str):
+        if len(self.suggested) == len(self.points):
+            return Searcher.FINISHED
+        for i, point in enumerate(self.points):
+            if i not in self.suggested and self._ready(point):
+                self.suggested.add(i)
+                if "level" not in point:
+                    self.chains[trial_id] = chain_of(point)
+                return dict(point)
+        return None  # nothing can train yet: Tune asks again
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.chains and result.get("level"):
+            chain = self.chains[trial_id]
+            self.reached[chain] = max(self.reached.get(chain, 0), int(result["level"]))
+            self.failed.discard(chain)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.chains and error:
+            self.failed.add(self.chains[trial_id])
+
+    def get_state(self) -> dict:
+        return {"suggested": self.suggested, "chains": self.chains, "reached": self.reached, "failed": self.failed}
+
+    def set_state(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+class ChainErrors(tune.Callback):
+    """When an IMP ticket chain fails for good, its one-line error goes beside it on the storage
+    path, where its control trials look for their masks: they fail with it instead of waiting."""
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if "level" not in trial.config:
+            coordinates = dict(zip(("rewind_epoch", "replicate"), chain_of(trial.config)))
+            artifacts.write_chain_error(Path(trial.path), coordinates, trial_error(trial))
+
+
+def trial_error(trial) -> str:
+    """A failed trial's error in one line: the last line of the traceback Tune wrote."""
+    try:
+        lines = [line.strip() for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+    except (OSError, TypeError):
+        lines = []
+    return lines[-1][:300] if lines else "see its error.txt"
 
 
 class TrialTable(tune.Callback):
     """One row per trial as it ends: its grid point, test accuracy and time. Tune's own tables
     (and every worker's output) stay in the log files unless --verbose."""
 
-    def __init__(self, keys: list[str]):
-        self.keys, self.header = keys, False
-        self.widths = [max(len(k), 8) for k in keys]
+    def __init__(self, columns: dict[str, list]):
+        self.keys, self.header = list(columns), False
+        self.widths = [max([len(k), 8, *(len(_cell(v)) for v in values)]) for k, values in columns.items()]
 
     def _row(self, trial, outcome: str) -> None:
         if not self.header:
             self.header = True
             print("  " + "  ".join(k.ljust(w) for k, w in zip(self.keys, self.widths))
                   + "  test acc  epochs  seconds", flush=True)
-        values = [trial.config.get(k) for k in self.keys]
-        cells = [(v if isinstance(v, str) else config_lib.show(v)).ljust(w) for v, w in zip(values, self.widths)]
+        values = [trial.config.get(k, "-") for k in self.keys]
+        cells = [_cell(v).ljust(w) for v, w in zip(values, self.widths)]
         print(f"  {'  '.join(cells)}  {outcome}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -520,30 +634,47 @@ class TrialTable(tune.Callback):
         self._row(trial, outcome)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._row(trial, f"error: see {Path(trial.path) / artifacts.ERROR_FILE}")
+        self._row(trial, f"error: {trial_error(trial)} (traceback: {Path(trial.path) / artifacts.ERROR_FILE})")
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, str) else config_lib.show(value)
+
+
+def table_columns(spec: config_lib.Spec) -> dict[str, list]:
+    """The trial table's columns and the values they show: the grid's axes, and for IMP the control
+    trials' level."""
+    levels = {"level": list(range(1, spec.pruning.num_levels() + 1))} if spec.pruning.mode == "imp" else {}
+    return {**grid(spec), **levels}
 
 
 def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources, resume: bool, verbose: bool):
     """Run (or, with `resume`, continue) the grid in `exp` until it ends; returns Tune's ResultGrid."""
     trainable = make_trainable(spec, dense, res)
+    imp = spec.pruning.mode == "imp"
     # Tune's tables and per-trial boxes are hundreds of lines for a small grid: the table above
     # shows what a user needs; --verbose brings Tune's own back.
-    callbacks = [] if verbose else [TrialTable(list(grid(spec)))]
+    callbacks = ([ChainErrors()] if imp else []) + ([] if verbose else [TrialTable(table_columns(spec))])
     if not verbose:  # Tune's newer console output prints its header boxes even at verbose=0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Trials checkpoint every epoch by design (resume loses at most one); Tune warns each time that
     # happens within 5 s, which short epochs do all the time. Users can still set it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume and tune.Tuner.can_restore(str(exp)):
-        # The RunConfig (trial table, verbosity) comes back from the experiment's saved state.
+        # The RunConfig (trial table, verbosity) and IMP's queue come back from the experiment's saved
+        # state; failed chains train again, so their controls wait for them instead of failing.
+        artifacts.clear_chain_errors(exp)
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
     else:
+        points = trial_points(spec)
+        # One-shot grids are Tune's grid search; IMP's controls follow their chains (ImpQueue).
+        search = {"search_alg": ImpQueue(points), "num_samples": len(points)} if imp else {}
         tuner = tune.Tuner(
             trainable,
-            param_space={key: tune.grid_search(values) for key, values in grid(spec).items()},
+            param_space={} if imp else {key: tune.grid_search(values) for key, values in grid(spec).items()},
             # Reusing workers spares each trial a process start and the TensorFlow import.
             tune_config=tune.TuneConfig(metric="test_accuracy", mode="max", reuse_actors=True,
-                                        max_concurrent_trials=spec.resources.max_concurrent_trials),
+                                        max_concurrent_trials=spec.resources.max_concurrent_trials, **search),
             run_config=tune.RunConfig(
                 name=exp.name, storage_path=str(exp.parent),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
@@ -655,7 +786,8 @@ def check_inputs(args: argparse.Namespace) -> Plan:
         cpus, gpus = args.num_cpus or os.cpu_count() or 1, args.num_gpus if args.num_gpus is not None else local_gpus()
         res = resolve_resources(spec, [{"CPU": cpus, "GPU": gpus}])
         cluster = f"would start local Ray with {cpus} CPU, {gpus} GPU"
-    print(f"data: {len(info.train)} train / {len(info.test)} test images, {info.num_classes} classes, "
+    held = f" / {len(info.validation)} validation (held out of train)" if info.validation is not None else ""
+    print(f"data: {len(info.train)} train{held} / {len(info.test)} test images, {info.num_classes} classes, "
           f"from {info.source}; {spe} steps per epoch; {data_lib.describe(info, spec.data)}")
     return Plan(args, spec, exp, spe, on_disk, sources, source_tickets, res, cluster)
 
@@ -717,7 +849,7 @@ def run(plan: Plan) -> int:
             refs = {t: ray.put(ticket) for t, ticket in plan.source_tickets.items()}  # one object per source trial
             dense = dataclasses.replace(dense, transfers={k: refs[t] for k, t in plan.sources.items()})
         if not plan.args.verbose:
-            print(f"trials: {len(grid_points(spec))}; worker logs in {logs} (--verbose shows them here)")
+            print(f"trials: {len(trial_points(spec))}; worker logs in {logs} (--verbose shows them here)")
         if beside:
             print("trials: the first ones start on the nodes the dense run leaves free, and train once it ends")
         trials = run_tuner(spec, exp, dense, res, plan.args.resume, plan.args.verbose)
@@ -741,7 +873,7 @@ def finish(plan: Plan, trials) -> int:
     # never creates the pending ones. A trial has finished when it has written its ticket.
     errors = trials.num_errors
     finished = sum(r.error is None and (Path(r.path) / artifacts.TICKET_FILE).exists() for r in trials)
-    total = len(grid_points(plan.spec))
+    total = len(trial_points(plan.spec))
     unfinished = total - finished - errors
     print(f"\n{finished}/{total} trials finished; results: {results}")
     collapsed = analysis.collapsed_trials(analysis.load(results))

@@ -1,11 +1,13 @@
 """The Tune trainables.
 
-One-shot (`train_ticket`), one grid point (sparsity, rewind epoch, control, replicate) per trial:
-fetch the two dense snapshots it needs → mask → rewind → masked training, reporting every epoch
-with a checkpoint, so a restarted trial continues from its last finished epoch.
+One-shot (`train_ticket`), one grid point (sparsity or level, rewind epoch, control, replicate) per
+trial: fetch the two dense snapshots it needs → mask → rewind → masked training, reporting every
+epoch with a checkpoint, so a restarted trial continues from its last finished epoch.
 
-IMP (`train_imp_chain`), one chain per (rewind epoch, control, replicate): prune `rate` of the
-survivors → rewind → retrain, level after level; one report and one checkpoint per level.
+IMP (`train_imp`): a ticket chain per (rewind epoch, replicate) prunes `rate` of the survivors →
+rewinds → retrains, level after level, one report and one checkpoint per level
+(`train_imp_chain`); each control at each level is a trial of its own that trains the chain's
+mask of that level (`train_ticket`), queued once the chain has written it (`sweep.ImpQueue`).
 """
 
 from __future__ import annotations
@@ -135,21 +137,28 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
         dense = dense.published(answer)
         waited = time.perf_counter() - waiting
     return _Trial(spec_obj, data, model, rewind_epoch, config_lib.step_of(rewind_epoch, dense.steps_per_epoch),
-                  str(config["control"]), replicate, training.derive_seed(spec_obj.seed, replicate, 1), runtime,
-                  dense, beside, waited)
+                  str(config["control"]), replicate,
+                  training.stream_seed(spec_obj, replicate, training.Stream.SPARSE_DATA), runtime, dense, beside, waited)
 
 
 def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
     from tickets import pruning, training
 
     summary = masks_lib.report(ticket.mask, ticket.threshold)
-    # A mask that empties a layer trains a network that cannot learn: say so in every row.
-    collapsed = pruning.collapsed(ticket.mask, training.layout(t.model))
+    lay = training.layout(t.model)
+    # A mask that cuts the network trains a network that cannot learn: say so in every row; an
+    # emptied residual branch (skipped) and the narrowest layer (near-collapse) too.
+    health = pruning.check(ticket.mask, lay)
+    kept, kernels = pruning.kept_total(ticket.mask, lay)
+    narrowest = health.narrowest or ("", -1, -1)
     return {"rewind_epoch": t.rewind_epoch, "control": t.control, "replicate": t.replicate,
-            "collapsed_layers": ", ".join(collapsed),
+            "collapsed_layers": ", ".join(health.cuts), "emptied_branches": ", ".join(health.branches),
+            "narrowest_layer": narrowest[0], "narrowest_live_channels": narrowest[1],
+            "narrowest_channels": narrowest[2],
             "rewind_step": t.rewind_step, "actual_sparsity": summary["sparsity"],
             "weights_remaining": summary["weights_remaining"], "weights_remaining_count": summary["remaining"],
-            "prunable_weights": summary["total"],
+            "prunable_weights": summary["total"], "weights_remaining_total": kept / kernels,
+            "kernel_weights": kernels,
             "threshold": summary["threshold"] if summary["threshold"] is not None else float("nan"),
             "dense_hash": dense.dense_hash, "started_beside_dense": t.beside_dense,
             "dense_wait_seconds": t.waited, "node_id": ray.get_runtime_context().get_node_id(),
@@ -176,16 +185,16 @@ def _report(metrics: dict, state, mask: dict) -> None:
     row = {**metrics, "trial_id": tune.get_context().get_trial_id(), "pid": os.getpid(), "time": time.time()}
     artifacts.append_metrics(_trial_dir(), row)
     with tempfile.TemporaryDirectory() as d:
-        artifacts.save_state(Path(d), state.step, state.weights, state.optimizer, mask, state.best_test_loss,
-                             state.best_epoch)
+        artifacts.save_state(Path(d), state.step, state.weights, state.optimizer, mask,
+                             dataclasses.asdict(state.early_stop))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def _epoch_metrics(progress, state) -> dict:
     return {"epoch": progress.epoch, "step": progress.step, "test_accuracy": progress.test_accuracy,
-            "test_loss": progress.test_loss, "train_accuracy": progress.train_accuracy,
-            "train_loss": progress.train_loss, "early_stop_epoch": state.best_epoch,
-            "best_test_loss": state.best_test_loss, "epoch_seconds": progress.seconds}
+            "test_loss": progress.test_loss, "val_accuracy": progress.val_accuracy, "val_loss": progress.val_loss,
+            "train_accuracy": progress.train_accuracy, "train_loss": progress.train_loss,
+            **state.early_stop.row(), "epoch_seconds": progress.seconds}
 
 
 def _finished_before() -> bool:
@@ -206,21 +215,23 @@ def _trial_dir() -> Path:
 
 
 def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
-    """One grid point: mask, rewind, masked training to the end of the dense schedule, reporting
-    every epoch with a checkpoint; a restarted trial continues from its last finished epoch."""
+    """One grid point (or one IMP control at one level): mask, rewind, masked training to the end
+    of the dense schedule, reporting every epoch with a checkpoint; a restarted trial continues
+    from its last finished epoch."""
     entered, worker_age = time.perf_counter(), process_age()
     if _finished_before():
         return
+    chain_mask = _chain_mask(config, dense) if "level" in config and spec["pruning"]["mode"] == "imp" else None
     from tickets import training
 
     t = _setup(config, spec, dense)
     dense = t.dense
-    ticket, base = _one_shot_ticket(t, config, dense)
+    ticket, base = _one_shot_ticket(t, config, dense, chain_mask)
     saved = _restore()
     if saved is not None and any(not np.array_equal(saved["mask"][k], ticket.mask[k]) for k in ticket.mask):
         raise RuntimeError("the checkpoint's mask differs from the one recomputed from the dense run")
-    resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"], saved["best_test_loss"],
-                                  saved["best_epoch"]) if saved else None
+    resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"],
+                                  training.EarlyStop(**saved["early_stop"])) if saved else None
     # Start-up cost: the worker's age on entry, which of its trials this is (the first pays for
     # imports and tracing) and the time from entry to the first training step, less any wait for
     # the dense run (a trial that started beside it was already warm then).
@@ -234,32 +245,67 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
     if state is not None:  # the ticket marks the trial finished: every report is in by now
         info = {**{k: base[k] for k in config_lib.GRID_KEYS}, "rewind_step": t.rewind_step,
                 "spec_hash": t.spec.spec_hash(), "dense_hash": dense.dense_hash}
+        if chain_mask is not None:  # an IMP control keeps its level's file beside the chain's
+            artifacts.save_ticket(artifacts.level_file(_trial_dir(), base["level"]), ticket.mask, ticket.start,
+                                  state.weights, info)
         artifacts.save_ticket(_trial_dir() / artifacts.TICKET_FILE, ticket.mask, ticket.start, state.weights, info)
 
 
-def _one_shot_ticket(t: _Trial, config: dict, dense: DenseRefs):
-    """The grid point's ticket (a sparsity, or an IMP level reached in one shot; or a transferred
-    ticket) and the metrics every row of the trial carries."""
+def _one_shot_ticket(t: _Trial, config: dict, dense: DenseRefs, chain_mask: dict | None):
+    """The trial's ticket -- a sparsity, an IMP level reached in one shot, an IMP control on its
+    ticket chain's mask (`chain_mask`), or a transferred ticket -- and the metrics every row of the
+    trial carries."""
     from tickets import training
 
     level = int(config["level"]) if "level" in config else None
-    sparsity = float(config["sparsity"]) if level is None else None
+    sparsity = float(config["sparsity"]) if "sparsity" in config else None
     reinitialised = False
     if t.control == "transfer":
         source = ray.get(dense.transfers[transfer_key(sparsity, t.rewind_epoch, t.replicate)])
         ticket, reinitialised = training.transfer_ticket(t.spec, t.model, source, t.replicate)
+    elif chain_mask is not None:
+        rewind = ray.get(dense.snapshots[t.rewind_step])
+        ticket = training.control_ticket(t.spec, t.model, chain_mask, None, rewind, t.control, t.replicate, level)
     else:
         final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[t.rewind_step]])
-        ticket = training.make_ticket(t.spec, t.model, final, rewind, sparsity, t.control, t.replicate, level)
+        ticket = (training.make_ticket(t.spec, t.model, final, rewind, sparsity, t.control, t.replicate)
+                  if level is None else
+                  training.make_level_ticket(t.spec, t.model, final, rewind, level, t.control, t.replicate))
     base = {**_base_metrics(t, ticket, dense), "classifier_reinitialised": reinitialised, "level": level}
     # The sparsity column is the grid's value, or for a level the sparsity that level reached.
     base["sparsity"] = base["actual_sparsity"] if sparsity is None else sparsity
     return ticket, base
 
 
+CHAIN_POLL_S = 2.0
+
+
+def _chain_mask(config: dict, dense: DenseRefs) -> dict:
+    """The mask an IMP control trains: its ticket chain's (same rewind epoch and replicate) at the
+    control's level, read from the chain's level file on the storage path. Controls are queued only
+    once that file exists; one retried by --resume beside its retried chain waits for it here. A
+    chain that failed for good fails its controls with its one-line error (before any import)."""
+    experiment, level = _trial_dir().parent, int(config["level"])
+    chain = {"rewind_epoch": float(config["rewind_epoch"]), "replicate": int(config["replicate"])}
+    while True:
+        path = artifacts.find_level(experiment, level, control="ticket", dense_hash=dense.dense_hash, **chain)
+        if path is not None:
+            return artifacts.load_ticket(path)["mask"]
+        error = artifacts.chain_error(experiment, **chain)
+        if error is not None:
+            raise RuntimeError(f"the ticket chain (rewind epoch {chain['rewind_epoch']:g}, replicate "
+                               f"{chain['replicate']}) failed before level {level}: {error}")
+        time.sleep(CHAIN_POLL_S)
+
+
+def train_imp(config: dict, spec: dict, dense: DenseRefs) -> None:
+    """An IMP trial: a ticket chain, or a control trained on one level of its chain."""
+    (train_ticket if "level" in config else train_imp_chain)(config, spec, dense)
+
+
 def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
-    """One IMP chain (rewind epoch, control, replicate): prune, rewind and retrain level after
-    level, reporting once per level with a checkpoint; a restarted chain continues at its next level."""
+    """One IMP ticket chain (rewind epoch, replicate): prune, rewind and retrain level after level,
+    reporting once per level with a checkpoint; a restarted chain continues at its next level."""
     if _finished_before():
         return
     from tickets import training
@@ -273,14 +319,14 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
     first, trained, previous = (saved["step"] + 1, saved["weights"], saved["mask"]) if saved else (1, final, None)
 
     for level in range(first, levels + 1):
-        ticket = training.imp_level(t.spec, t.model, trained, previous, rewind, level, t.control, t.replicate)
-        last, state, best_accuracy = None, None, 0.0
+        ticket = training.imp_level(t.spec, t.model, trained, previous, rewind)
+        last, state = None, None
         for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed):
-            last, best_accuracy = progress, max(best_accuracy, progress.test_accuracy)
+            last = progress
         base = _base_metrics(t, ticket, dense)
         metrics = {"sparsity": base["actual_sparsity"], **base, "level": level, "levels": levels,
-                   "resumed_from_level": first - 1, **_epoch_metrics(last, state),
-                   "best_test_accuracy": best_accuracy}
+                   "resumed_from_level": first - 1, **_epoch_metrics(last, state)}
+        # Written before the report: the controls of this level are queued once it is reported.
         artifacts.save_ticket(artifacts.level_file(_trial_dir(), level), ticket.mask, ticket.start, state.weights,
                               {"level": level, "rewind_epoch": t.rewind_epoch, "control": t.control,
                                "replicate": t.replicate, "spec_hash": t.spec.spec_hash(),

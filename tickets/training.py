@@ -14,6 +14,7 @@ Written against `keras` / `keras.ops`; only thread and device set-up touches Ten
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from tickets import artifacts
 from tickets import masks as masks_lib
 from tickets import models, pruning
 from tickets.config import DenseSpec, Spec, step_of
-from tickets.data import Dataset, test_batches, train_batches
+from tickets.data import Dataset, eval_batches, train_batches
 from tickets.data import order as data_order
 
 Weights = dict[str, np.ndarray]
@@ -164,6 +165,20 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+class Stream(enum.IntEnum):
+    """The seed streams of one replicate: `derive_seed(spec.seed, replicate, stream, ...)`. The
+    dense run's data order is `derive_seed(spec.seed, 0)`, apart from all of these."""
+
+    SPARSE_DATA = 1  # the sparse runs' data order and augmentation
+    REINIT = 2  # random_reinit's fresh initialisation
+    RANDOM_PRUNE = 3  # random_prune's masks (and, for IMP, the level)
+    TRANSFER = 4  # a transferred ticket's re-initialised layers
+
+
+def stream_seed(spec: Spec, replicate: int, stream: Stream, *more: int) -> int:
+    return derive_seed(spec.seed, replicate, int(stream), *more)
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule.
 
@@ -276,16 +291,40 @@ class Progress:
     test_loss: float
     test_accuracy: float
     seconds: float
+    val_loss: float = math.nan  # NaN without a validation split (`data.validation`)
+    val_accuracy: float = math.nan
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """The epoch of least validation loss so far and the test accuracy at that epoch: chosen on the
+    validation split, never on the test set. Without a validation split nothing is chosen (epoch None)."""
+
+    epoch: int | None = None
+    val_loss: float = math.inf
+    test_accuracy: float = math.nan
+
+    def after(self, p: Progress) -> EarlyStop:
+        return EarlyStop(p.epoch, p.val_loss, p.test_accuracy) if p.val_loss < self.val_loss else self
+
+    def row(self) -> dict:
+        """The columns every report carries (NaN where nothing was chosen)."""
+        return {"early_stop_epoch": math.nan if self.epoch is None else self.epoch,
+                "early_stop_accuracy": self.test_accuracy,
+                "best_val_loss": self.val_loss if self.epoch is not None else math.nan}
 
 
 def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: int, end: int,
               stops: set[int], on_stop: Callable[[int], None]) -> Iterator[Progress]:
     """Train steps `start..end`, pausing at every step in `stops` (for `on_stop`) and yielding
-    a `Progress` at every epoch boundary, where the test set is evaluated."""
+    a `Progress` at every epoch boundary, where the validation split (if any) and the test set are
+    evaluated."""
     spe = data.steps_per_epoch(spec.data.batch_size)
     boundaries = sorted({s for s in stops if start < s <= end}
                         | {e * spe for e in range(start // spe + 1, end // spe + 1)} | {end})
-    test = test_batches(data, spec.data, RUNTIME.data_threads)
+    test = eval_batches(data, data.test, spec.data, RUNTIME.data_threads)
+    validation = (eval_batches(data, data.validation, spec.data, RUNTIME.data_threads)
+                  if data.validation is not None else None)
     t0 = time.perf_counter()
     if not all(getattr(m, "built", True) for m in model.metrics):
         # Keras creates the accuracy metric's variables on first use; created inside the first
@@ -308,9 +347,11 @@ def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: i
             on_stop(b)
         if b % spe == 0:
             ev = model.evaluate(test, verbose=0, return_dict=True)
+            val = model.evaluate(validation, verbose=0, return_dict=True) if validation is not None else {}
             yield Progress(step=b, epoch=b // spe, train_loss=loss_sum / max(n, 1),
                            train_accuracy=acc_sum / max(n, 1), test_loss=float(ev["loss"]),
-                           test_accuracy=float(ev["accuracy"]), seconds=time.perf_counter() - t0)
+                           test_accuracy=float(ev["accuracy"]), seconds=time.perf_counter() - t0,
+                           val_loss=float(val.get("loss", math.nan)), val_accuracy=float(val.get("accuracy", math.nan)))
             loss_sum, acc_sum, n, t0 = 0.0, 0.0, 0, time.perf_counter()
 
 
@@ -328,6 +369,7 @@ class Trajectory:
     metrics: list[dict] = field(default_factory=list)
     layout: dict = field(default_factory=dict)  # models.layout: lets the driver check masks without Keras
     runtime: dict = field(default_factory=dict)  # Runtime.row(): threads, replicas, precision it trained with
+    data: dict = field(default_factory=dict)  # the images of each split it trained and was evaluated on
 
     @property
     def final(self) -> Weights:
@@ -336,7 +378,7 @@ class Trajectory:
     def save(self, directory: Path, dense_hash: str) -> None:
         artifacts.save_dense(directory, self.snapshots, {
             "dense_hash": dense_hash, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-            "metrics": self.metrics, "layout": self.layout, "runtime": self.runtime})
+            "metrics": self.metrics, "layout": self.layout, "runtime": self.runtime, "data": self.data})
 
 
 def train_dense(spec: Spec, data: Dataset, on_epoch: Callable[[Progress], None] = lambda p: None) -> Trajectory:
@@ -358,8 +400,10 @@ def train_dense(spec: Spec, data: Dataset, on_epoch: Callable[[Progress], None] 
         for p in _segments(model, spec, data, derive_seed(spec.seed, 0), 0, total, keep, snapshot):
             metrics.append(vars(p))
             on_epoch(p)
+    sizes = {"train": len(data.train), "validation": len(data.validation) if data.validation is not None else 0,
+             "test": len(data.test), "source": data.source}
     return Trajectory(spe, total, snapshots, metrics, models.layout(model),
-                      {**RUNTIME.row(), "replicas": replicas, "data_order": data_order(data.train, spec.data)})
+                      {**RUNTIME.row(), "replicas": replicas, "data_order": data_order(data.train, spec.data)}, sizes)
 
 
 def average_replicas(model: keras.Model) -> None:
@@ -391,39 +435,54 @@ class Ticket:
     threshold: float | None
 
 
-def make_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, sparsity: float | None,
-                control: str, replicate: int, level: int | None = None) -> Ticket:
-    """The one-shot mask (from the final dense weights) and starting weights for one grid point: a
-    `sparsity`, or (sparsity None) an IMP `level` reached in one shot."""
-    mask, threshold = pruning.oneshot_mask(spec.pruning, layout(model), final, sparsity, level)
-    if control == "random_prune":
-        mask, threshold = masks_lib.random_mask_like(mask, derive_seed(spec.seed, replicate, 3)), None
-    return Ticket(mask, start_weights(spec, model, rewind, mask, control, replicate), threshold)
+def make_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, sparsity: float,
+                control: str, replicate: int) -> Ticket:
+    """A one-shot grid point at `sparsity`: the mask pruned from the final dense weights, and what
+    `control` trains from it (`control_ticket`)."""
+    mask, threshold = pruning.oneshot_mask(spec.pruning, layout(model), final, sparsity=sparsity)
+    return control_ticket(spec, model, mask, threshold, rewind, control, replicate)
+
+
+def make_level_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, level: int,
+                      control: str, replicate: int) -> Ticket:
+    """A one-shot grid point at IMP level `level`: the per-layer counts IMP keeps there, pruned in one
+    shot from the final dense weights (the papers' one-shot comparisons); then `control_ticket`."""
+    mask, threshold = pruning.oneshot_mask(spec.pruning, layout(model), final, level=level)
+    return control_ticket(spec, model, mask, threshold, rewind, control, replicate)
 
 
 def imp_level(spec: Spec, model: keras.Model, trained: Weights, previous: masks_lib.Mask | None,
-              rewind: Weights, level: int, control: str, replicate: int) -> Ticket:
-    """Level `level` of an IMP chain: prune `pruning.rate` of the survivors of `previous` by the
+              rewind: Weights) -> Ticket:
+    """The ticket chain's next IMP level: prune `pruning.rate` of the survivors of `previous` by the
     magnitudes of the weights the previous level trained to, then rewind."""
     mask, threshold = pruning.imp_mask(spec.pruning, layout(model), trained, previous)
-    if control == "random_prune":
-        mask = masks_lib.random_mask_like(mask, derive_seed(spec.seed, replicate, 3, level), within=previous)
+    return Ticket(mask, masks_lib.apply(rewind, mask), threshold)
+
+
+def control_ticket(spec: Spec, model: keras.Model, mask: masks_lib.Mask, threshold: float | None,
+                   rewind: Weights, control: str, replicate: int, level: int | None = None) -> Ticket:
+    """What `control` trains from the ticket's `mask` (the papers' controls, each its own branch):
+
+    - `ticket`: the mask, the rewound weights;
+    - `random_reinit`: the same mask, a fresh initialisation (the replicate's REINIT stream);
+    - `random_prune`: a random mask with exactly the ticket's count in every tensor (the replicate's
+      RANDOM_PRUNE stream; an IMP chain's `level` gets its own), the rewound weights.
+    """
+    if control == "random_reinit":
+        fresh = models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
+                             seed=stream_seed(spec, replicate, Stream.REINIT))
+        rewind = models.get_weights(fresh)
+    elif control == "random_prune":
+        extra = () if level is None else (level,)
+        mask = masks_lib.random_mask_like(mask, stream_seed(spec, replicate, Stream.RANDOM_PRUNE, *extra))
         threshold = None
-    return Ticket(mask, start_weights(spec, model, rewind, mask, control, replicate), threshold)
+    elif control != "ticket":
+        raise ValueError(f"Received `control={control!r}`: expected ticket, random_reinit or random_prune")
+    return Ticket(mask, masks_lib.apply(rewind, mask), threshold)
 
 
 def layout(model: keras.Model) -> pruning.Layout:
     return pruning.Layout.of(models.layout(model))
-
-
-def start_weights(spec: Spec, model: keras.Model, rewind: Weights, mask: masks_lib.Mask, control: str,
-                  replicate: int) -> Weights:
-    """Rewound weights ⊙ mask; for `random_reinit`, a fresh initialisation of another seed ⊙ mask."""
-    if control == "random_reinit":
-        fresh = models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
-                             seed=derive_seed(spec.seed, replicate, 2))
-        rewind = models.get_weights(fresh)
-    return masks_lib.apply(rewind, mask)
 
 
 def transfer_ticket(spec: Spec, model: keras.Model, source: dict, replicate: int) -> tuple[Ticket, bool]:
@@ -433,7 +492,7 @@ def transfer_ticket(spec: Spec, model: keras.Model, source: dict, replicate: int
     re-initialised and left dense. Returns the ticket and whether that happened.
     """
     fresh = models.get_weights(models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
-                                            seed=derive_seed(spec.seed, replicate, 4)))
+                                            seed=stream_seed(spec, replicate, Stream.TRANSFER)))
     names = pruning.prunable(spec.pruning, layout(model))
     start, mask, reinit = {}, {}, False
     for name, value in fresh.items():
@@ -455,8 +514,7 @@ class SparseState:
     step: int
     weights: Weights
     optimizer: list[np.ndarray]
-    best_test_loss: float = math.inf
-    best_epoch: int = 0
+    early_stop: EarlyStop = EarlyStop()
 
 
 def optimizer_state(optimizer: keras.optimizers.Optimizer) -> list[np.ndarray]:
@@ -489,7 +547,7 @@ def _compiled(spec: Spec, data: Dataset) -> tuple:
         schedule = Schedule(spec.dense, spe)
         optimizer = make_optimizer(spec.dense, spe, schedule)
         compile_model(model, optimizer)
-        optimizer.build(model.trainable_variables)
+        model.optimizer.build(model.trainable_variables)  # under mixed_float16 its loss-scale wrapper too
         _COMPILED[key] = (model, optimizer, schedule)
     return _COMPILED[key]
 
@@ -505,7 +563,7 @@ def warm_up(spec: Spec, data: Dataset) -> None:
     weights = models.get_weights(model)
     install_mask(model, {n: np.ones(weights[n].shape, dtype=bool) for n in names})
     model.fit(train_batches(data, spec.data, 0, 0, 1, RUNTIME.data_threads), epochs=1, verbose=0, shuffle=False)
-    model.evaluate(test_batches(data, spec.data, RUNTIME.data_threads).take(1), verbose=0)
+    model.evaluate(eval_batches(data, data.test, spec.data, RUNTIME.data_threads).take(1), verbose=0)
 
 
 def train_sparse(spec: Spec, data: Dataset, ticket: Ticket, rewind_step: int, seed: int,
@@ -534,8 +592,7 @@ def train_sparse(spec: Spec, data: Dataset, ticket: Ticket, rewind_step: int, se
     for var, value in zip(optimizer.variables, state.optimizer, strict=True):
         var.assign(value)
     install_mask(model, ticket.mask)
-    best_loss, best_epoch = state.best_test_loss, state.best_epoch
+    early_stop = state.early_stop
     for p in _segments(model, spec, data, seed, state.step, total, set(), lambda _: None):
-        if p.test_loss < best_loss:
-            best_loss, best_epoch = p.test_loss, p.epoch
-        yield p, SparseState(p.step, models.get_weights(model), optimizer_state(optimizer), best_loss, best_epoch)
+        early_stop = early_stop.after(p)
+        yield p, SparseState(p.step, models.get_weights(model), optimizer_state(optimizer), early_stop)
