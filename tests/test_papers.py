@@ -1,4 +1,4 @@
-"""The paper presets on real CIFAR-10, CPU-sized through `--set`, as the README's "Reproducing the papers" shows."""
+"""The paper presets on real CIFAR-10, CPU-sized through `--set`, as docs/papers.md shows."""
 
 from helpers import CIFAR10, needs_cifar10, read_results, run
 

@@ -43,7 +43,8 @@ SIZES = {
     # Conv-2 grid of 8 (CIFAR-10 images, epochs), images and epochs of 9's dense runs, the two data
     # set sizes (images) and batches streamed in 10-11
     "tiny": dict(batch=16, steps=2, repeats=1, masked=(0.95,), dense_epochs=1, sparsity=[0.5], rewind=[0],
-                 noop=8, pipeline_batches=4, train=512, loop=dict(train=600, test=120, epochs=2),
+                 noop=8, pipeline_batches=4, train=512,
+                 loop=dict(train=600, test=120, epochs=2, sparsity=(0.9,), rewind=(0,)),
                  dp=(256, 1, "imagenet"), large=(200, 800, 3), scaling_steps=4),
     "quick": dict(batch=128, steps=24, repeats=4, masked=(0.0, 0.8, 0.95), dense_epochs=3, sparsity=[0.5, 0.9],
                   rewind=[0, 1], noop=1000, pipeline_batches=60, train=2048,
@@ -56,8 +57,12 @@ SIZES = {
 }
 
 
+_START = time.monotonic()
+
+
 def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    elapsed = int(time.monotonic() - _START)
+    print(f"[bench {elapsed // 60}:{elapsed % 60:02d}] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,12 +485,13 @@ def sweep_vs_loop(size: dict, storage: Path, scaling: dict) -> dict:
     if not (root / "train.parquet").exists():
         return {"skipped": f"no CIFAR-10 Parquet shards at {root} (set TICKETS_DATA_DIR)"}
     loop = size["loop"]
-    points = [[s, r] for s in (0.5, 0.9) for r in (0, 1)]
+    points = [[s, r] for s in loop.get("sparsity", (0.5, 0.9)) for r in loop.get("rewind", (0, 1))]
     overrides = [f"data.path={root}", f"data.subset={{train: {loop['train']}, test: {loop['test']}}}",
                  f"dense.epochs={loop['epochs']}", "pruning.mode=oneshot", "pruning.scope=layerwise",
                  "pruning.rates={}",
-                 "search.sparsity=[0.5, 0.9]", "search.rewind_epoch=[0, 1]", "search.control=[ticket]",
-                 "search.replicate=[0]", "data.validation=0"]  # the hand-written loop holds nothing out
+                 f"search.sparsity={sorted({s for s, _ in points})}",
+                 f"search.rewind_epoch={sorted({r for _, r in points})}",
+                 "search.control=[ticket]", "search.replicate=[0]", "data.validation=0"]  # the hand-written loop holds nothing out
     spec = config.load("conv2-cifar10", overrides)
     d = data.load(spec.data, spec.seed)  # the loop gets the same images, decoded (the sweep decodes them itself)
     arrays = storage / "loop.npz"

@@ -74,7 +74,7 @@ def _fail(name: str, value: Any, reason: str) -> typing.NoReturn:
 
 
 # ---------------------------------------------------------------------------------------------
-# The spec. Field order is the order of the YAML in the README.
+# The spec. Field order is the order of the YAML in docs/spec.md.
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class DenseSpec:
 @dataclass(frozen=True)
 class PruningSpec:
     # lamp | erk | layerwise | global: how the pruned weights spread over tensors. lamp by measurement
-    # (README, "Layer collapse and allocation"); global can empty whole layers of MobileNetV2.
+    # (docs/pruning.md, "Layer collapse and allocation"); global can empty whole layers of MobileNetV2.
     scope: str = "lamp"
     exclude: tuple[str, ...] = ("first_conv", "classifier")
     mode: str = "oneshot"  # oneshot: the grid's sparsity (or level) axis | imp: iterative magnitude pruning

@@ -192,7 +192,7 @@ def _locate(spec: DataSpec) -> Path:
         if _layout(root) != "parquet":
             raise DataError(f"data.dataset: 'imagenet' has no shards at {str(root)!r} (from "
                             f"{'data.path' if spec.path else '$TICKETS_DATA_DIR/imagenet'}); write them with "
-                            f"`python -m tickets.shards ILSVRC_TREE {root}` (README, \"ImageNet\")")
+                            f"`python -m tickets.shards ILSVRC_TREE {root}` (docs/imagenet.md)")
         return root
     if spec.dataset != "cifar10":
         root = Path(spec.path).expanduser()

@@ -232,7 +232,13 @@ def make_optimizer(spec: DenseSpec, steps_per_epoch: int, schedule: Schedule | N
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
     # XLA on CPU is not bit-reproducible across builds and gains little for these nets.
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile="auto" if _on_gpu() else False)
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile="auto" if _on_gpu() else False)
+    # Every variable exists before the first step: TensorFlow traces a step that creates variables
+    # twice (MobileNetV2 on a CPU: about 8 s more per process). Hence the metric as an object, not
+    # the string "accuracy" (whose variables Keras makes inside the step), and the optimizer built
+    # here (under mixed_float16 its loss-scale wrapper too).
+    model.optimizer.build(model.trainable_variables)
 
 
 def _on_gpu() -> bool:
@@ -326,11 +332,6 @@ def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: i
     validation = (eval_batches(data, data.validation, spec.data, RUNTIME.data_threads)
                   if data.validation is not None else None)
     t0 = time.perf_counter()
-    if not all(getattr(m, "built", True) for m in model.metrics):
-        # Keras creates the accuracy metric's variables on first use; created inside the first
-        # traced train step, they make TensorFlow trace it twice (~3 s for MobileNetV2 on a CPU).
-        # One test batch creates them first; evaluation leaves weights and BN statistics alone.
-        model.evaluate(test.take(1), verbose=0)
     cur, loss_sum, acc_sum, n = start, 0.0, 0.0, 0
     for b in boundaries:
         if b > cur:
@@ -547,7 +548,6 @@ def _compiled(spec: Spec, data: Dataset) -> tuple:
         schedule = Schedule(spec.dense, spe)
         optimizer = make_optimizer(spec.dense, spe, schedule)
         compile_model(model, optimizer)
-        model.optimizer.build(model.trainable_variables)  # under mixed_float16 its loss-scale wrapper too
         _COMPILED[key] = (model, optimizer, schedule)
     return _COMPILED[key]
 
