@@ -72,8 +72,10 @@ def test_summary_and_winning_tickets(experiment):
         last = trial.loc[trial.epoch.idxmax()]
         assert last.early_stop_epoch == best.epoch and last.early_stop_accuracy == best.test_accuracy
     assert 0 < row.weights_remaining < row.weights_remaining_total < 1  # the dense layers count in the total
-    dense = analysis.dense_accuracy(df)
-    assert (s.matches == (s.final_accuracy >= dense - 0.005)).all() and not s.collapsed.any()
+    # Winners are chosen on the validation split: final validation accuracy against the dense network's.
+    dense = analysis.dense_val_accuracy(df)
+    assert row.final_val_accuracy == pytest.approx(finals.val_accuracy.mean())
+    assert (s.matches == (s.final_val_accuracy >= dense - 0.005)).all() and not s.collapsed.any()
 
 
 def _results(rows) -> pd.DataFrame:
@@ -105,6 +107,14 @@ def test_a_winning_ticket_matches_dense_within_the_tolerance_and_is_never_a_cut_
     assert analysis.winning_tickets(df, tolerance=1.0).sparsity.tolist() == [0.8]  # the sparsest that matches
     assert analysis.winning_tickets(df, tolerance=0.05).empty
     assert analysis.collapsed_trials(df).trial_id.tolist() == ["t2"]
+    # With a validation split the match is decided there, not on the test set: the test accuracies
+    # stay as they were, the 0.8 ticket is now within 0.5 points of dense on validation, 0.5 is not.
+    df["val_loss"], df["val_accuracy"] = 1.0, df["test_accuracy"]
+    df.loc[df.sparsity == 0.5, "val_accuracy"] = 0.70
+    df.loc[(df.control == "ticket") & (df.sparsity == 0.8), "val_accuracy"] = 0.799
+    s = analysis.summary(df, tolerance=0.5).set_index(["control", "sparsity"])
+    assert not s.loc[("ticket", 0.5), "matches"] and s.loc[("ticket", 0.8), "matches"]
+    assert analysis.winning_tickets(df, tolerance=0.5).sparsity.tolist() == [0.8]
 
 
 def test_every_plot_marks_a_cut_network():

@@ -150,6 +150,11 @@ def dense_accuracy(df: pd.DataFrame) -> float:
     return float(_dense_final(df)["test_accuracy"].mean())
 
 
+def dense_val_accuracy(df: pd.DataFrame) -> float:
+    """The dense network's final validation accuracy; NaN without a validation split."""
+    return float(_dense_final(df)["val_accuracy"].mean())
+
+
 def dense_early_stop_accuracy(df: pd.DataFrame) -> float:
     """The dense network's test accuracy at its early-stop epoch (least validation loss); NaN
     without a validation split."""
@@ -186,9 +191,10 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
 
     `final_accuracy` is the test accuracy at the end of training; `early_stop_accuracy` the test
     accuracy at the epoch of least validation loss (NaN without a validation split). `matches` is
-    the winning-ticket test: mean final test accuracy within `tolerance` percentage points of the
-    dense network's final accuracy, or better, and no replicate's network cut (`collapsed`: a mask
-    that cuts the network measures a cut network, not a ticket). `weights_remaining_total` is the
+    the winning-ticket test: mean final accuracy within `tolerance` percentage points of the dense
+    network's final accuracy, or better, and no replicate's network cut (`collapsed`: a mask that
+    cuts the network measures a cut network, not a ticket). It picks winners, so with a validation
+    split it compares validation accuracies (`final_val_accuracy`); only without one the test's. `weights_remaining_total` is the
     share of every kernel weight of the network kept (the papers' axis); `weights_remaining` that of
     the prunable ones. With `references` (`references(experiment)`), each row gains the published
     point of its control nearest in `weights_remaining_total` (log scale) and `published_gap`: the
@@ -198,11 +204,14 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
     trials = df[df["control"] != "dense"]
     dense = dense_accuracy(df)
     final = final_rows(trials)
+    if "val_accuracy" not in final:  # a frame built by hand, without the columns `load` gives
+        final = final.assign(val_accuracy=np.nan)
     keys = _keys(df)
     out = final.groupby(keys, observed=True, dropna=False).agg(
         replicates=("trial_id", "nunique"), sparsity_mean=("sparsity", "mean"),
         weights_remaining=("weights_remaining", "mean"), weights_remaining_total=("weights_remaining_total", "mean"),
         final_accuracy=("test_accuracy", "mean"), final_accuracy_std=("test_accuracy", "std"),
+        final_val_accuracy=("val_accuracy", "mean"),
         early_stop_accuracy=("early_stop_accuracy", "mean"), early_stop_accuracy_std=("early_stop_accuracy", "std"),
         early_stop_epoch=("early_stop_epoch", "mean"), epochs=("epoch", "max"),
         collapsed=("collapsed_layers", lambda c: bool((c.fillna("") != "").any())),
@@ -216,7 +225,9 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
     out = out.drop(columns="sparsity_mean")
     out["dense_accuracy"] = dense
     out["dense_early_stop_accuracy"] = dense_early_stop_accuracy(df)
-    out["matches"] = (out["final_accuracy"] >= dense - tolerance / 100) & ~out["collapsed"]
+    # A winner is a choice: made on validation where there is a split, never on the test set then.
+    on, reference = ("final_val_accuracy", dense_val_accuracy(df)) if validated(df) else ("final_accuracy", dense)
+    out["matches"] = (out[on] >= reference - tolerance / 100) & ~out["collapsed"]
     if references:
         out = _published(out, references, dense_early_stop_accuracy(df))
     return out.sort_values(keys).reset_index(drop=True)
