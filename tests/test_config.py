@@ -102,6 +102,10 @@ def test_paper_presets_hold_out_the_papers_validation_split():
     ({"pruning": {"min_live_channels": -1}}, "pruning.min_live_channels: -1 must be >= 0"),
     ({"pruning": {"mode": "imp", "levels": 2}, "search": {"control": ["random_reinit"]}},
      "search.control: ['random_reinit'] has no 'ticket': IMP controls train the ticket chain's masks"),
+    ({"instability": {"points": 0}}, "instability.points: 0 must be >= 2"),
+    ({"instability": {"batchnorm": "recompute"}}, "instability.batchnorm: 'recompute' is not one of interpolate, reestimate"),
+    ({"instability": {"enabled": True}, "search": {"level": [1], "sparsity": [], "control": ["random_prune"]}},
+     "instability.enabled: True has nothing to analyse"),
 ])
 def test_bad_values_name_field_and_value(raw, message):
     with pytest.raises(SpecError) as e:

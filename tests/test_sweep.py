@@ -33,6 +33,11 @@ FAST = sets("dense.epochs=2", "search.sparsity=[0.5,0.9]", "search.rewind_epoch=
     (["smoke", "--set", "pruning.rates={dense: 0.2}", "--set", "search.level=[2]"],
      "error: pruning.rates: 'dense' is not a group of mobilenet_v2"),
     (["smoke", "--set", "pruning.rates={conv: 0.1}"], "error: pruning.rates: {'conv': 0.1} apply per level"),
+    (["smoke", "--set", "instability.enabled=true", "--set", "instability.points=1"],
+     "error: instability.points: 1 must be >= 2"),
+    (["smoke", "--set", "instability.enabled=true", "--set", "search.control=[random_reinit]"],
+     "error: instability.enabled: True has nothing to analyse: search.control ['random_reinit'] has no 'ticket' "
+     "and search.sparsity no 0"),
 ])
 def test_bad_input_exits_2_writes_nothing_starts_no_ray(tmp_path, capsys, argv, message):
     import ray

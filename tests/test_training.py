@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import CIFAR10, needs_cifar10
 
-from tickets import config, data, masks, models, training
+from tickets import config, data, instability, masks, models, training
 
 
 def _spec(**over):
@@ -203,6 +203,36 @@ def test_sparse_run_resumes_exactly_from_its_state(small, trajectory):
             assert pa.test_loss == pb.test_loss
             assert all(np.array_equal(sa.weights[k], sb.weights[k]) for k in sa.weights)
     assert all(np.all(warmed[-1][1].weights[k][~m] == 0.0) for k, m in ticket.mask.items())
+
+
+@pytest.mark.parametrize("batchnorm", ["interpolate", "reestimate"])
+def test_instability_twin_on_the_same_seed_is_bit_identical_and_the_path_ends_at_both_copies(small, trajectory,
+                                                                                            batchnorm):
+    spec, d = small
+    spec = _spec(**{"instability.batchnorm": batchnorm, "instability.points": 5})
+    model = training.sparse_model(spec, d)
+    ticket = training.make_ticket(spec, model, trajectory.final, trajectory.snapshots[4], 0.8, "ticket", 0)
+
+    def train(seed):
+        *_, last = training.train_sparse(spec, d, ticket, 4, seed=seed)
+        return last
+
+    (pa, a), (pb, b), (pc, c) = train(1), train(1), train(2)
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)  # same data order: same network
+    same = instability.path(spec, d, model, a.weights, b.weights, seed=3)
+    assert instability.barrier(same["test_accuracy"]) == 0.0
+    assert not any(np.array_equal(a.weights[k], c.weights[k]) for k in ticket.mask)  # another order: another one
+    curve = instability.path(spec, d, model, a.weights, c.weights, seed=3)
+    assert list(curve["alpha"]) == [0.0, 0.25, 0.5, 0.75, 1.0] and np.isnan(curve["val_accuracy"]).all()
+    if batchnorm == "interpolate":  # the end points are the two copies, BatchNorm statistics and all
+        assert (curve["test_accuracy"][0], curve["test_accuracy"][-1]) == (pa.test_accuracy, pc.test_accuracy)
+        assert (curve["test_loss"][0], curve["test_loss"][-1]) == (pa.test_loss, pc.test_loss)
+    else:  # statistics recomputed from training batches: the ends are evaluated with other statistics
+        assert curve["test_loss"][0] != pa.test_loss
+    assert instability.barrier(curve["test_accuracy"]) >= 0
+    middle = instability.interpolate(a.weights, c.weights, 0.5)
+    assert all(np.all(middle[k][~m] == 0.0) for k, m in ticket.mask.items())  # the ticket's zeros, all along
+    assert instability.barrier([0.9, 0.5, 0.8]) == pytest.approx(0.5 - 0.15)  # error 0.5 - mean(0.1, 0.2)
 
 
 @needs_cifar10()

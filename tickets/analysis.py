@@ -18,14 +18,16 @@ import pandas as pd
 from tickets import artifacts
 from tickets import config as config_lib
 from tickets.config import CONTROLS, GRID_KEYS
+from tickets.instability import STABLE
 
 # The numeric columns of a trial row (as the trainable reports them) and of the dense rows.
 _METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
             "actual_sparsity", "weights_remaining", "weights_remaining_count", "weights_remaining_total",
             "threshold", "early_stop_epoch", "early_stop_accuracy", "best_val_loss", "narrowest_live_channels",
-            "epoch_seconds", "step")
-# Text columns: where a mask cuts the network, the residual branches it empties, its narrowest layer.
-_TEXT = ("collapsed_layers", "emptied_branches", "narrowest_layer")
+            "epoch_seconds", "step", "instability", "val_instability", "twin_test_accuracy", "twin_val_accuracy")
+# Text columns: where a mask cuts the network, the residual branches it empties, its narrowest layer,
+# and how BatchNorm was treated along the instability path.
+_TEXT = ("collapsed_layers", "emptied_branches", "narrowest_layer", "instability_batchnorm")
 
 
 def _status(trial: Path) -> str:
@@ -204,8 +206,9 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
     trials = df[df["control"] != "dense"]
     dense = dense_accuracy(df)
     final = final_rows(trials)
-    if "val_accuracy" not in final:  # a frame built by hand, without the columns `load` gives
-        final = final.assign(val_accuracy=np.nan)
+    for column in ("val_accuracy", "instability", "val_instability", "twin_test_accuracy"):
+        if column not in final:  # a frame built by hand, without the columns `load` gives
+            final = final.assign(**{column: np.nan})
     keys = _keys(df)
     out = final.groupby(keys, observed=True, dropna=False).agg(
         replicates=("trial_id", "nunique"), sparsity_mean=("sparsity", "mean"),
@@ -217,6 +220,8 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
         collapsed=("collapsed_layers", lambda c: bool((c.fillna("") != "").any())),
         emptied_branches=("emptied_branches", lambda c: bool((c.fillna("") != "").any())),
         narrowest_live_channels=("narrowest_live_channels", "min"),
+        instability=("instability", "mean"), val_instability=("val_instability", "mean"),
+        twin_accuracy=("twin_test_accuracy", "mean"),
     ).reset_index()
     for column in ("final_accuracy_std", "early_stop_accuracy_std"):
         out[column] = out[column].fillna(0.0).where(out[column.removesuffix("_std")].notna())
@@ -228,6 +233,10 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
     # A winner is a choice: made on validation where there is a split, never on the test set then.
     on, reference = ("final_val_accuracy", dense_val_accuracy(df)) if validated(df) else ("final_accuracy", dense)
     out["matches"] = (out[on] >= reference - tolerance / 100) & ~out["collapsed"]
+    # Stable to SGD noise: an error barrier under the paper's 2 % -- also judged on validation where
+    # there is a split (the user picks a rewind point by it); NaN-free only where twins trained.
+    barrier = out["val_instability"] if validated(df) else out["instability"]
+    out["stable"] = (barrier < STABLE).where(barrier.notna())
     if references:
         out = _published(out, references, dense_early_stop_accuracy(df))
     return out.sort_values(keys).reset_index(drop=True)
@@ -250,6 +259,29 @@ def _published(s: pd.DataFrame, references, dense: float) -> pd.DataFrame:
     s["published_accuracy"] = [a for _, a in nearest]
     s["published_gap"] = s["early_stop_accuracy"] - s["published_accuracy"]
     return s
+
+
+def curves(experiment) -> pd.DataFrame:
+    """Every instability path of an experiment (`instability.enabled`): one row per trial (IMP: per
+    level) and alpha, with its grid point -- alpha, test and validation loss and accuracy along the
+    line between the trial's two trained copies."""
+    frames = []
+    for trial in artifacts.trial_dirs(Path(experiment)):
+        rows = artifacts.read_metrics(trial)
+        for row in rows:
+            if "instability" not in row:
+                continue
+            path = artifacts.curve_file(trial, row.get("level") if row.get("levels") else None)
+            if path.is_file():
+                curve = pd.read_csv(path)
+                for k in (*GRID_KEYS, "trial_id"):
+                    curve.insert(0, k, row.get(k))
+                frames.append(curve.assign(trial=trial.name))
+    columns = [*GRID_KEYS, "trial_id", "trial", *artifacts.CURVE_COLUMNS]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    df = pd.concat(frames, ignore_index=True)
+    return df.drop_duplicates(["trial", "level", "alpha"], keep="last")[columns].reset_index(drop=True)
 
 
 def collapsed_trials(df: pd.DataFrame) -> pd.DataFrame:

@@ -8,6 +8,8 @@
     <experiment>/<trial>/metrics.jsonl     each trial's reports; ticket.npz marks it finished
     <experiment>/<trial>/level_<k>.npz     an IMP trial's ticket at level k (a chain's, or a control's)
     <experiment>/<trial>/chain_error.json  an IMP ticket chain that failed for good (its controls fail with it)
+    <experiment>/<trial>/instability.csv   the instability path (alpha, loss and accuracy); IMP: instability_level_<k>.csv
+    <experiment>/<trial>/twin.npz          the instability twin's training state, while it trains; IMP: twin_level_<k>.npz
 
 Plain `.npz`, JSON and Parquet, readable with numpy and pandas alone: no Ray, no TensorFlow.
 """
@@ -40,6 +42,15 @@ def snapshot_file(dense_dir: Path, step: int) -> Path:
 
 def level_file(trial_dir: Path, level: int) -> Path:
     return trial_dir / f"level_{level}.npz"
+
+
+def curve_file(trial_dir: Path, level: int | None = None) -> Path:
+    """The instability path of a trial (or of an IMP chain's level)."""
+    return trial_dir / ("instability.csv" if level is None else f"instability_level_{level}.csv")
+
+
+def twin_file(trial_dir: Path, level: int | None = None) -> Path:
+    return trial_dir / ("twin.npz" if level is None else f"twin_level_{level}.npz")
 
 
 @contextmanager
@@ -167,6 +178,41 @@ def load_state(directory: Path) -> dict:
     except Exception as e:
         raise ArtifactError(f"{directory}: checkpoint cannot be read ({type(e).__name__}: {e})") from None
     return {**meta, "weights": load_weights(directory / "weights.npz"), "optimizer": optimizer, "mask": mask}
+
+
+CURVE_COLUMNS = ("alpha", "test_loss", "test_accuracy", "val_loss", "val_accuracy")
+
+
+def save_curve(path: Path, curve: dict) -> None:
+    """The instability path as CSV (`CURVE_COLUMNS`, one row per alpha; NaN without a validation
+    split): `pandas.read_csv(path)` or `numpy.genfromtxt(path, delimiter=",", names=True)`."""
+    table = np.column_stack([np.asarray(curve[c], dtype=np.float64) for c in CURVE_COLUMNS])
+    with atomic(path) as tmp:
+        np.savetxt(tmp, table, delimiter=",", header=",".join(CURVE_COLUMNS), comments="", fmt="%.9g")
+
+
+def save_twin(path: Path, step: int, weights: dict, optimizer: list, progress: dict) -> None:
+    """An instability twin's state at an epoch boundary (weights, optimizer variables in order) and
+    the metrics of the epoch that ended there: a restarted trial continues the twin from it."""
+    arrays = {f"weights/{k}": v for k, v in weights.items()}
+    arrays |= {f"optimizer/{i}": v for i, v in enumerate(optimizer)}
+    arrays["info"] = np.array(json.dumps({"step": step, "progress": progress}))
+    with atomic(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def load_twin(path: Path) -> dict | None:
+    """A saved twin as {"step", "progress", "weights", "optimizer"}; None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            out = json.loads(str(f["info"]))
+            out["weights"] = {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith("weights/")}
+            out["optimizer"] = [f[f"optimizer/{i}"] for i in range(sum(k.startswith("optimizer/") for k in f.files))]
+    except Exception as e:
+        raise ArtifactError(f"{path}: cannot be read as an instability twin ({type(e).__name__}: {e})") from None
+    return out
 
 
 def save_dense(directory: Path, snapshots: dict[int, dict], manifest: dict) -> None:

@@ -235,6 +235,22 @@ class ResourcesSpec:
 
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+BATCHNORM = ("interpolate", "reestimate")
+
+
+@dataclass(frozen=True)
+class InstabilitySpec:
+    """Instability analysis (Frankle et al. 2020, linear mode connectivity): every `ticket` trial,
+    and every trial at sparsity 0 (the dense network rewound), trains a twin from the same rewound,
+    masked weights with another data order and augmentation, then evaluates the straight line
+    between the two trained copies (`tickets.instability`)."""
+
+    enabled: bool = False
+    points: int = 11  # values of alpha from 0 to 1 on the line between the copies, both ends included
+    # interpolate: BatchNorm's running statistics are interpolated with every other weight (the
+    # paper's procedure); reestimate: recomputed at each alpha from `batchnorm_batches` training batches.
+    batchnorm: str = "interpolate"
+    batchnorm_batches: int = 8
 
 
 @dataclass(frozen=True)
@@ -251,6 +267,7 @@ class Spec:
     search: SearchSpec = field(default_factory=SearchSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     transfer: TransferSpec | None = None
+    instability: InstabilitySpec = field(default_factory=InstabilitySpec)
     references: tuple[Reference, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -426,7 +443,7 @@ def validate(spec: Spec) -> Spec:
     if spec.seed < 0:
         _fail("seed", spec.seed, "must be >= 0")
     for check in (_check_data, _check_model, _check_dense, _check_pruning, _check_search, _check_transfer,
-                  _check_resources, _check_references):
+                  _check_resources, _check_instability, _check_references):
         check(spec)
     return spec
 
@@ -583,6 +600,18 @@ def _check_transfer(spec: Spec) -> None:
     if spec.pruning.mode == "imp" or s.level:
         _fail("transfer.from", t.source, "needs a one-shot grid over search.sparsity (not IMP levels)")
     _one_of("transfer.select.control", t.select.control, CONTROLS[:3])
+
+
+def _check_instability(spec: Spec) -> None:
+    i, s = spec.instability, spec.search
+    if i.points < 2:
+        _fail("instability.points", i.points, "must be >= 2: the line between the two copies includes both ends")
+    _one_of("instability.batchnorm", i.batchnorm, BATCHNORM)
+    if i.batchnorm_batches < 1:
+        _fail("instability.batchnorm_batches", i.batchnorm_batches, "must be >= 1")
+    if i.enabled and "ticket" not in s.control and 0.0 not in s.sparsity:
+        _fail("instability.enabled", i.enabled, f"has nothing to analyse: search.control {list(s.control)} has no "
+                                                "'ticket' and search.sparsity no 0 (the dense network)")
 
 
 def _check_resources(spec: Spec) -> None:

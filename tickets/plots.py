@@ -15,6 +15,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from tickets import analysis
+from tickets.instability import STABLE
+
+STABLE_PERCENT = STABLE * 100
 
 _STYLE = {"ticket": "-", "transfer": "-.", "random_reinit": "--", "random_prune": ":"}
 _MARKER = {"ticket": "o", "transfer": "D", "random_reinit": "s", "random_prune": "^"}
@@ -148,6 +151,49 @@ def heatmap(df: pd.DataFrame, control: str = "ticket") -> Figure:
                     color="white" if v < middle else "black", fontweight="bold" if collapsed else None)
     fig.colorbar(im, ax=ax, label="final test accuracy (%)")
     ax.set_title(f"{control}: final test accuracy" + (" (cut: a collapsed mask)" if cut.values.any() else ""))
+    fig.tight_layout()
+    return fig
+
+
+def instability(df: pd.DataFrame, tolerance: float = 0.5) -> Figure:
+    """Instability analysis (`instability.enabled`): left, the error barrier between the two trained
+    copies against the rewind epoch, one line per sparsity (sparsity 0: the dense network), the
+    paper's 2 % stability threshold dashed; right, the tickets' final test accuracy against the
+    rewind epoch, the dense network as a band. Where the barrier falls under 2 % the network is
+    stable; the paper finds tickets match dense accuracy only from there."""
+    s = analysis.summary(df, tolerance)
+    s = s[s["control"] == "ticket"]
+    key = "level" if "level" in s else "sparsity"
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
+    cmap = matplotlib.colormaps["plasma"]
+    groups = list(s.groupby(key, dropna=False))
+    dense = analysis.dense_accuracy(df) * 100
+    right.axhspan(dense - tolerance, dense + tolerance, color="tab:red", alpha=0.25, lw=0,
+                  label=f"dense {dense:.1f} % ± {tolerance:g} pt")
+    for i, (value, g) in enumerate(groups):
+        g = g.sort_values("rewind_epoch")
+        color = cmap(i / max(1, len(groups) - 1) * 0.85)
+        label = (f"level {value} ({g['weights_remaining_total'].mean() * 100:.3g} % left)" if key == "level" else
+                 "dense (sparsity 0)" if value == 0 else
+                 f"sparsity {value:.4g} ({g['weights_remaining_total'].mean() * 100:.3g} % left)")
+        left.plot(g["rewind_epoch"], g["instability"] * 100, color=color, marker="o", label=label)
+        right.plot(g["rewind_epoch"], g["final_accuracy"] * 100, color=color, marker="o", label=label)
+        stable = g[g["stable"] == True]  # noqa: E712 -- NaN (no twin) is neither
+        left.scatter(stable["rewind_epoch"], stable["instability"] * 100, s=90, facecolors="none",
+                     edgecolors=color, zorder=5)
+    left.axhline(STABLE_PERCENT, color="black", ls="--", lw=1, label=f"stable below {STABLE_PERCENT:g} % (paper)")
+    left.set_ylabel("instability: test error barrier (%)")
+    on = "validation" if analysis.validated(df) else "test"
+    left.set_title(f"Instability to SGD noise vs rewind epoch (circled: stable, on the {on} barrier)", fontsize=10)
+    right.set_ylabel("final test accuracy (%)")
+    right.set_title("Ticket accuracy vs rewind epoch")
+    for ax in (left, right):
+        ax.set_xlabel("rewind epoch")
+        ax.set_xticks(sorted(s["rewind_epoch"].unique()))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 

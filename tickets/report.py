@@ -10,6 +10,7 @@ import numpy as np
 
 from tickets import analysis, artifacts, plots
 from tickets import config as config_lib
+from tickets.plots import STABLE_PERCENT
 
 
 def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
@@ -27,6 +28,8 @@ def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
                "early_stop_vs_weights": plots.early_stop_vs_weights(df)}
     if (s["control"] == "ticket").any():
         figures["heatmap"] = plots.heatmap(df)
+    if s["instability"].notna().any():
+        figures["instability"] = plots.instability(df, tolerance)
     for name, fig in figures.items():
         written += plots.save(fig, experiment / f"{name}.png", experiment / f"{name}.svg")
     written.append(experiment / "report.md")
@@ -135,6 +138,7 @@ def _markdown(experiment, df, s, wins, tolerance, figures, references) -> str:
                      + (f"{r.published_gap * 100:+.1f} pt |" if np.isfinite(r.published_gap) else "— (no validation split) |")
                      if np.isfinite(r.published_accuracy) else " — | — |")
         lines.append(line)
+    lines += _instability(df, s)
     if references:
         lines += ["", "## Published reference points", ""]
         lines += [f"- {ref.control}: {ref.source}" + (" (values read off a plot are approximate)"
@@ -142,6 +146,44 @@ def _markdown(experiment, df, s, wins, tolerance, figures, references) -> str:
                   for ref in references]
     lines += ["", "## Figures", ""] + [f"![{name}]({name}.png)" for name in figures] + [""]
     return "\n".join(lines)
+
+
+def _instability(df, s) -> list[str]:
+    """Which rewind points are stable to SGD noise (error barrier under the paper's 2 %) and which
+    tickets match: the section that explains the rewind grid (Frankle et al. 2020, linear mode connectivity)."""
+    twins = s[s["instability"].notna()]
+    if twins.empty:
+        return []
+    early = analysis.validated(df)
+    batchnorm = ", ".join(sorted(set(df["instability_batchnorm"].dropna()) - {""})) or "interpolate"
+    key = "level" if "level" in twins else "sparsity"
+    lines = ["", "## Instability: which rewind points are stable to SGD noise", "",
+             "Each network below was trained twice from the same rewound weights and mask with different data order "
+             "and augmentation; the *instability* is the error barrier on the straight line between the two trained "
+             "copies: the largest error along it minus the mean of the two ends' errors (Frankle et al. 2020, "
+             f"\"Linear Mode Connectivity and the Lottery Ticket Hypothesis\"). Stable: under {STABLE_PERCENT:g} %, the "
+             "paper's threshold" + (", judged on the validation split (test barrier reported beside it)" if early else
+                                    ", judged on the test set (no validation split)")
+             + f". BatchNorm statistics along the line: {batchnorm}"
+             + (" (interpolated with the weights, as the paper's definition interpolates every variable)"
+                if batchnorm == "interpolate" else " (recomputed from training batches at every point)") + ". "
+             "The paper finds tickets match the dense network only from the rewind points where they are stable.", ""]
+    for value, g in twins.groupby(key, dropna=False):
+        g = g.sort_values("rewind_epoch")
+        name = f"level {value}" if key == "level" else "the dense network (sparsity 0)" if value == 0 else f"sparsity {value:.4g}"
+        stable = [f"{r:g}" for r in g.loc[g["stable"] == True, "rewind_epoch"]]  # noqa: E712
+        matching = [f"{r:g}" for r in g.loc[g["matches"], "rewind_epoch"]]
+        lines.append(f"- {name} ({g['weights_remaining_total'].mean() * 100:.3g} % of weights left): stable at rewind "
+                     f"epoch(s) {', '.join(stable) or 'none'}; matches dense at {', '.join(matching) or 'none'}.")
+    lines += ["", "| " + key + " | rewind | instability (test) | " + ("instability (validation) | " if early else "")
+              + "stable | final test accuracy | twin's final test accuracy | matches |",
+              "|---|---|---|---|---|---|" + ("---|" if early else "") + "---|"]
+    for r in twins.sort_values([key, "rewind_epoch"]).itertuples():
+        lines.append(f"| {getattr(r, key):.4g} | {r.rewind_epoch:g} | {r.instability * 100:.2f} % | "
+                     + (f"{r.val_instability * 100:.2f} % | " if early else "")
+                     + f"{'yes' if r.stable else 'no'} | {r.final_accuracy * 100:.2f} % | {r.twin_accuracy * 100:.2f} % | "
+                     f"{'yes' if r.matches else 'no'} |")
+    return lines
 
 
 def _min_live_channels(experiment: Path) -> int:

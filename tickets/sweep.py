@@ -36,7 +36,7 @@ from ray.tune.search import Searcher
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from tickets import analysis, artifacts, pruning
+from tickets import analysis, artifacts, instability, pruning
 from tickets import config as config_lib
 from tickets import data as data_lib
 from tickets.config import SpecError
@@ -228,6 +228,12 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
         print(f"{what}, {p.rate:g} of the remaining weights pruned per level{rates} "
               f"(at level {deepest}, tensors at rate {p.rate:g} keep {(1 - p.rate) ** deepest * 100:.2f} %)")
     print(f"pruning: scope {p.scope}, excluding {', '.join(p.exclude) or 'nothing'}")
+    i = spec.instability
+    if i.enabled:
+        twins = sum(instability.wanted(True, q["control"], q.get("sparsity")) for q in points)
+        print(f"instability: a twin for {twins} of the {len(points)} trials (another data order; "
+              f"{'every IMP level, ' if spec.pruning.mode == 'imp' else ''}doubling their training) and evaluate "
+              f"the line between the copies at {i.points} points, BatchNorm statistics {i.batchnorm}d")
     if spec.transfer:
         print(f"transfer: tickets from {spec.transfer.source}")
     m = spec.model
@@ -629,6 +635,8 @@ class TrialTable(tune.Callback):
         accuracy = r.get("test_accuracy")
         outcome = (f"{accuracy * 100:7.2f}%  {r.get('epoch', ''):>6}  {r.get('time_total_s', 0):7.0f}"
                    if accuracy is not None else "no result")
+        if r.get("instability") is not None:  # instability.enabled: the barrier between the trial and its twin
+            outcome += f"  instability {r['instability'] * 100:.2f}% (twin {r['twin_test_accuracy'] * 100:.2f}%)"
         if r.get("collapsed_layers"):
             outcome += f"  (cut network: {r['collapsed_layers']})"
         self._row(trial, outcome)

@@ -28,6 +28,7 @@ from ray import tune
 
 from tickets import artifacts
 from tickets import config as config_lib
+from tickets import instability
 from tickets import masks as masks_lib
 
 
@@ -197,6 +198,32 @@ def _epoch_metrics(progress, state) -> dict:
             **state.early_stop.row(), "epoch_seconds": progress.seconds}
 
 
+def _last_row() -> dict:
+    """The trial's last reported row, as it was reported."""
+    return {k: v for k, v in artifacts.read_metrics(_trial_dir())[-1].items() if k not in ("trial_id", "pid", "time")}
+
+
+def _twin(t: _Trial, ticket, first: dict, level: int | None = None) -> dict:
+    """Instability analysis of the network the trial (or the IMP chain's `level`) trained to `first`:
+    train its twin -- the same start, the TWIN stream's data order and augmentation, to the same end
+    -- or continue it from its file after a restart, evaluate the line between the two copies,
+    write it beside the trial, and return the row's instability columns."""
+    from tickets import training
+
+    started, trial = time.perf_counter(), _trial_dir()
+    saved = artifacts.load_twin(artifacts.twin_file(trial, level))
+    resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"]) if saved else None
+    seed = training.stream_seed(t.spec, t.replicate, training.Stream.TWIN)
+    progress, state = (saved["progress"], resume) if saved else (None, None)
+    for p, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, seed, resume):
+        progress = vars(p)
+        artifacts.save_twin(artifacts.twin_file(trial, level), state.step, state.weights, state.optimizer, progress)
+    curve = instability.path(t.spec, t.data, t.model, first, state.weights, seed)
+    artifacts.save_curve(artifacts.curve_file(trial, level), curve)
+    return {**instability.columns(curve, progress, t.spec.instability.batchnorm),
+            "twin_resumed_from_step": saved["step"] if saved else -1, "twin_seconds": time.perf_counter() - started}
+
+
 def _finished_before() -> bool:
     """True when this trial already finished: its ticket is written, but Tune's saved state (from
     before a driver crash) did not record it. Re-report its last row instead of training again."""
@@ -242,6 +269,9 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
     for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):
         _report({**base, **_epoch_metrics(progress, state), "trial_seconds": time.perf_counter() - entered - t.waited},
                 state, ticket.mask)
+    if state is not None and instability.wanted(t.spec.instability.enabled, t.control, base["sparsity"]):
+        # The last epoch's row again, with the instability analysis of the network it trained.
+        _report({**_last_row(), **_twin(t, ticket, state.weights)}, state, ticket.mask)
     if state is not None:  # the ticket marks the trial finished: every report is in by now
         info = {**{k: base[k] for k in config_lib.GRID_KEYS}, "rewind_step": t.rewind_step,
                 "spec_hash": t.spec.spec_hash(), "dense_hash": dense.dense_hash}
@@ -318,19 +348,28 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
     saved = _restore()
     first, trained, previous = (saved["step"] + 1, saved["weights"], saved["mask"]) if saved else (1, final, None)
 
+    twins = instability.wanted(t.spec.instability.enabled, t.control, None)
     for level in range(first, levels + 1):
         ticket = training.imp_level(t.spec, t.model, trained, previous, rewind)
-        last, state = None, None
-        for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed):
-            last = progress
-        base = _base_metrics(t, ticket, dense)
-        metrics = {"sparsity": base["actual_sparsity"], **base, "level": level, "levels": levels,
-                   "resumed_from_level": first - 1, **_epoch_metrics(last, state)}
-        # Written before the report: the controls of this level are queued once it is reported.
-        artifacts.save_ticket(artifacts.level_file(_trial_dir(), level), ticket.mask, ticket.start, state.weights,
-                              {"level": level, "rewind_epoch": t.rewind_epoch, "control": t.control,
-                               "replicate": t.replicate, "spec_hash": t.spec.spec_hash(),
-                               "dense_hash": dense.dense_hash, "pid": os.getpid()})
+        path = artifacts.level_file(_trial_dir(), level)
+        # A chain restarted while the level's twin trained finds the level itself trained already.
+        done = artifacts.load_ticket(path) if twins and path.is_file() else None
+        if done is not None and all(np.array_equal(done["mask"][k], ticket.mask[k]) for k in ticket.mask):
+            state, metrics = training.SparseState(0, done["final"], []), done["info"]["metrics"]
+        else:
+            last, state = None, None
+            for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed):
+                last = progress
+            base = _base_metrics(t, ticket, dense)
+            metrics = {"sparsity": base["actual_sparsity"], **base, "level": level, "levels": levels,
+                       "resumed_from_level": first - 1, **_epoch_metrics(last, state)}
+            # Written before the report: the controls of this level are queued once it is reported.
+            artifacts.save_ticket(path, ticket.mask, ticket.start, state.weights,
+                                  {"level": level, "rewind_epoch": t.rewind_epoch, "control": t.control,
+                                   "replicate": t.replicate, "spec_hash": t.spec.spec_hash(),
+                                   "dense_hash": dense.dense_hash, "pid": os.getpid(), "metrics": metrics})
+        if twins:
+            metrics = {**metrics, **_twin(t, ticket, state.weights, level)}
         # Optimizer state restarts fresh at every level: the checkpoint keeps none.
         _report(metrics, dataclasses.replace(state, step=level, optimizer=[]), ticket.mask)
         trained, previous = state.weights, ticket.mask

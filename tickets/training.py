@@ -173,6 +173,7 @@ class Stream(enum.IntEnum):
     REINIT = 2  # random_reinit's fresh initialisation
     RANDOM_PRUNE = 3  # random_prune's masks (and, for IMP, the level)
     TRANSFER = 4  # a transferred ticket's re-initialised layers
+    TWIN = 5  # an instability twin's data order and augmentation (and its BatchNorm re-estimation batches)
 
 
 def stream_seed(spec: Spec, replicate: int, stream: Stream, *more: int) -> int:
@@ -325,6 +326,8 @@ def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: i
     """Train steps `start..end`, pausing at every step in `stops` (for `on_stop`) and yielding
     a `Progress` at every epoch boundary, where the validation split (if any) and the test set are
     evaluated."""
+    if start >= end:  # a run restarted from its last checkpoint: nothing to train or evaluate again
+        return
     spe = data.steps_per_epoch(spec.data.batch_size)
     boundaries = sorted({s for s in stops if start < s <= end}
                         | {e * spe for e in range(start // spe + 1, end // spe + 1)} | {end})
