@@ -117,6 +117,19 @@ def test_a_winning_ticket_matches_dense_within_the_tolerance_and_is_never_a_cut_
     assert analysis.winning_tickets(df, tolerance=0.5).sparsity.tolist() == [0.8]
 
 
+def test_rows_of_an_older_format_read_in_this_one(tmp_path):
+    # Format 1 rows (before rows carried a format) predate mixed precision: they read as float32.
+    row = {"sparsity": 0.5, "rewind_epoch": 0.0, "control": "ticket", "replicate": 0, "epoch": 1,
+           "test_accuracy": 0.5, "trial_id": "a"}
+    artifacts.append_metrics(tmp_path / "old", row)
+    artifacts.append_metrics(tmp_path / "new", {**row, "trial_id": "b", "precision": "mixed_bfloat16",
+                                                "format": artifacts.FORMAT})
+    df = analysis.load(tmp_path).set_index("trial_id")
+    assert df.loc["a", "precision"] == "float32" and df.loc["a", "format"] == 1
+    assert df.loc["b", "precision"] == "mixed_bfloat16" and df.loc["b", "format"] == artifacts.FORMAT
+    assert np.isnan(df.loc["a", "instability"]) and df.loc["a", "instability_batchnorm"] == ""
+
+
 def test_every_plot_marks_a_cut_network():
     df = _results([("ticket", 0.5, 0.79, False), ("ticket", 0.9, 0.10, True)])
     df.loc[df.trial_id != "dense", "early_stop_epoch"] = 1.0

@@ -103,11 +103,12 @@ def test_imp_and_sparsity_together_is_bad_input(tmp_path, capsys):
 def test_per_group_rates_prune_the_output_layer_at_half_rate():
     spec = config.from_dict({"pruning": {"mode": "imp", "levels": 1, "rate": 0.2, "exclude": [],
                                          "rates": {"classifier": 0.1}}})
-    from tickets import masks, models, training
+    from tickets import masks, models
+    from tickets import ticket as ticket_lib
 
     model = models.build(spec.model, (32, 32, 3), 10, seed=0)
     weights = models.get_weights(model)
-    ticket = training.imp_level(spec, model, weights, None, weights)
+    ticket = ticket_lib.imp_level(spec, model, weights, None, weights)
     report = masks.report(ticket.mask)["layers"]
     assert report["predictions/kernel"]["pruned"] == round(0.1 * report["predictions/kernel"]["total"])
     rest = [v for k, v in report.items() if k != "predictions/kernel"]

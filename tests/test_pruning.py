@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tickets import config, data, models, pruning, training
+from tickets import runtime as runtime_lib
 
 
 def _layout(arch="mobilenet_v2", shape=(32, 32, 3)):
@@ -111,7 +112,7 @@ def test_the_narrowest_layer_and_the_share_of_every_kernel_weight_kept():
 @pytest.fixture(scope="module")
 def mobilenet_dense():
     """A short real dense run of MobileNetV2 (synthetic data, 2 epochs)."""
-    training.configure(2)
+    runtime_lib.configure(2)
     spec = config.load("smoke", ["dense.epochs=2", "data.synthetic_size={train: 512, test: 128}"])
     trajectory = training.train_dense(spec, data.load(spec.data, spec.seed))
     return spec, pruning.Layout.of(trajectory.layout), trajectory.final

@@ -303,11 +303,11 @@ def test_class_sorted_shards_are_shuffled_whole_or_refused(monkeypatch):
 
 
 def test_a_dense_run_that_saw_another_data_order_is_not_reused(tmp_path, capsys):
-    from tickets import artifacts, config, sweep
+    from tickets import artifacts, config, plan
 
     spec = config.load("smoke")
     artifacts.save_dense(tmp_path / artifacts.DENSE_DIR, {0: {"w": np.zeros(2, np.float32)}},
                          {"dense_hash": spec.dense_hash(), "runtime": {"data_order": "permutation"}})
-    assert sweep.reusable_dense(spec, tmp_path, [0], "permutation") is not None
-    assert sweep.reusable_dense(spec, tmp_path, [0], "streamed windows of 4096") is None
+    assert plan.reusable_dense(spec, tmp_path, [0], "permutation") is not None
+    assert plan.reusable_dense(spec, tmp_path, [0], "streamed windows of 4096") is None
     assert "visited the data as 'permutation'" in capsys.readouterr().out

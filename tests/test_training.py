@@ -7,6 +7,8 @@ import pytest
 from helpers import CIFAR10, needs_cifar10
 
 from tickets import config, data, instability, masks, models, training
+from tickets import runtime as runtime_lib
+from tickets import ticket as ticket_lib
 
 
 def _spec(**over):
@@ -24,7 +26,7 @@ def _spec(**over):
 
 @pytest.fixture(scope="module")
 def small():
-    training.configure(2)
+    runtime_lib.configure(2)
     spec = _spec()
     return spec, data.load(spec.data, spec.seed)
 
@@ -86,8 +88,8 @@ def test_same_seed_gives_bit_identical_snapshots_and_masks(small, trajectory):
         for name in a.snapshots[step]:
             assert np.array_equal(a.snapshots[step][name], b.snapshots[step][name]), (step, name)
     model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
-    ta = training.make_ticket(spec, model, a.final, a.snapshots[4], 0.8, "ticket", 0)
-    tb = training.make_ticket(spec, model, b.final, b.snapshots[4], 0.8, "ticket", 0)
+    ta = ticket_lib.make_ticket(spec, model, a.final, a.snapshots[4], 0.8, "ticket", 0)
+    tb = ticket_lib.make_ticket(spec, model, b.final, b.snapshots[4], 0.8, "ticket", 0)
     assert all(np.array_equal(ta.mask[k], tb.mask[k]) for k in ta.mask)
 
 
@@ -95,7 +97,7 @@ def test_configure_says_when_tensorflow_already_runs_with_other_thread_pools(cap
     import tensorflow as tf
 
     tf.constant(1.0) + 1  # the runtime is up: thread pools can no longer change
-    training.configure(7)
+    runtime_lib.configure(7)
     assert "not the 7 / 1 asked for" in caplog.text
 
 
@@ -111,11 +113,12 @@ def test_cifar_strides_train_bit_identically_on_two_threads(tmp_path, replicas):
     (tmp_path / "spec.yaml").write_text(spec.to_yaml())
     script = ("import sys, keras, numpy as np, tensorflow as tf\n"
               "from tickets import config, data, training\n"
-              "runtime = training.configure(2, replicas=int(sys.argv[2]))\n"
+              "from tickets import runtime as runtime_lib\n"
+              "runtime = runtime_lib.configure(2, replicas=int(sys.argv[2]))\n"
               "spec = config.load(sys.argv[1])\n"
               "d = data.load(spec.data, spec.seed)\n"
-              "models, average = [], training.average_replicas\n"
-              "training.average_replicas = lambda m: models.append(m) or average(m)\n"
+              "models, average = [], runtime_lib.average_replicas\n"
+              "runtime_lib.average_replicas = lambda m: models.append(m) or average(m)\n"
               "a, b = (training.train_dense(spec, d) for _ in range(2))\n"
               "stats = [v for l in models[-1].layers if isinstance(l, keras.layers.BatchNormalization)\n"
               "         for v in (l.moving_mean, l.moving_variance)]\n"
@@ -140,14 +143,14 @@ def test_masked_step_under_mixed_precision_keeps_float32_weights_and_exact_zeros
     # still leaves pruned weights at exactly 0.0 and snapshots stay float32; under float16 Keras
     # scales the loss (LossScaleOptimizer), and the mask still applies after its unscaled update.
     spec, d = small
-    training.set_precision(policy)
+    runtime_lib.set_precision(policy)
     try:
         model = training.sparse_model(spec, d)
         assert model.layers[-2].compute_dtype == compute and model.layers[-1].compute_dtype == "float32"
         scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         assert scaled == (policy == "mixed_float16")
         weights = models.get_weights(model)
-        ticket = training.make_ticket(spec, model, weights, weights, 0.8, "ticket", 0)
+        ticket = ticket_lib.make_ticket(spec, model, weights, weights, 0.8, "ticket", 0)
         (progress, state), = training.train_sparse(spec, d, ticket, d.steps_per_epoch(32), seed=1)
         assert np.isfinite(progress.train_loss)
         assert {w.dtype for w in state.weights.values()} == {np.dtype("float32")}
@@ -155,7 +158,7 @@ def test_masked_step_under_mixed_precision_keeps_float32_weights_and_exact_zeros
             assert np.all(state.weights[name][~m] == 0.0), name
             assert np.any(state.weights[name][m] != ticket.start[name][m]), name  # survivors trained
     finally:
-        training.set_precision("float32")
+        runtime_lib.set_precision("float32")
         training._COMPILED.clear()
 
 
@@ -163,9 +166,9 @@ def test_controls_share_counts_and_differ_where_they_should(small, trajectory):
     spec, d = small
     traj = trajectory
     model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
-    t = training.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "ticket", 0)
-    rp = training.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "random_prune", 0)
-    ri = training.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "random_reinit", 0)
+    t = ticket_lib.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "ticket", 0)
+    rp = ticket_lib.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "random_prune", 0)
+    ri = ticket_lib.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "random_reinit", 0)
     for k in t.mask:
         assert rp.mask[k].sum() == t.mask[k].sum() and np.array_equal(ri.mask[k], t.mask[k])
     k = next(iter(t.mask))
@@ -178,7 +181,7 @@ def test_sparse_run_resumes_exactly_from_its_state(small, trajectory):
     spec, d = small
     traj = trajectory
     model = training.sparse_model(spec, d)
-    ticket = training.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "ticket", 0)
+    ticket = ticket_lib.make_ticket(spec, model, traj.final, traj.snapshots[4], 0.8, "ticket", 0)
     full = list(training.train_sparse(spec, d, ticket, 4, seed=1))
     assert [p.epoch for p, _ in full] == [1, 2]  # from half an epoch to the end of the schedule
     first_state = full[0][1]
@@ -189,7 +192,7 @@ def test_sparse_run_resumes_exactly_from_its_state(small, trajectory):
 
     # The compiled model is reused by the next run in this process (as by the next trial in a Tune
     # worker): nothing of the previous run may leak into it.
-    other = training.make_ticket(spec, model, traj.final, traj.snapshots[0], 0.5, "random_prune", 1)
+    other = ticket_lib.make_ticket(spec, model, traj.final, traj.snapshots[0], 0.5, "random_prune", 1)
     list(training.train_sparse(spec, d, other, 0, seed=2))
     again = list(training.train_sparse(spec, d, ticket, 4, seed=1))
     training._COMPILED.clear()
@@ -211,13 +214,13 @@ def test_instability_twin_on_the_same_seed_is_bit_identical_and_the_path_ends_at
     spec, d = small
     spec = _spec(**{"instability.batchnorm": batchnorm, "instability.points": 5})
     model = training.sparse_model(spec, d)
-    ticket = training.make_ticket(spec, model, trajectory.final, trajectory.snapshots[4], 0.8, "ticket", 0)
+    ticket = ticket_lib.make_ticket(spec, model, trajectory.final, trajectory.snapshots[4], 0.8, "ticket", 0)
 
     def train(seed):
         *_, last = training.train_sparse(spec, d, ticket, 4, seed=seed)
         return last
 
-    (pa, a), (pb, b), (pc, c) = train(1), train(1), train(2)
+    (pa, a), (_, b), (pc, c) = train(1), train(1), train(2)
     assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)  # same data order: same network
     same = instability.path(spec, d, model, a.weights, b.weights, seed=3)
     assert instability.barrier(same["test_accuracy"]) == 0.0
@@ -239,7 +242,7 @@ def test_instability_twin_on_the_same_seed_is_bit_identical_and_the_path_ends_at
 def test_finds_a_ticket_on_real_cifar10_without_ray_that_beats_its_random_reinit():
     """Conv-2 on a CIFAR-10 subset: dense, prune 90 % globally, rewind to init, retrain; the same mask
     from a fresh initialisation (Frankle & Carbin's control) trains worse."""
-    training.configure(2)
+    runtime_lib.configure(2)
     spec = config.load("conv2-cifar10", [f"data.path={CIFAR10}", "data.subset={train: 3000, test: 1000}",
                                          "data.validation=500", "dense.epochs=3", "search.rewind_epoch=[0]",
                                          "pruning.scope=global", "dense.optimizer.learning_rate=0.0005"])
@@ -250,7 +253,7 @@ def test_finds_a_ticket_on_real_cifar10_without_ray_that_beats_its_random_reinit
     model = training.sparse_model(spec, d)
     final = {}
     for control in ("ticket", "random_reinit"):
-        ticket = training.make_ticket(spec, model, traj.final, traj.snapshots[0], 0.9, control, 0)
+        ticket = ticket_lib.make_ticket(spec, model, traj.final, traj.snapshots[0], 0.9, control, 0)
         report = masks.report(ticket.mask)
         assert report["pruned"] == round(0.9 * report["total"])
         *_, (last, state) = training.train_sparse(spec, d, ticket, 0, seed=1)

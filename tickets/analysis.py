@@ -17,18 +17,9 @@ import pandas as pd
 
 from tickets import artifacts
 from tickets import config as config_lib
+from tickets import rows as rows_lib
 from tickets.config import CONTROLS, GRID_KEYS
 from tickets.instability import STABLE
-
-# The numeric columns of a trial row (as the trainable reports them) and of the dense rows.
-_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
-            "actual_sparsity", "weights_remaining", "weights_remaining_count", "weights_remaining_total",
-            "threshold", "early_stop_epoch", "early_stop_accuracy", "best_val_loss", "narrowest_live_channels",
-            "epoch_seconds", "step", "instability", "val_instability", "twin_test_accuracy", "twin_val_accuracy")
-# Text columns: where a mask cuts the network, the residual branches it empties, its narrowest layer,
-# and how BatchNorm was treated along the instability path.
-_TEXT = ("collapsed_layers", "emptied_branches", "narrowest_layer", "instability_batchnorm")
-
 
 def _status(trial: Path) -> str:
     if (trial / artifacts.TICKET_FILE).exists():
@@ -48,64 +39,32 @@ def load(path) -> pd.DataFrame:
     rows = []
     for trial in artifacts.trial_dirs(experiment):
         status = _status(trial)
-        for r in artifacts.read_metrics(trial):
-            if "epoch" not in r:
-                continue
-            row = {k: r.get(k) for k in GRID_KEYS}
-            row |= {"trial_id": r.get("trial_id", trial.name), "trial": trial.name, "status": status,
-                    "epoch": r["epoch"], "node_id": r.get("node_id")}
-            row |= {k: r.get(k, np.nan) for k in _METRICS}
-            row |= {k: r.get(k) or "" for k in _TEXT}
-            row["classifier_reinitialised"] = bool(r.get("classifier_reinitialised", False))
-            row["precision"] = r.get("precision") or "float32"  # rows from before mixed precision existed
-            rows.append(row)
-    rows += _dense_rows(experiment)
+        rows += [rows_lib.trial_row(r, trial.name, status) for r in artifacts.read_metrics(trial) if "epoch" in r]
+    dense_dir = experiment / artifacts.DENSE_DIR
+    manifest = artifacts.read_dense(dense_dir) if dense_dir.is_dir() else None
+    rows += rows_lib.dense_rows(manifest) if manifest else []
     if not rows and (experiment / artifacts.RESULTS_FILE).exists():
         return _with_new_columns(pd.read_parquet(experiment / artifacts.RESULTS_FILE))
-    return _typed(pd.DataFrame(rows, columns=_columns()))
+    return _typed(pd.DataFrame(rows, columns=list(rows_lib.COLUMNS)))
 
 
 def _with_new_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """A results.parquet written before a column existed reads with that column empty."""
-    for column in _columns():
+    """A results.parquet of an older format (`rows.upgrade`) with this format's columns: those it
+    lacks are empty (NaN, "", no level), its precision float32."""
+    if "format" in df and (df["format"] >= artifacts.FORMAT).all():
+        return df
+    for column in rows_lib.COLUMNS:
         if column in df:
             continue
         if column == "level":
             df[column] = pd.Series([pd.NA] * len(df), dtype="Int64")
-        elif column in _TEXT or column == "precision":
+        elif column in rows_lib.TEXT or column == "precision":
             df[column] = pd.Series(["float32" if column == "precision" else ""] * len(df), dtype="string")
+        elif column == "format":
+            df[column] = 1
         else:
             df[column] = np.nan
     return df
-
-
-def _dense_rows(experiment: Path) -> list[dict]:
-    dense = experiment / artifacts.DENSE_DIR
-    manifest = artifacts.read_dense(dense) if dense.is_dir() else None
-    if not manifest:
-        return []
-    rows, best = [], None
-    for m in manifest["metrics"]:
-        val_loss = m.get("val_loss", np.nan)
-        if val_loss < (best["val_loss"] if best else np.inf):  # NaN (no validation split) never is
-            best = {"epoch": m["epoch"], "val_loss": val_loss, "test_accuracy": m["test_accuracy"]}
-        rows.append({
-            "sparsity": 0.0, "rewind_epoch": np.nan, "control": "dense", "replicate": 0, "trial_id": "dense",
-            "trial": "dense", "status": "finished", "epoch": m["epoch"], "node_id": None,
-            **{k: m.get(k, np.nan) for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
-                                              "train_accuracy", "train_loss", "step")},
-            "actual_sparsity": 0.0, "weights_remaining": 1.0, "weights_remaining_total": 1.0,
-            "epoch_seconds": m["seconds"],
-            "early_stop_epoch": best["epoch"] if best else np.nan,
-            "early_stop_accuracy": best["test_accuracy"] if best else np.nan,
-            "best_val_loss": best["val_loss"] if best else np.nan,
-            **{k: "" for k in _TEXT}, "precision": manifest.get("runtime", {}).get("precision", "float32")})
-    return rows
-
-
-def _columns() -> list[str]:
-    return [*GRID_KEYS, "trial_id", "trial", "status", "epoch", "node_id", *_METRICS, *_TEXT,
-            "classifier_reinitialised", "precision"]
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -113,10 +72,11 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df = df.astype({"level": "Int64"})
     df = df.drop_duplicates(subset=["trial_id", "level", "epoch"], keep="last")
     df = df.astype({"sparsity": "float64", "rewind_epoch": "float64", "replicate": "int64", "epoch": "int64",
+                    "format": "int64",
                     "trial_id": "string", "trial": "string", "status": "string", "node_id": "string",
-                    "classifier_reinitialised": "bool", "precision": "string", **{k: "string" for k in _TEXT}})
+                    "classifier_reinitialised": "bool", "precision": "string", **{k: "string" for k in rows_lib.TEXT}})
     df["control"] = pd.Categorical(df["control"], categories=("dense", *CONTROLS))
-    for k in _METRICS:
+    for k in rows_lib.NUMERIC:
         df[k] = pd.to_numeric(df[k], errors="coerce").astype("float64")
     order = df["control"].cat.codes
     return (df.assign(_order=order).sort_values(["_order", "sparsity", "rewind_epoch", "replicate", "level", "epoch"])

@@ -25,6 +25,9 @@ import numpy as np
 
 from tickets import masks as masks_lib
 
+# The format of what a sweep writes: every trial row and the dense manifest carry it (`rows.upgrade`
+# reads older rows). 1: before it was recorded; 2: since rows carry it (2026-12).
+FORMAT = 2
 TICKET_FILE = "ticket.npz"
 METRICS_FILE = "metrics.jsonl"  # each trial's own rows, one JSON object per report
 SPEC_FILE = "spec.yaml"  # the experiment's resolved spec
@@ -221,7 +224,7 @@ def save_dense(directory: Path, snapshots: dict[int, dict], manifest: dict) -> N
     for step, weights in snapshots.items():
         save_weights(snapshot_file(directory, step), weights)
     with atomic(directory / MANIFEST_FILE) as tmp:
-        tmp.write_text(json.dumps({**manifest, "snapshot_steps": sorted(snapshots)}, indent=1))
+        tmp.write_text(json.dumps({**manifest, "format": FORMAT, "snapshot_steps": sorted(snapshots)}, indent=1))
 
 
 def load_snapshots(directory: Path, steps) -> dict[int, dict[str, np.ndarray]]:

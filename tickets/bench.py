@@ -343,13 +343,12 @@ def run_noop_grid(points: int, snapshot: dict, storage: Path, reuse_actors: bool
 def scheduler_scale(points: int, storage: Path) -> dict:
     import ray
 
-    from tickets import models
+    from tickets import models, session
     from tickets.config import ModelSpec
 
     snapshot = models.get_weights(models.build(ModelSpec(width=0.35), (32, 32, 3), 10, seed=0))
     size_mb = sum(v.nbytes for v in snapshot.values()) / 2**20
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             _node_ip_address=os.environ.get("TICKETS_NODE_IP", "127.0.0.2"))
+    session.init_local(os.cpu_count(), None, dashboard=False, log_to_driver=False)
     try:
         before = _rss_mb()
         result = run_noop_grid(points, snapshot, storage)
@@ -539,7 +538,8 @@ def sweep_vs_loop(size: dict, storage: Path, scaling: dict) -> dict:
 DENSE_RUN = r"""
 import json, sys, time
 from tickets import config, data, training
-runtime = training.configure(int(sys.argv[2]), replicas=int(sys.argv[3]))
+from tickets import runtime as runtime_lib
+runtime = runtime_lib.configure(int(sys.argv[2]), replicas=int(sys.argv[3]))
 spec = config.load(sys.argv[1])
 d = data.load(spec.data, spec.seed)
 trajectory = training.train_dense(spec, d)
@@ -746,9 +746,9 @@ NAMES = {1: "masked / dense step", 2: "dense runs per sweep", 3: "2-slot trainin
 
 def run(figures: list[int], size_name: str) -> dict:
     size = SIZES[size_name]
-    from tickets import training
+    from tickets import runtime as runtime_lib
 
-    training.configure(os.cpu_count())
+    runtime_lib.configure(os.cpu_count())
     results: dict = {"size": size_name, "machine": machine(), "figures": {}}
     figs = results["figures"]
     scaling = None  # machine_scaling, measured once for figures 3 and 8

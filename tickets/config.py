@@ -287,11 +287,6 @@ class Spec:
     def dense_dict(self) -> dict[str, Any]:
         """The fields the dense trajectory depends on: equal dicts give equal dense runs."""
         d = self._hashed()
-        for added_later in ("shuffle_buffer", "validation", "synthetic_noise"):  # at their defaults, dense runs from before still match
-            if d["data"][added_later] == getattr(DataSpec, added_later):
-                d["data"].pop(added_later)
-        if d["data"]["image_size"] >= IMAGENET_STYLE:  # crops cut from the original image since 2026-11
-            d["data"]["preprocessing"] = "crop from original"
         return {k: d[k] for k in ("seed", "data", "model", "dense")}
 
     def dense_hash(self) -> str:

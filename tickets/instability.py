@@ -47,12 +47,13 @@ def path(spec, data, model, first: dict, second: dict, seed: int) -> dict[str, n
     """The two copies' line evaluated at `spec.instability.points` values of α: the test set's loss and
     accuracy, and the validation split's where there is one (NaN otherwise). With `batchnorm:
     reestimate`, BatchNorm's statistics are recomputed at every α from training batches (`seed`)."""
-    from tickets import models, training
+    from tickets import models
+    from tickets import runtime as runtime_lib
     from tickets.data import eval_batches
 
     options = spec.instability
-    test = eval_batches(data, data.test, spec.data, training.RUNTIME.data_threads)
-    validation = (eval_batches(data, data.validation, spec.data, training.RUNTIME.data_threads)
+    test = eval_batches(data, data.test, spec.data, runtime_lib.RUNTIME.data_threads)
+    validation = (eval_batches(data, data.validation, spec.data, runtime_lib.RUNTIME.data_threads)
                   if data.validation is not None else None)
     alphas = np.linspace(0.0, 1.0, options.points)
     curve = {k: np.full(len(alphas), np.nan) for k in ("test_loss", "test_accuracy", "val_loss", "val_accuracy")}
@@ -74,7 +75,7 @@ def reestimate_batchnorm(model, spec, data, seed: int, batches: int) -> None:
     momentum of step i is i / (i + 1): the running average of the first i + 1 batches' statistics."""
     import keras
 
-    from tickets import training
+    from tickets import runtime as runtime_lib
     from tickets.data import train_batches
 
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -83,7 +84,7 @@ def reestimate_batchnorm(model, spec, data, seed: int, batches: int) -> None:
     saved = [layer.momentum for layer in layers]
     try:
         for i, (images, _) in enumerate(train_batches(data, spec.data, seed, 0, batches,
-                                                      training.RUNTIME.data_threads)):
+                                                      runtime_lib.RUNTIME.data_threads)):
             for layer in layers:
                 layer.momentum = i / (i + 1)
             model(images, training=True)  # eager: the momentum is read at every call

@@ -49,7 +49,8 @@ def what_was_run(experiment: Path, df) -> list[str]:
     m, d, p = spec.model, spec.data, spec.pruning
     model = f"{m.arch}" + (f" (width {m.width:g}, {m.strides} strides)" if m.arch == "mobilenet_v2" else "")
     images = (f"{sizes['train']:,} train / {sizes['validation']:,} validation / {sizes['test']:,} test images"
-              if sizes else "split sizes not recorded (a dense run from before they were)")
+              if sizes else f"split sizes not recorded (a dense run of format {manifest.get('format', 1)}, "
+                            "from an older tickets)")
     mode = (f"IMP, {p.num_levels()} levels of {p.rate:g} of the remaining weights" if p.mode == "imp" else
             f"one shot to IMP levels {list(spec.search.level)} (rate {p.rate:g})" if spec.search.level else
             f"one shot to sparsities {list(spec.search.sparsity)}")

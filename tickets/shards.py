@@ -150,7 +150,7 @@ def finished(dst: Path, shard: dict, row_group: int) -> dict | None:
 def convert(args: argparse.Namespace, classes: list[str], shards: list[dict], ignored: list[str]) -> int:
     import ray
 
-    from tickets import sweep
+    from tickets import session
 
     src, dst = Path(args.src).resolve(), Path(args.dst).resolve()
     records = {s["name"]: finished(dst, s, args.row_group) for s in shards}
@@ -159,7 +159,7 @@ def convert(args: argparse.Namespace, classes: list[str], shards: list[dict], ig
     print(f"shards: {total:,} images of {len(classes)} classes in {src} -> {len(shards)} shards in {dst} "
           f"({len(shards) - len(todo)} already written)", flush=True)
     if todo:
-        started, cluster, _ = sweep.start_ray(args)
+        started, cluster, _ = session.start_ray(args)
         print(f"shards: converting on {cluster}, one Ray task per shard", flush=True)
         try:
             task = ray.remote(write_shard).options(num_cpus=1, max_retries=2)
@@ -250,7 +250,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--address", help="an existing Ray cluster (else a local Ray on this machine)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     args = p.parse_args(argv)
-    args.num_gpus, args.verbose = 0, False  # what sweep.start_ray reads
+    args.num_gpus, args.verbose = 0, False  # what session.start_ray reads
     return args
 
 

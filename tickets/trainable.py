@@ -7,19 +7,18 @@ epoch with a checkpoint, so a restarted trial continues from its last finished e
 IMP (`train_imp`): a ticket chain per (rewind epoch, replicate) prunes `rate` of the survivors →
 rewinds → retrains, level after level, one report and one checkpoint per level
 (`train_imp_chain`); each control at each level is a trial of its own that trains the chain's
-mask of that level (`train_ticket`), queued once the chain has written it (`sweep.ImpQueue`).
+mask of that level (`train_ticket`), queued once the chain has written it (`tuning.ImpQueue`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,51 +29,8 @@ from tickets import artifacts
 from tickets import config as config_lib
 from tickets import instability
 from tickets import masks as masks_lib
-
-
-@dataclass(frozen=True)
-class DenseRefs:
-    """The dense run as the trials see it: one object ref per snapshot, plus the data set."""
-
-    dense_hash: str
-    steps_per_epoch: int
-    total_steps: int
-    snapshots: dict  # step -> ObjectRef of dict[str, np.ndarray]; empty while `board` is set
-    data: ray.ObjectRef  # tickets.data.Dataset, loaded once per sweep
-    transfers: dict = field(default_factory=dict)  # transfer_key(...) -> ObjectRef of a loaded source ticket
-    board: object = None  # a DenseBoard while the dense run still trains: trials warm up, then wait there
-
-    def published(self, answer: ray.ObjectRef) -> DenseRefs:
-        """These refs with the snapshots in, from the board's `answer` (it raises if the run failed)."""
-        return dataclasses.replace(self, snapshots=ray.get(answer), board=None)
-
-
-@ray.remote(num_cpus=0)
-class DenseBoard:
-    """Where trials that started beside the dense run (on resources it does not use) wait for its
-    snapshots, already warmed up; the driver publishes the refs, or why there will be none."""
-
-    def __init__(self):
-        self._published = asyncio.Event()
-        self._refs, self._error = None, None
-
-    async def publish(self, refs: dict) -> None:
-        self._refs = refs
-        self._published.set()
-
-    async def fail(self, message: str) -> None:
-        self._error = message
-        self._published.set()
-
-    async def wait(self) -> dict:
-        await self._published.wait()
-        if self._error is not None:
-            raise RuntimeError(self._error)
-        return self._refs
-
-
-def transfer_key(sparsity: float, rewind_epoch: float, replicate: int) -> str:
-    return f"{float(sparsity):g}|{float(rewind_epoch):g}|{int(replicate)}"
+from tickets import rows as rows_lib
+from tickets.dense import DenseRefs, transfer_key
 
 
 @dataclass
@@ -87,7 +43,7 @@ class _Trial:
     control: str
     replicate: int
     seed: int  # the sparse runs' data order
-    runtime: object  # training.Runtime: threads and precision this trial's process trains with
+    runtime: object  # runtime_lib.Runtime: threads and precision this trial's process trains with
     dense: DenseRefs  # with the snapshots in
     beside_dense: bool  # started while the dense run trained: warmed up, then waited for it
     waited: float  # seconds spent waiting for the snapshots
@@ -117,6 +73,8 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
             dense = dense.published(answer)
     # Imports that start TensorFlow come after the thread counts are known.
     from tickets import training
+    from tickets import runtime as runtime_lib
+    from tickets import ticket as ticket_lib
 
     global _TRIALS_IN_PROCESS
     _TRIALS_IN_PROCESS += 1
@@ -125,7 +83,7 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
     # Tune runs trials in actors of their own runtime env, whose worker processes only trials use:
     # this is the first TensorFlow call in the process, so the pools are the trial's CPUs.
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    runtime = training.configure(max(1, int(math.ceil(cpus))), precision=spec_obj.resources.precision)
+    runtime = runtime_lib.configure(max(1, int(math.ceil(cpus))), precision=spec_obj.resources.precision)
     rewind_epoch, replicate = float(config["rewind_epoch"]), int(config["replicate"])
     data = ray.get(dense.data)
     model = training.sparse_model(spec_obj, data)  # compiled once per worker process, reused by its trials
@@ -139,14 +97,16 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
         waited = time.perf_counter() - waiting
     return _Trial(spec_obj, data, model, rewind_epoch, config_lib.step_of(rewind_epoch, dense.steps_per_epoch),
                   str(config["control"]), replicate,
-                  training.stream_seed(spec_obj, replicate, training.Stream.SPARSE_DATA), runtime, dense, beside, waited)
+                  ticket_lib.stream_seed(spec_obj, replicate, ticket_lib.Stream.SPARSE_DATA), runtime, dense, beside,
+                  waited)
 
 
 def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
-    from tickets import pruning, training
+    from tickets import pruning
+    from tickets import ticket as ticket_lib
 
     summary = masks_lib.report(ticket.mask, ticket.threshold)
-    lay = training.layout(t.model)
+    lay = ticket_lib.layout(t.model)
     # A mask that cuts the network trains a network that cannot learn: say so in every row; an
     # emptied residual branch (skipped) and the narrowest layer (near-collapse) too.
     health = pruning.check(ticket.mask, lay)
@@ -183,7 +143,8 @@ def _report(metrics: dict, state, mask: dict) -> None:
     whatever happens to Tune's copy (a restarted trial's `result.json` can lose rows that were not
     yet synced from the driver's staging dir).
     """
-    row = {**metrics, "trial_id": tune.get_context().get_trial_id(), "pid": os.getpid(), "time": time.time()}
+    row = {**metrics, "trial_id": tune.get_context().get_trial_id(), "pid": os.getpid(), "time": time.time(),
+           "format": artifacts.FORMAT}
     artifacts.append_metrics(_trial_dir(), row)
     with tempfile.TemporaryDirectory() as d:
         artifacts.save_state(Path(d), state.step, state.weights, state.optimizer, mask,
@@ -191,16 +152,10 @@ def _report(metrics: dict, state, mask: dict) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _epoch_metrics(progress, state) -> dict:
-    return {"epoch": progress.epoch, "step": progress.step, "test_accuracy": progress.test_accuracy,
-            "test_loss": progress.test_loss, "val_accuracy": progress.val_accuracy, "val_loss": progress.val_loss,
-            "train_accuracy": progress.train_accuracy, "train_loss": progress.train_loss,
-            **state.early_stop.row(), "epoch_seconds": progress.seconds}
-
-
 def _last_row() -> dict:
     """The trial's last reported row, as it was reported."""
-    return {k: v for k, v in artifacts.read_metrics(_trial_dir())[-1].items() if k not in ("trial_id", "pid", "time")}
+    return {k: v for k, v in artifacts.read_metrics(_trial_dir())[-1].items()
+            if k not in ("trial_id", "pid", "time", "format")}
 
 
 def _twin(t: _Trial, ticket, first: dict, level: int | None = None) -> dict:
@@ -209,11 +164,12 @@ def _twin(t: _Trial, ticket, first: dict, level: int | None = None) -> dict:
     -- or continue it from its file after a restart, evaluate the line between the two copies,
     write it beside the trial, and return the row's instability columns."""
     from tickets import training
+    from tickets import ticket as ticket_lib
 
     started, trial = time.perf_counter(), _trial_dir()
     saved = artifacts.load_twin(artifacts.twin_file(trial, level))
     resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"]) if saved else None
-    seed = training.stream_seed(t.spec, t.replicate, training.Stream.TWIN)
+    seed = ticket_lib.stream_seed(t.spec, t.replicate, ticket_lib.Stream.TWIN)
     progress, state = (saved["progress"], resume) if saved else (None, None)
     for p, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, seed, resume):
         progress = vars(p)
@@ -231,7 +187,7 @@ def _finished_before() -> bool:
     rows = artifacts.read_metrics(trial)
     if not (trial / artifacts.TICKET_FILE).exists() or not rows:
         return False
-    tune.report({k: v for k, v in rows[-1].items() if k not in ("trial_id", "pid", "time")})
+    tune.report({k: v for k, v in rows[-1].items() if k not in ("trial_id", "pid", "time", "format")})
     return True
 
 
@@ -267,7 +223,8 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
 
     state = resume  # restarted after its last epoch's checkpoint: nothing left to train
     for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed, resume):
-        _report({**base, **_epoch_metrics(progress, state), "trial_seconds": time.perf_counter() - entered - t.waited},
+        seconds = time.perf_counter() - entered - t.waited
+        _report({**base, **rows_lib.epoch_metrics(progress, state.early_stop), "trial_seconds": seconds},
                 state, ticket.mask)
     if state is not None and instability.wanted(t.spec.instability.enabled, t.control, base["sparsity"]):
         # The last epoch's row again, with the instability analysis of the network it trained.
@@ -285,22 +242,22 @@ def _one_shot_ticket(t: _Trial, config: dict, dense: DenseRefs, chain_mask: dict
     """The trial's ticket -- a sparsity, an IMP level reached in one shot, an IMP control on its
     ticket chain's mask (`chain_mask`), or a transferred ticket -- and the metrics every row of the
     trial carries."""
-    from tickets import training
+    from tickets import ticket as ticket_lib
 
     level = int(config["level"]) if "level" in config else None
     sparsity = float(config["sparsity"]) if "sparsity" in config else None
     reinitialised = False
     if t.control == "transfer":
         source = ray.get(dense.transfers[transfer_key(sparsity, t.rewind_epoch, t.replicate)])
-        ticket, reinitialised = training.transfer_ticket(t.spec, t.model, source, t.replicate)
+        ticket, reinitialised = ticket_lib.transfer_ticket(t.spec, t.model, source, t.replicate)
     elif chain_mask is not None:
         rewind = ray.get(dense.snapshots[t.rewind_step])
-        ticket = training.control_ticket(t.spec, t.model, chain_mask, None, rewind, t.control, t.replicate, level)
+        ticket = ticket_lib.control_ticket(t.spec, t.model, chain_mask, None, rewind, t.control, t.replicate, level)
     else:
         final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[t.rewind_step]])
-        ticket = (training.make_ticket(t.spec, t.model, final, rewind, sparsity, t.control, t.replicate)
+        ticket = (ticket_lib.make_ticket(t.spec, t.model, final, rewind, sparsity, t.control, t.replicate)
                   if level is None else
-                  training.make_level_ticket(t.spec, t.model, final, rewind, level, t.control, t.replicate))
+                  ticket_lib.make_level_ticket(t.spec, t.model, final, rewind, level, t.control, t.replicate))
     base = {**_base_metrics(t, ticket, dense), "classifier_reinitialised": reinitialised, "level": level}
     # The sparsity column is the grid's value, or for a level the sparsity that level reached.
     base["sparsity"] = base["actual_sparsity"] if sparsity is None else sparsity
@@ -339,6 +296,7 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
     if _finished_before():
         return
     from tickets import training
+    from tickets import ticket as ticket_lib
 
     t = _setup(config, spec, dense)
     dense = t.dense
@@ -350,7 +308,7 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
 
     twins = instability.wanted(t.spec.instability.enabled, t.control, None)
     for level in range(first, levels + 1):
-        ticket = training.imp_level(t.spec, t.model, trained, previous, rewind)
+        ticket = ticket_lib.imp_level(t.spec, t.model, trained, previous, rewind)
         path = artifacts.level_file(_trial_dir(), level)
         # A chain restarted while the level's twin trained finds the level itself trained already.
         done = artifacts.load_ticket(path) if twins and path.is_file() else None
@@ -362,7 +320,7 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
                 last = progress
             base = _base_metrics(t, ticket, dense)
             metrics = {"sparsity": base["actual_sparsity"], **base, "level": level, "levels": levels,
-                       "resumed_from_level": first - 1, **_epoch_metrics(last, state)}
+                       "resumed_from_level": first - 1, **rows_lib.epoch_metrics(last, state.early_stop)}
             # Written before the report: the controls of this level are queued once it is reported.
             artifacts.save_ticket(path, ticket.mask, ticket.start, state.weights,
                                   {"level": level, "rewind_epoch": t.rewind_epoch, "control": t.control,
