@@ -165,7 +165,7 @@ def load_ticket(path) -> dict:
 
 def save_state(directory: Path, step: int, weights: dict, optimizer: list, mask: dict, early_stop: dict) -> None:
     """A trial checkpoint: weights, optimizer variables (in order), mask, position, and the early
-    stop chosen so far (`training.EarlyStop` as a dict)."""
+    stop chosen so far (`rows.EarlyStop` as a dict)."""
     np.savez(directory / "weights.npz", **weights)
     np.savez(directory / "optimizer.npz", *optimizer)
     masks_lib.save(directory / "mask.npz", mask)

@@ -37,8 +37,8 @@ def barrier(accuracy) -> float:
 
 
 def interpolate(first: dict, second: dict, alpha: float) -> dict:
-    """(1 − α)·first + α·second, tensor by tensor, as float32 (every variable: the weights, and
-    BatchNorm's running statistics too)."""
+    """(1 − α)·first + α·second, tensor by tensor, computed in float64 and kept in each tensor's dtype
+    (every variable: the weights, and BatchNorm's running statistics too); α = 0 and 1 give the ends exactly."""
     return {k: ((1.0 - alpha) * first[k].astype(np.float64) + alpha * second[k].astype(np.float64))
             .astype(first[k].dtype) for k in first}
 

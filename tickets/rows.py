@@ -11,6 +11,8 @@ older format are brought to this layout by `upgrade`, the one place that knows t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 from tickets.config import GRID_KEYS
 
@@ -24,6 +26,26 @@ NUMERIC = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accu
 TEXT = ("collapsed_layers", "emptied_branches", "narrowest_layer", "instability_batchnorm")
 COLUMNS = (*GRID_KEYS, "trial_id", "trial", "status", "epoch", "node_id", *NUMERIC, *TEXT,
            "classifier_reinitialised", "precision", "format")
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """The epoch of least validation loss so far and the test accuracy at that epoch: chosen on the
+    validation split, never on the test set. Without a validation split nothing is chosen (epoch None)."""
+
+    epoch: int | None = None
+    val_loss: float = math.inf
+    test_accuracy: float = math.nan
+
+    def after(self, p) -> EarlyStop:
+        """After epoch `p` (a `training.Progress`, or anything with its epoch, val_loss and test_accuracy)."""
+        return EarlyStop(p.epoch, p.val_loss, p.test_accuracy) if p.val_loss < self.val_loss else self
+
+    def row(self) -> dict:
+        """The columns every report carries (NaN where nothing was chosen)."""
+        return {"early_stop_epoch": math.nan if self.epoch is None else self.epoch,
+                "early_stop_accuracy": self.test_accuracy,
+                "best_val_loss": self.val_loss if self.epoch is not None else math.nan}
 
 
 def epoch_metrics(progress, early_stop) -> dict:
@@ -58,21 +80,17 @@ def trial_row(raw: dict, trial: str, status: str) -> dict:
 def dense_rows(manifest: dict) -> list[dict]:
     """The dense run's epochs as reference rows (control "dense", sparsity 0), with the early stop
     the trials' rows carry: the epoch of least validation loss so far (none without a validation split)."""
-    rows, best = [], None
+    rows, stop = [], EarlyStop()
     precision = manifest.get("runtime", {}).get("precision") or "float32"
     for m in manifest["metrics"]:
-        val_loss = m.get("val_loss", math.nan)
-        if val_loss < (best["val_loss"] if best else math.inf):  # NaN (no validation split) never is
-            best = {"epoch": m["epoch"], "val_loss": val_loss, "test_accuracy": m["test_accuracy"]}
+        stop = stop.after(SimpleNamespace(epoch=m["epoch"], val_loss=m.get("val_loss", math.nan),
+                                          test_accuracy=m["test_accuracy"]))
         rows.append({
             "sparsity": 0.0, "rewind_epoch": math.nan, "control": "dense", "replicate": 0, "trial_id": "dense",
             "trial": "dense", "status": "finished", "epoch": m["epoch"], "node_id": None,
             **{k: m.get(k, math.nan) for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
                                                 "train_accuracy", "train_loss", "step")},
             "actual_sparsity": 0.0, "weights_remaining": 1.0, "weights_remaining_total": 1.0,
-            "epoch_seconds": m["seconds"],
-            "early_stop_epoch": best["epoch"] if best else math.nan,
-            "early_stop_accuracy": best["test_accuracy"] if best else math.nan,
-            "best_val_loss": best["val_loss"] if best else math.nan,
+            "epoch_seconds": m["seconds"], **stop.row(),
             **{k: "" for k in TEXT}, "precision": precision, "format": manifest.get("format", 1)})
     return rows

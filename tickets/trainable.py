@@ -214,7 +214,7 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
     if saved is not None and any(not np.array_equal(saved["mask"][k], ticket.mask[k]) for k in ticket.mask):
         raise RuntimeError("the checkpoint's mask differs from the one recomputed from the dense run")
     resume = training.SparseState(saved["step"], saved["weights"], saved["optimizer"],
-                                  training.EarlyStop(**saved["early_stop"])) if saved else None
+                                  rows_lib.EarlyStop(**saved["early_stop"])) if saved else None
     # Start-up cost: the worker's age on entry, which of its trials this is (the first pays for
     # imports and tracing) and the time from entry to the first training step, less any wait for
     # the dense run (a trial that started beside it was already warm then).

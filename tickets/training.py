@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from tickets import artifacts, models, pruning
+from tickets.rows import EarlyStop
 from tickets import runtime as runtime_lib
 from tickets import masks as masks_lib
 from tickets.config import DenseSpec, Spec, step_of
@@ -137,25 +138,6 @@ class Progress:
     seconds: float
     val_loss: float = math.nan  # NaN without a validation split (`data.validation`)
     val_accuracy: float = math.nan
-
-
-@dataclass(frozen=True)
-class EarlyStop:
-    """The epoch of least validation loss so far and the test accuracy at that epoch: chosen on the
-    validation split, never on the test set. Without a validation split nothing is chosen (epoch None)."""
-
-    epoch: int | None = None
-    val_loss: float = math.inf
-    test_accuracy: float = math.nan
-
-    def after(self, p: Progress) -> EarlyStop:
-        return EarlyStop(p.epoch, p.val_loss, p.test_accuracy) if p.val_loss < self.val_loss else self
-
-    def row(self) -> dict:
-        """The columns every report carries (NaN where nothing was chosen)."""
-        return {"early_stop_epoch": math.nan if self.epoch is None else self.epoch,
-                "early_stop_accuracy": self.test_accuracy,
-                "best_val_loss": self.val_loss if self.epoch is not None else math.nan}
 
 
 def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: int, end: int,
