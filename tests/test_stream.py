@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import CIFAR10, needs_cifar10, read_results, run, sets, write_imagenet_tree
 
-from tickets import bench, data, stream
+from benchmarks.pipeline import imagenet_like_shards
+from tickets import data, stream
 from tickets.config import DataSpec, SubsetSpec
 
 
@@ -193,7 +194,7 @@ def test_streamed_memory_does_not_grow_with_the_data_set(tmp_path):
     """)
     peaks, sizes = [], []
     for rows in (1500, 6000):
-        root = bench.imagenet_like_shards(tmp_path / str(rows), rows)
+        root = imagenet_like_shards(tmp_path / str(rows), rows)
         sizes.append(sum(f.stat().st_size for f in (root / "train").glob("*.parquet")) / 2**20)
         out = subprocess.run([sys.executable, "-c", child, str(root)], capture_output=True, text=True, timeout=300,
                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

@@ -85,16 +85,19 @@ class Dataset:
 # Loading.
 
 
-def load(spec: DataSpec, seed: int) -> Dataset:
-    """Read the data set a spec names, take its half/subset, validate labels, decode if small."""
-    d = inspect(spec, seed)
-    d.train, d.test = (_in_memory(s, spec.image_size) for s in (d.train, d.test))
+def load(spec: DataSpec, seed: int, budget: int | None = None) -> Dataset:
+    """Read the data set a spec names, take its half/subset, validate labels, decode if small.
+    `budget`: the in-memory budget in bytes (default `DECODE_CACHE_BYTES`), which decides whether a
+    split is decoded once or streamed; the benchmark times both on the same data."""
+    budget = DECODE_CACHE_BYTES if budget is None else budget
+    d = inspect(spec, seed, budget=budget)
+    d.train, d.test = (_in_memory(s, spec.image_size, budget) for s in (d.train, d.test))
     if d.validation is not None:
-        d.validation = _in_memory(d.validation, spec.image_size)
+        d.validation = _in_memory(d.validation, spec.image_size, budget)
     return d
 
 
-def inspect(spec: DataSpec, seed: int, download: bool = True) -> Dataset:
+def inspect(spec: DataSpec, seed: int, download: bool = True, budget: int | None = None) -> Dataset:
     """What `load` would give, checked without TensorFlow and without reading every image: labels,
     counts and one decoded sample per split. For the driver, before any cluster work starts.
     Parquet splits come back streamed (labels and row ids only); `load` may then decode them.
@@ -124,7 +127,7 @@ def inspect(spec: DataSpec, seed: int, download: bool = True) -> Dataset:
             test = test.take(balanced_subset(test.labels, spec.subset.test, seed, "data.subset.test"))
     if len(train) < spec.batch_size:
         raise DataError(f"data.batch_size: {spec.batch_size} is larger than the {len(train)} training images")
-    _check_shuffle(train, spec)
+    _check_shuffle(train, spec, DECODE_CACHE_BYTES if budget is None else budget)
     return Dataset(train, test, classes, spec.image_size, source, validation)
 
 
@@ -141,13 +144,14 @@ def _classes(root: Path, dataset: str, train: Split) -> int:
     return int(train.labels.max()) + 1
 
 
-def _streamed(split: Split, size: int) -> bool:
+def _streamed(split: Split, size: int, budget: int | None = None) -> bool:
     """Whether `load` leaves this split on its shards (else it is decoded into memory or read as files)."""
-    return split.kind == "streamed" and not _fits(split, size)
+    return split.kind == "streamed" and not _fits(split, size, budget)
 
 
-def _fits(split: Split, size: int) -> bool:
-    return size < IMAGENET_STYLE and len(split) * size * size * 3 <= DECODE_CACHE_BYTES
+def _fits(split: Split, size: int, budget: int | None = None) -> bool:
+    budget = DECODE_CACHE_BYTES if budget is None else budget
+    return size < IMAGENET_STYLE and len(split) * size * size * 3 <= budget
 
 
 def order(split: Split, spec: DataSpec) -> str:
@@ -296,16 +300,16 @@ def _held(split: Split) -> int:
     return split.shards.encoded_bytes * len(split) // max(1, int(split.shards.starts[-1]))
 
 
-def _check_shuffle(split: Split, spec: DataSpec) -> None:
+def _check_shuffle(split: Split, spec: DataSpec, budget: int) -> None:
     """A streamed split sorted by class is shuffled whole, which holds its encoded images in memory:
     they must fit the in-memory budget."""
-    if not (_streamed(split, spec.image_size) and split.shards.sorted_by_class):
+    if not (_streamed(split, spec.image_size, budget) and split.shards.sorted_by_class):
         return
     held = _held(split)
-    if held > DECODE_CACHE_BYTES:
+    if held > budget:
         raise DataError(f"data.path: the rows of {str(Path(split.shards.files[0]).parent)!r} are sorted by class, "
                         f"so they must be shuffled whole, and their {held / 2**20:.1f} MiB of encoded images exceed the "
-                        f"in-memory budget ({DECODE_CACHE_BYTES >> 20} MiB, TICKETS_DECODE_CACHE_MB); write them "
+                        f"in-memory budget ({budget >> 20} MiB, TICKETS_DECODE_CACHE_MB); write them "
                         f"again with `python -m tickets.shards` (rows in random order)")
 
 
@@ -432,7 +436,7 @@ def half_indices(labels: np.ndarray, half: str) -> np.ndarray:
 # Pipelines.
 
 
-def _in_memory(split: Split, size: int) -> Split:
+def _in_memory(split: Split, size: int, budget: int) -> Split:
     """Decode a split once so epochs cost no decoding, when it is small and at a CIFAR-style size;
     leave others streamed or as files. Decoding goes row group by row group (or a few thousand
     files at a time) into one preallocated array, so the peak is the pixels plus one group."""
@@ -443,7 +447,7 @@ def _in_memory(split: Split, size: int) -> Split:
             resized = tf.image.resize(split.images, (size, size), antialias=True)
             return Split(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8), split.labels, "decoded")
         return split
-    if not _fits(split, size):
+    if not _fits(split, size, budget):
         return split
     pixels = np.empty((len(split), size, size, 3), np.uint8)
     if split.kind == "streamed":
@@ -484,11 +488,12 @@ def _small(encoded, size: int):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def _random_resized_crop(x, kind: str, seed, size: int):
+def _random_resized_crop(x, kind: str, seed, size: int, fused: bool = True):
     """A random crop of 8-100 % of the original image's area, aspect ratio 3/4..4/3 (Szegedy et al.
     2015, as torchvision's RandomResizedCrop and TF's Inception preprocessing), resized to size x
-    size. JPEGs decode only the crop (`decode_and_crop_jpeg`); the crop box depends on the image's
-    shape and the seed alone, so every kind of split cuts the same box."""
+    size. JPEGs decode only the crop (`decode_and_crop_jpeg`) unless `fused` is off (the benchmark's
+    baseline: the whole image decoded, then cut); the crop box depends on the image's shape and the
+    seed alone, so every kind of split and both ways cut the same box."""
     import tensorflow as tf
 
     def box(shape):
@@ -511,8 +516,10 @@ def _random_resized_crop(x, kind: str, seed, size: int):
             return tf.image.decode_and_crop_jpeg(encoded, tf.stack([begin[0], begin[1], extent[0], extent[1]]),
                                                  channels=3)
 
-        crop = tf.cond(tf.io.is_jpeg(encoded), jpeg,
-                       lambda: cut(tf.io.decode_image(encoded, channels=3, expand_animations=False)))
+        def whole():
+            return cut(tf.io.decode_image(encoded, channels=3, expand_animations=False))
+
+        crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, whole) if fused else whole()
     return tf.image.resize(crop, (size, size), antialias=True)
 
 
@@ -527,14 +534,14 @@ def _central_crop(x, kind: str, size: int):
     return tf.image.resize_with_crop_or_pad(resized, size, size)
 
 
-def _train_image(x, seed, kind: str, size: int, augment: bool):
+def _train_image(x, seed, kind: str, size: int, augment: bool, fused: bool = True):
     import tensorflow as tf
 
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if size >= IMAGENET_STYLE:
         if not augment:
             return _central_crop(x, kind, size)
-        image = _random_resized_crop(x, kind, s1, size)
+        image = _random_resized_crop(x, kind, s1, size, fused)
     else:
         image = x if kind == "decoded" else _small(_encoded(x, kind), size)
         if not augment:
@@ -586,7 +593,8 @@ def _elements(split: Split, index: np.ndarray, seeds: np.ndarray, windows: np.nd
     return ds.unbatch()
 
 
-def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num_steps: int, threads: int = 0):
+def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num_steps: int, threads: int = 0,
+                  fused_crop: bool = True):
     """Batches `start_step .. start_step + num_steps` of the training stream, as `tf.data`.
 
     Epoch `e` visits the images in an order that depends on (seed, e) alone: a permutation of the
@@ -594,6 +602,7 @@ def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num
     `stream.epoch_order` when streamed. The last partial batch is dropped, so step `k` always
     holds the same images however the run was split or resumed, and a resumed stream reads only
     what its steps need. `threads` > 0 gives the pipeline a private pool of that size.
+    `fused_crop=False` decodes whole JPEGs before the random-resized crop (the benchmark's baseline).
     """
     import tensorflow as tf
 
@@ -618,7 +627,7 @@ def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num
     seeds = np.stack([np.full(len(index), seed), epoch * n + position], axis=1).astype(np.int64)
 
     def prepare(x, label, s):
-        return _to_float(_train_image(x, s, split.kind, size, spec.augment)), label
+        return _to_float(_train_image(x, s, split.kind, size, spec.augment, fused_crop)), label
 
     ds = _elements(split, index, seeds, windows)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

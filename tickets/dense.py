@@ -182,22 +182,35 @@ def dense_task(spec: config_lib.Spec, exp: Path, res: Resources, data_ref: ray.O
 
 
 def dense_refs(spec: config_lib.Spec, exp: Path, res: Resources, spe: int, on_disk: dict | None,
-               data_ref: ray.ObjectRef, task: ray.ObjectRef | None = None, check=lambda: None) -> DenseRefs:
-    """The data set and one object ref per needed snapshot, each in the object store once.
+               data_ref: ray.ObjectRef) -> DenseRefs:
+    """The data set and one object ref per needed snapshot, each in the object store once: the
+    dense run's snapshots from `on_disk` (a finished run reused), else trained now, first."""
+    announce(spec, exp, spe, on_disk)
+    if on_disk is None:
+        on_disk = trained(spec, exp, spe, dense_task(spec, exp, res, data_ref))
+    return put_snapshots(spec, exp, spe, on_disk, data_ref)
 
-    The driver puts the snapshots itself (from `<exp>/dense`, where the dense task wrote them), so
-    they live on the driver's node: losing a worker node never loses them or retrains the dense net.
-    """
-    steps = spec.record_steps(spe)
+
+def announce(spec: config_lib.Spec, exp: Path, spe: int, on_disk: dict | None) -> None:
+    """The sweep's dense line, printed by the driver's main thread before the run starts."""
     dense_dir = exp / artifacts.DENSE_DIR
     if on_disk is not None:
         print(f"dense: reusing the dense run in {dense_dir}")
     else:
-        print(f"dense: training {spec.dense.epochs} epochs once (snapshots at steps {steps})")
-        task = task or dense_task(spec, exp, res, data_ref)
-        follow_dense(task, dense_dir, spec.dense.epochs, check)
-        on_disk = artifacts.load_snapshots(dense_dir, steps)
-    check_collapse(spec, dense_dir, on_disk[spec.dense.epochs * spe])
+        print(f"dense: training {spec.dense.epochs} epochs once (snapshots at steps {spec.record_steps(spe)})")
+
+
+def trained(spec: config_lib.Spec, exp: Path, spe: int, task: ray.ObjectRef, check=lambda: None) -> dict:
+    """The snapshots of the dense run `task` trains, once it has ended (`check` is called while waiting)."""
+    dense_dir = exp / artifacts.DENSE_DIR
+    follow_dense(task, dense_dir, spec.dense.epochs, check)
+    return artifacts.load_snapshots(dense_dir, spec.record_steps(spe))
+
+
+def put_snapshots(spec: config_lib.Spec, exp: Path, spe: int, on_disk: dict, data_ref: ray.ObjectRef) -> DenseRefs:
+    """The grid's masks checked, then each snapshot put in the object store by the driver itself (so
+    they live on its node: losing a worker node never loses them or retrains the dense net)."""
+    check_collapse(spec, exp / artifacts.DENSE_DIR, on_disk[spec.dense.epochs * spe])
     refs = {s: ray.put(w) for s, w in on_disk.items()}
     return DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, refs, data_ref)
 
@@ -234,17 +247,18 @@ class DenseBeside:
         ray.get(self.placement.ready())
         # On the head node, as Ray's own controllers are: removing a worker node never takes it along.
         self.board = DenseBoard.options(resources={HEAD_NODE: 0.001}).remote()
+        announce(spec, exp, spe, None)
         self.task = dense_task(spec, exp, res, data_ref, self.placement)
         self.refs = DenseRefs(spec.dense_hash(), spe, spec.dense.epochs * spe, {}, data_ref, board=self.board)
         self.error: BaseException | None = None
         self.stopping = False
         self._unplaced_since: float | None = None
-        self.thread = threading.Thread(target=self._run, args=(spec, exp, res, spe, data_ref), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(spec, exp, spe, data_ref), daemon=True)
         self.thread.start()
 
-    def _run(self, spec, exp, res, spe, data_ref) -> None:
+    def _run(self, spec, exp, spe, data_ref) -> None:
         try:
-            done = dense_refs(spec, exp, res, spe, None, data_ref, self.task, self._check)
+            done = put_snapshots(spec, exp, spe, trained(spec, exp, spe, self.task, self._check), data_ref)
             self.board.publish.remote(done.snapshots)
         except _Stopped:
             self.board.fail.remote("the sweep stopped before the dense run ended")

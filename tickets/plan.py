@@ -246,9 +246,9 @@ def check_inputs(args: argparse.Namespace) -> Plan:
     info = data_lib.inspect(spec.data, spec.seed, download=not args.dry_run)
     spe = info.steps_per_epoch(spec.data.batch_size)
     check_rewind_steps(spec, spe)
-    # A dry run also checks the grid's masks against a finished dense run of this spec, if there is one.
-    on_disk = (reusable_dense(spec, exp, spec.record_steps(spe), data_lib.order(info.train, spec.data))
-               if args.resume or args.dry_run else None)
+    # A finished dense run of this spec in <exp>/dense is reused: one --resume continues, or one copied
+    # into a new experiment to run another grid on it. A dry run checks the grid's masks against it.
+    on_disk = reusable_dense(spec, exp, spec.record_steps(spe), data_lib.order(info.train, spec.data))
     source_tickets = {t: artifacts.load_ticket(t / artifacts.TICKET_FILE) for t in set(sources.values())}
     res, cluster = None, f"would join {args.address} (resources resolved there)"
     if not args.address:

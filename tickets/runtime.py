@@ -133,8 +133,9 @@ def on_gpu() -> bool:
 @contextlib.contextmanager
 def replicated(replicas: int):
     """Build, compile and train inside this for data parallelism over `replicas` devices (the
-    first ones `configure` made visible): Keras splits each global batch among them and sums the
-    gradients, so batch size, schedule and steps stay the spec's. BatchNorm normalises each
+    first ones `configure` made visible): Keras splits each global batch among them and averages the
+    gradients (each replica's mean loss scaled by 1/replicas, then summed), so batch size, schedule
+    and steps stay the spec's. BatchNorm normalises each
     replica's share of the batch, as in the reference multi-GPU recipes (`average_replicas`)."""
     if replicas <= 1 or keras.backend.backend() != "tensorflow":
         if replicas > 1:

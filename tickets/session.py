@@ -117,10 +117,12 @@ def init_local(num_cpus: int | None, num_gpus: int | None, dashboard: bool, **op
     The address it advertises is a loopback one (TICKETS_NODE_IP, default 127.0.0.2: Ray replaces
     exactly 127.0.0.1 with the interface address, other loopbacks it keeps), so its traffic stays on
     this machine. `ray start` has a public --node-ip-address; `ray.init` only the private
-    `_node_ip_address`: this is the one place that passes it.
+    `_node_ip_address`: this is the one place that passes it. `address="local"`: without it
+    `ray.init` joins the cluster another `ray start` on this machine last recorded (its
+    /tmp/ray/ray_current_cluster); joining one is what `--address` is for.
     """
     private_token(Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"))
-    return ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+    return ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                     _node_ip_address=os.environ.get("TICKETS_NODE_IP", "127.0.0.2"), **options)
 
 

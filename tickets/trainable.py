@@ -101,7 +101,7 @@ def _setup(config: dict, spec: dict, dense: DenseRefs) -> _Trial:
                   waited)
 
 
-def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
+def _base_metrics(t: _Trial, ticket) -> dict:
     from tickets import pruning
     from tickets import ticket as ticket_lib
 
@@ -121,7 +121,7 @@ def _base_metrics(t: _Trial, ticket, dense: DenseRefs) -> dict:
             "prunable_weights": summary["total"], "weights_remaining_total": kept / kernels,
             "kernel_weights": kernels,
             "threshold": summary["threshold"] if summary["threshold"] is not None else float("nan"),
-            "dense_hash": dense.dense_hash, "started_beside_dense": t.beside_dense,
+            "dense_hash": t.dense.dense_hash, "started_beside_dense": t.beside_dense,
             "dense_wait_seconds": t.waited, "node_id": ray.get_runtime_context().get_node_id(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **t.runtime.row()}
 
@@ -207,9 +207,8 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
     chain_mask = _chain_mask(config, dense) if "level" in config and spec["pruning"]["mode"] == "imp" else None
     from tickets import training
 
-    t = _setup(config, spec, dense)
-    dense = t.dense
-    ticket, base = _one_shot_ticket(t, config, dense, chain_mask)
+    t = _setup(config, spec, dense)  # from here on t.dense: beside the dense run, `dense` had no snapshots yet
+    ticket, base = _one_shot_ticket(t, config, chain_mask)
     saved = _restore()
     if saved is not None and any(not np.array_equal(saved["mask"][k], ticket.mask[k]) for k in ticket.mask):
         raise RuntimeError("the checkpoint's mask differs from the one recomputed from the dense run")
@@ -231,19 +230,20 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs) -> None:
         _report({**_last_row(), **_twin(t, ticket, state.weights)}, state, ticket.mask)
     if state is not None:  # the ticket marks the trial finished: every report is in by now
         info = {**{k: base[k] for k in config_lib.GRID_KEYS}, "rewind_step": t.rewind_step,
-                "spec_hash": t.spec.spec_hash(), "dense_hash": dense.dense_hash}
+                "spec_hash": t.spec.spec_hash(), "dense_hash": t.dense.dense_hash}
         if chain_mask is not None:  # an IMP control keeps its level's file beside the chain's
             artifacts.save_ticket(artifacts.level_file(_trial_dir(), base["level"]), ticket.mask, ticket.start,
                                   state.weights, info)
         artifacts.save_ticket(_trial_dir() / artifacts.TICKET_FILE, ticket.mask, ticket.start, state.weights, info)
 
 
-def _one_shot_ticket(t: _Trial, config: dict, dense: DenseRefs, chain_mask: dict | None):
+def _one_shot_ticket(t: _Trial, config: dict, chain_mask: dict | None):
     """The trial's ticket -- a sparsity, an IMP level reached in one shot, an IMP control on its
     ticket chain's mask (`chain_mask`), or a transferred ticket -- and the metrics every row of the
     trial carries."""
     from tickets import ticket as ticket_lib
 
+    dense = t.dense
     level = int(config["level"]) if "level" in config else None
     sparsity = float(config["sparsity"]) if "sparsity" in config else None
     reinitialised = False
@@ -258,7 +258,7 @@ def _one_shot_ticket(t: _Trial, config: dict, dense: DenseRefs, chain_mask: dict
         ticket = (ticket_lib.make_ticket(t.spec, t.model, final, rewind, sparsity, t.control, t.replicate)
                   if level is None else
                   ticket_lib.make_level_ticket(t.spec, t.model, final, rewind, level, t.control, t.replicate))
-    base = {**_base_metrics(t, ticket, dense), "classifier_reinitialised": reinitialised, "level": level}
+    base = {**_base_metrics(t, ticket), "classifier_reinitialised": reinitialised, "level": level}
     # The sparsity column is the grid's value, or for a level the sparsity that level reached.
     base["sparsity"] = base["actual_sparsity"] if sparsity is None else sparsity
     return ticket, base
@@ -298,9 +298,8 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
     from tickets import training
     from tickets import ticket as ticket_lib
 
-    t = _setup(config, spec, dense)
-    dense = t.dense
-    final, rewind = ray.get([dense.snapshots[dense.total_steps], dense.snapshots[t.rewind_step]])
+    t = _setup(config, spec, dense)  # from here on t.dense: beside the dense run, `dense` had no snapshots yet
+    final, rewind = ray.get([t.dense.snapshots[t.dense.total_steps], t.dense.snapshots[t.rewind_step]])
     levels = t.spec.pruning.num_levels()
     # Level 0 is the dense run: its final weights rank the first pruning. A checkpoint's step is its level.
     saved = _restore()
@@ -318,14 +317,14 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs) -> None:
             last, state = None, None
             for progress, state in training.train_sparse(t.spec, t.data, ticket, t.rewind_step, t.seed):
                 last = progress
-            base = _base_metrics(t, ticket, dense)
+            base = _base_metrics(t, ticket)
             metrics = {"sparsity": base["actual_sparsity"], **base, "level": level, "levels": levels,
                        "resumed_from_level": first - 1, **rows_lib.epoch_metrics(last, state.early_stop)}
             # Written before the report: the controls of this level are queued once it is reported.
             artifacts.save_ticket(path, ticket.mask, ticket.start, state.weights,
                                   {"level": level, "rewind_epoch": t.rewind_epoch, "control": t.control,
                                    "replicate": t.replicate, "spec_hash": t.spec.spec_hash(),
-                                   "dense_hash": dense.dense_hash, "pid": os.getpid(), "metrics": metrics})
+                                   "dense_hash": t.dense.dense_hash, "pid": os.getpid(), "metrics": metrics})
         if twins:
             metrics = {**metrics, **_twin(t, ticket, state.weights, level)}
         # Optimizer state restarts fresh at every level: the checkpoint keeps none.

@@ -159,7 +159,12 @@ def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: i
         if b > cur:
             # The pipeline orders and augments batches itself (deterministically, by step).
             batches = train_batches(data, spec.data, seed, cur, b - cur, runtime_lib.RUNTIME.data_threads)
-            hist = model.fit(batches, epochs=1, verbose=0, shuffle=False).history
+            # Its length is unknown to tf.data, and without `steps_per_epoch` Keras calls the train
+            # step once more to find the end: that call fails on the data but still runs what does
+            # not depend on it, the optimizer's step counter (+1 per segment, so the schedule drifts;
+            # on 2 replicas only the first replica's, so replicas read different learning rates and
+            # their weight copies part) and the accuracy metric's count.
+            hist = model.fit(batches, epochs=1, steps_per_epoch=b - cur, verbose=0, shuffle=False).history
             loss_sum += hist["loss"][-1] * (b - cur)
             acc_sum += hist["accuracy"][-1] * (b - cur)
             n += b - cur
@@ -294,7 +299,7 @@ def warm_up(spec: Spec, data: Dataset) -> None:
     shapes = {v.path: tuple(v.shape) for v in model.weights}
     install_mask(model, {n: np.ones(shapes[n], dtype=bool) for n in names})
     threads = runtime_lib.RUNTIME.data_threads
-    model.fit(train_batches(data, spec.data, 0, 0, 1, threads), epochs=1, verbose=0, shuffle=False)
+    model.fit(train_batches(data, spec.data, 0, 0, 1, threads), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
     model.evaluate(eval_batches(data, data.test, spec.data, threads).take(1), verbose=0)
     compiled.traced = True
 
