@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = ROOT / "benchmarks" / "programs"
 
 # The sizes of each figure's work. `tiny` only checks that every figure's code runs (the tests use
-# it); `quick` gives every CPU figure in under 10 minutes on 2 CPUs; `full` is the default.
+# it); `quick` gives every CPU figure at small sizes (19 min on 2 CPUs; the goal is 10); `full` is the default.
 SIZES = {
     "tiny": dict(
         step=dict(batch=16, steps=2, rounds=1, sparsities=(0.95,)),

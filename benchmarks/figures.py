@@ -75,8 +75,8 @@ def _parallel(fig: dict) -> str:
             f"at a time vs {seconds(phase[side])}s side by side ({fig['trials']} trials, {fig['runs']} runs each); "
             f"whole command {fig['whole_command']:.2f}x ({seconds(wall[one])}s vs {seconds(wall[side])}s, dense "
             f"reused); steady epoch {where[one]['steady_epoch_s']:.2f}s vs {where[side]['steady_epoch_s']:.2f}s, "
-            f"fresh-worker start-up {where[one]['fresh_worker_startup_s']:.1f}s x "
-            f"{where[one]['fresh_workers_per_run']:.0f} vs {where[side]['fresh_worker_startup_s']:.1f}s x "
+            f"fresh-worker start-up {where[one]['fresh_worker_startup_s'] or 0:.1f}s x "
+            f"{where[one]['fresh_workers_per_run']:.0f} vs {where[side]['fresh_worker_startup_s'] or 0:.1f}s x "
             f"{where[side]['fresh_workers_per_run']:.0f} per run")
 
 
