@@ -157,17 +157,28 @@ def parallel_speedup(bench: Bench) -> dict:
     return out
 
 
+def startups(run: dict) -> list[dict]:
+    """Each trial's start-up in one sweep: its setup (imports, data and snapshot fetch, model build;
+    near zero when Tune reuses the worker) plus what its first epoch took over the run's steady epoch
+    (tracing, once per worker). The steady epoch is the median of every later epoch of the run's
+    trials, so a one-epoch trial is judged like the others (none at all: the first epochs count whole)."""
+    later = [r["epoch_seconds"] for rows in run["trials"] for r in rows[1:]]
+    steady = statistics.median(later) if later else 0.0
+    out = []
+    for rows in run["trials"]:
+        extra = max(0.0, rows[0]["epoch_seconds"] - steady)
+        out.append({"setup_s": rows[0]["setup_seconds"], "first_epoch_extra_s": extra,
+                    "startup_s": rows[0]["setup_seconds"] + extra, "reused_worker": rows[0]["worker_trial"] > 1,
+                    "trial_s": rows[-1]["trial_seconds"]})
+    return out
+
+
 def _where(runs: list[dict]) -> dict:
-    """Where a trial phase's time went: fresh workers' start-up (setup and the first epoch's extra
-    time, mostly tracing) and the steady epochs, medians over the runs' trials."""
-    fresh, epochs = [], []
-    for run in runs:
-        for rows in run["trials"]:
-            seconds = [r["epoch_seconds"] for r in rows]
-            steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
-            epochs.extend(seconds[1:] or seconds)
-            if rows[0]["worker_trial"] == 1:
-                fresh.append(rows[0]["setup_seconds"] + max(0.0, seconds[0] - steady))
+    """Where a trial phase's time went: fresh workers' start-up and the steady epochs, medians over
+    the runs' trials."""
+    fresh = [t["startup_s"] for run in runs for t in startups(run) if not t["reused_worker"]]
+    epochs = [r["epoch_seconds"] for run in runs for rows in run["trials"] for r in rows[1:]]
+    epochs = epochs or [rows[0]["epoch_seconds"] for run in runs for rows in run["trials"]]
     return {"fresh_worker_startup_s": statistics.median(fresh) if fresh else None,
             "fresh_workers_per_run": len(fresh) / len(runs), "steady_epoch_s": statistics.median(epochs)}
 
@@ -176,23 +187,13 @@ def trial_overhead(bench: Bench, preset: str = "mobilenetv2-cifar10") -> dict:
     """Figure 4: start of a trial to its first trained step, over the trial's time, for the trials
     of figure 3's side-by-side runs.
 
-    Start-up is the trial's setup (imports, data and snapshot fetch, model build; near zero when
-    Tune reuses the worker) plus what its first epoch took over the later ones (tracing the train
-    step, once per worker). Benchmark trials last seconds, so the fraction is also projected onto
-    a trial of `preset` at the training speed figure 1 measured on this machine.
+    Start-up as `startups` defines it. Benchmark trials last seconds, so the fraction is also
+    projected onto a trial of `preset` at the training speed figure 1 measured on this machine.
     """
     from tickets import config
 
-    per_trial = []
-    for run in trial_phases(bench)[ARMS[1]]:
-        for rows in run["trials"]:
-            epochs = [r["epoch_seconds"] for r in rows]
-            steady = statistics.median(epochs[1:]) if len(epochs) > 1 else 0.0
-            first_extra = max(0.0, epochs[0] - steady)
-            startup = rows[0]["setup_seconds"] + first_extra
-            per_trial.append({"setup_s": rows[0]["setup_seconds"], "first_epoch_extra_s": first_extra,
-                              "startup_s": startup, "reused_worker": rows[0]["worker_trial"] > 1,
-                              "trial_s": rows[-1]["trial_seconds"], "fraction": startup / rows[-1]["trial_seconds"]})
+    per_trial = [{**t, "fraction": t["startup_s"] / t["trial_s"]}
+                 for run in trial_phases(bench)[ARMS[1]] for t in startups(run)]
     fresh = [t["startup_s"] for t in per_trial if not t["reused_worker"]]
     reused = [t["startup_s"] for t in per_trial if t["reused_worker"]]
     out = {"trials": per_trial, "measured": statistics.mean(t["fraction"] for t in per_trial),
