@@ -26,8 +26,10 @@ import numpy as np
 from tickets import masks as masks_lib
 
 # The format of what a sweep writes: every trial row and the dense manifest carry it (`rows.upgrade`
-# reads older rows). 1: before it was recorded; 2: since rows carry it (2026-12).
-FORMAT = 2
+# reads older rows). 1: before it was recorded; 2: since rows carry it (2026-12); 3: since training
+# segments stop at their last batch (2026-12-01; before, the learning-rate schedule ran a step ahead
+# per segment and train accuracy counted a batch too many), so a format-2 dense run is trained again.
+FORMAT = 3
 TICKET_FILE = "ticket.npz"
 METRICS_FILE = "metrics.jsonl"  # each trial's own rows, one JSON object per report
 SPEC_FILE = "spec.yaml"  # the experiment's resolved spec
