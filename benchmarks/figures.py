@@ -45,6 +45,11 @@ class Figure:
     what: str  # one line: what `measured` is
 
 
+def _seconds(values) -> str:
+    """Each run's seconds, as `48/51/45`."""
+    return "/".join(f"{v:.0f}" for v in values)
+
+
 def _step(fig: dict) -> str:
     return (f"dense {fig['dense_images_per_s']:.0f} img/s; masked "
             + ", ".join(f"{k}: {v['images_per_s']:.0f}" for k, v in fig["masked"].items())
@@ -66,14 +71,11 @@ def _parallel(fig: dict) -> str:
     phase, wall, where = fig["trial_phase_s"], fig["wall_s"], fig["where"]
     one, side = sweeps.ARMS
 
-    def seconds(values):
-        return "/".join(f"{v:.0f}" for v in values)
-
     head = (f"of ceiling {fig['of_ceiling']:.2f}; " if fig["measured"] is not None else "")
     return (f"{head}ceiling {fig['ceiling']:.2f} (same model and batch, {fig['cpus']} one-thread processes vs one "
-            f"{fig['cpus']}-thread, median of {fig['ceiling_runs']['rounds']}); trial phase {seconds(phase[one])}s one "
-            f"at a time vs {seconds(phase[side])}s side by side ({fig['trials']} trials, {fig['runs']} runs each); "
-            f"whole command {fig['whole_command']:.2f}x ({seconds(wall[one])}s vs {seconds(wall[side])}s, dense "
+            f"{fig['cpus']}-thread, median of {fig['ceiling_runs']['rounds']}); trial phase {_seconds(phase[one])}s one "
+            f"at a time vs {_seconds(phase[side])}s side by side ({fig['trials']} trials, {fig['runs']} runs each); "
+            f"whole command {fig['whole_command']:.2f}x ({_seconds(wall[one])}s vs {_seconds(wall[side])}s, dense "
             f"reused); steady epoch {where[one]['steady_epoch_s']:.2f}s vs {where[side]['steady_epoch_s']:.2f}s, "
             f"fresh-worker start-up {where[one]['fresh_worker_startup_s'] or 0:.1f}s x "
             f"{where[one]['fresh_workers_per_run']:.0f} vs {where[side]['fresh_worker_startup_s'] or 0:.1f}s x "
@@ -104,10 +106,7 @@ def _gpu(fig: dict) -> str:
 
 
 def _versus_loop(fig: dict) -> str:
-    def seconds(values):
-        return "/".join(f"{v:.0f}" for v in values)
-
-    return (f"sweep {seconds(fig['sweep_wall_s'])}s vs loop {seconds(fig['loop_wall_s'])}s ({fig['runs']} runs) for "
+    return (f"sweep {_seconds(fig['sweep_wall_s'])}s vs loop {_seconds(fig['loop_wall_s'])}s ({fig['runs']} runs) for "
             f"dense + {len(fig['points'])} trials, {fig['epochs']} epochs of {fig['images'][0]} images; this "
             f"machine's floor {fig['machine_floor']:.2f} (one-thread processes side by side gain "
             f"{fig['ceiling']:.2f}x); dense test accuracy {fig['sweep_test_accuracy']['dense']:.3f} (sweep) vs "
