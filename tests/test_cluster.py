@@ -54,7 +54,7 @@ def _submit(slurm, tmp_path, token_file, *args) -> tuple[str, Path]:
     return job, out
 
 
-SMOKE = ["smoke", *SMALL]
+SMOKE = ["smoke", *SMALL, "--set", "data.synthetic_size={train: 640, test: 128}"]
 
 
 @pytest.fixture
@@ -113,20 +113,20 @@ def test_scancel_mid_sweep_leaves_no_ray_and_resume_completes(slurm, tmp_path, t
     storage = tmp_path / "results"
     exp = storage / "smoke"
     job, out = _submit(slurm, tmp_path, token_file, *SMOKE, "--storage-path", str(storage),
-                       "--set", "search.sparsity=[0.5,0.6,0.7,0.8,0.9]", "--set", "resources.max_concurrent_trials=1")
+                       "--set", "search.sparsity=[0.5,0.7,0.9]", "--set", "resources.max_concurrent_trials=1")
     wait_until(lambda: ticket_files(exp), timeout=400, every=0.5, what="a finished trial")
     slurm.run(["scancel", job])
     assert slurm.wait_job(job, timeout=120) == "CANCELLED"
     wait_until(lambda: not _ray_processes(), timeout=90, every=0.5, what="Ray processes to exit after scancel")
     done = len(ticket_files(exp))
-    assert done < 5, "the sweep finished before it was cancelled"
+    assert done < 3, "the sweep finished before it was cancelled"
 
     job, out = _submit(slurm, tmp_path, token_file, "--resume", "--name", "smoke", "--storage-path", str(storage))
     state = slurm.wait_job(job)
     assert state == "COMPLETED", out.read_text()[-4000:]
     df = read_results(exp)
     trials = df[df.control != "dense"]
-    assert trials.trial_id.nunique() == 5 and set(trials.status) == {"finished"}
+    assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"}
     assert not trials.duplicated(["trial_id", "epoch"]).any()
     assert dense_runs(exp) == 1
     assert wait_until(lambda: not _ray_processes(), timeout=60, every=0.5, what="Ray processes to exit")

@@ -16,7 +16,7 @@ def test_imp_controls_train_the_ticket_chains_masks_and_fail_with_it_then_resume
     # Levels of several seconds each, so the kill lands while level 2 trains; no retries, so the
     # chain fails for good and its controls of later levels fail with it.
     args = ["smoke", "--storage-path", str(tmp_path), "--name", "imp", "--num-cpus", "2", *SMALL,
-            *sets("data.synthetic_size={train: 2048, test: 256}", "pruning.mode=imp", "pruning.levels=3",
+            *sets("data.synthetic_size={train: 1024, test: 128}", "pruning.mode=imp", "pruning.levels=3",
                   "search.sparsity=[]", "search.control=[ticket,random_reinit,random_prune]",
                   "resources.max_failures=0")]
     p = cli(args, start_new_session=True)

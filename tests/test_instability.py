@@ -17,7 +17,8 @@ def test_twins_resume_without_retraining_the_finished_copy_and_the_path_ends_at_
     exp = tmp_path / "smoke"
     p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2",
              *sets("dense.epochs=3", "search.sparsity=[0,0.9]", "search.rewind_epoch=[0]",
-                   "search.control=[ticket,random_reinit]", "instability.enabled=true", "instability.points=6")])
+                   "search.control=[ticket,random_reinit]", "instability.enabled=true", "instability.points=6",
+                   "data.synthetic_size={train: 640, test: 128}")])
 
     def twin_training():  # a twin two epochs in (its sibling's last checkpoint long registered by Tune)
         for path in exp.glob(f"*/{artifacts.twin_file(exp).name}"):

@@ -1,12 +1,10 @@
 """The sweep on real Ray: one dense run, a Tune grid, results.parquet, resume, a 2-node cluster."""
 
 import json
-import os
 import re
-import signal
 
 import pytest
-from helpers import SMALL, cli, dense_runs, read_results, run, sets, ticket_files, trial_rows, wait_until
+from helpers import SMALL, dense_runs, read_results, run, sets, ticket_files, trial_rows
 
 from tickets import analysis, artifacts, sweep
 
@@ -57,13 +55,12 @@ def test_dry_run_prints_the_grid(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_smoke_preset_trains_dense_once_writes_every_epoch_and_shows_a_ticket_beating_its_reinit(tmp_path):
+def test_the_smoke_preset_trains_dense_once_writes_every_epoch_and_shows_a_ticket_beating_its_reinit(smoke_run):
     """The README's first command, as a new user runs it: one dense run, every trial epoch on disk, a
     short output, no layer collapse, the tickets well above chance and, at the highest sparsity, far
     above the same mask from a fresh initialisation (the contrast a newcomer came for)."""
-    code, out = run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
+    code, out, exp = smoke_run.code, smoke_run.out, smoke_run.exp
     assert code == 0, out[-3000:]
-    exp = tmp_path / "smoke"
     assert dense_runs(exp) == 1
     assert "dense epoch 4/4" in out and "4/4 trials finished" in out and "128 validation (held out of train)" in out
     assert "masks: no grid point cuts the network" in out
@@ -113,28 +110,6 @@ def test_the_smoke_preset_trains_dense_once_writes_every_epoch_and_shows_a_ticke
 
     analysis = tune.ExperimentAnalysis(str(exp))
     assert len(analysis.trials) == 4
-
-
-def test_resume_after_interrupt_finishes_the_grid_without_redoing_work(tmp_path):
-    exp = tmp_path / "smoke"
-    p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *FAST,
-             "--set", "resources.max_concurrent_trials=1"], start_new_session=True)
-    wait_until(lambda: ticket_files(exp), every=0.5, process=p, what="a finished trial")
-    os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in the terminal
-    out, _ = p.communicate(timeout=120)
-    done_before = {f.parent.name: len(artifacts.read_metrics(f.parent)) for f in ticket_files(exp)}
-    assert 1 <= len(done_before) < 4, out[-3000:]
-    assert p.returncode == sweep.EXIT_INTERRUPTED and "did not finish; continue with" in out, out[-3000:]
-
-    code, out = run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
-    assert code == 0, out[-3000:]
-    assert dense_runs(exp) == 1 and "reusing the dense run" in out
-    for trial, rows in done_before.items():  # finished trials were not run again
-        assert len(artifacts.read_metrics(exp / trial)) == rows
-    df = read_results(exp)
-    trials = df[df.control != "dense"]
-    assert len(trials) == 6 and not trials.duplicated(["trial_id", "epoch"]).any()
-    assert set(trials.status) == {"finished"}
 
 
 def test_two_node_cluster_spreads_trials_gives_each_one_gpu_and_warms_them_beside_the_dense_run(tmp_path):
