@@ -657,5 +657,8 @@ def eval_batches(data: Dataset, split: Split, spec: DataSpec, threads: int = 0):
         return _to_float(_test_image(x, split.kind, size)), label
 
     ds = _elements(split, index, np.zeros((len(split), 2), np.int64))
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _sized(ds.batch(spec.batch_size).prefetch(tf.data.AUTOTUNE), threads)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(spec.batch_size)
+    # Its length stated: unknown to tf.data (the pipeline unbatches), Keras's evaluate reads to the
+    # end and then warns "Your input ran out of data; interrupting training", as if batches were lost.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(split) // spec.batch_size)))
+    return _sized(ds.prefetch(tf.data.AUTOTUNE), threads)
