@@ -88,7 +88,8 @@ class Interrupted:
 @pytest.fixture(scope="session")
 def interrupted(tmp_path_factory) -> Interrupted:
     """A sweep stopped (Ctrl-C) while a trial was between epochs, for test_reliability (corrupted
-    snapshots and checkpoints on resume) and test_analysis (loading while it runs and after)."""
+    snapshots and checkpoints on resume) and test_analysis (loading while it runs and after). Its
+    loads are kept here because test_reliability's corrupted-checkpoint test resumes it in place."""
     from tickets import analysis, artifacts
 
     storage = tmp_path_factory.mktemp("interrupted")
