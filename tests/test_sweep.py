@@ -1,4 +1,4 @@
-"""The sweep on real Ray: one dense run, a Tune grid, results.parquet, resume, a 2-node cluster."""
+"""The sweep on real Ray: one dense run, a Tune grid, results.parquet, a 2-node cluster (resume and faults: test_reliability.py)."""
 
 import json
 import re
