@@ -43,19 +43,22 @@ def smoke_run(tmp_path_factory) -> SmokeRun:
             lines.append(line)
             match = re.search(r"dashboard (http://127\.0\.0\.1:\d+)", line)
             if match:
-                dashboard = _ask_dashboard(match.group(1))
+                dashboard = _ask_dashboard(match.group(1), _token())
                 break
         rest, _ = p.communicate(timeout=400)
     finally:
         if p.poll() is None:
             p.kill()
             p.communicate()
-    return SmokeRun(storage / "smoke", p.returncode, "".join(lines) + rest, dashboard,
-                    (Path.home() / ".ray" / "auth_token").read_text().strip())
+    return SmokeRun(storage / "smoke", p.returncode, "".join(lines) + rest, dashboard, _token())
 
 
-def _ask_dashboard(url: str) -> dict:
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+def _token() -> str:
+    """The token a local sweep runs with (the file `session.private_token` keeps)."""
+    return (Path.home() / ".ray" / "auth_token").read_text().strip()
+
+
+def _ask_dashboard(url: str, token: str) -> dict:
     asked = {}
     for path in ("/api/version", "/api/jobs/"):
         asked[path] = _status(urllib.request.Request(url + path))
@@ -108,14 +111,14 @@ def interrupted(tmp_path_factory) -> Interrupted:
 
     # Two epochs reported: rows are written before they are `tune.report`ed, one at a time, so by
     # the second row Tune holds the first epoch's checkpoint and will restore the trial from it.
-    def mid_run():  # loading as the sweep writes, as a user watching it would
+    def loaded_mid_run():  # loading as the sweep writes, as a user watching it would
         df = analysis.load(exp) if exp.exists() else None
         if [t for t in artifacts.trial_dirs(exp) if unfinished(t) and len(artifacts.read_metrics(t)) >= 2]:
             return (df,)  # a DataFrame has no truth value
         return None
 
     try:
-        (mid_run,) = wait_until(mid_run, every=0.3, process=p, what="an unfinished trial's second epoch")
+        (mid_run,) = wait_until(loaded_mid_run, every=0.3, process=p, what="an unfinished trial's second epoch")
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGINT)
