@@ -1,8 +1,8 @@
 """The environment every test runs in, and the sweeps that several test modules read.
 
 A sweep costs about a minute here whatever its size (Ray, TensorFlow and tracing in every process),
-so a sweep whose run serves tests in more than one module runs once per session. Helpers live in
-helpers.py.
+so a sweep whose run serves tests in more than one module runs once per session, and those modules
+share a test process. Helpers live in helpers.py.
 """
 
 import os
@@ -19,6 +19,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 
 from helpers import cli, wait_until  # noqa: E402  (after the environment above)
+
+# The sweeps below are session fixtures: the modules that read one run in the same test process
+# (pyproject runs the suite in two, `-n 2 --dist loadgroup`), or each process would run it again.
+SHARED_RUNS = ("smoke_run", "interrupted")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    sharing = {item.module.__name__ for item in items if set(SHARED_RUNS) & set(item.fixturenames)}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("+".join(sorted(sharing)) if module in sharing else module))
 
 
 @dataclass

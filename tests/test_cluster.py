@@ -21,15 +21,25 @@ pytestmark = pytest.mark.skipif(available() is not None, reason=f"no real SLURM 
 
 
 def _ray_processes() -> list[str]:
-    """Ray daemons and workers still alive (listed, never killed by name)."""
+    """Ray daemons and workers of SLURM jobs still alive (listed, never killed by name). A job's
+    processes carry SLURM_JOB_ID in their environment; a Ray that another test runs beside these
+    (the suite runs in two processes) does not."""
     out = subprocess.run(["ps", "-eo", "pid=,comm=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines()
-            if re.search(r"\b(raylet|gcs_server)\b|ray::|/tmp/ray-\d+", line) and "ps -eo" not in line]
+            if re.search(r"\b(raylet|gcs_server)\b|ray::|/tmp/ray-\d+", line) and "ps -eo" not in line
+            and _in_a_slurm_job(int(line.split()[0]))]
+
+
+def _in_a_slurm_job(pid: int) -> bool:
+    try:
+        return b"\0SLURM_JOB_ID=" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:  # it has exited
+        return False
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    assert not _ray_processes(), "a Ray is already running on this machine"
+    assert not _ray_processes(), "a SLURM job's Ray is already running on this machine"
     harness = Slurm(tmp_path_factory.mktemp("slurm"))
     try:
         harness.start()

@@ -5,6 +5,8 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -287,3 +289,27 @@ def test_local_ray_keeps_token_auth_and_secrets_stay_out_of_logs_and_results(smo
         assert not mode & stat.S_IWOTH, f"{f} is world-writable"
         if f.is_file() and f.stat().st_size < 5_000_000:
             assert token.encode() not in f.read_bytes(), f"token found in {f}"
+
+
+def test_sweeps_started_at_once_on_a_fresh_account_share_one_private_token(tmp_path):
+    # Eight processes make sure of 100 fresh token files, each at the same instant (a slot of 20 ms),
+    # and read each back as their Ray would: a process that wrote its own token over another's would
+    # have read one the file no longer holds.
+    code = ("import sys, time; from pathlib import Path; from tickets.session import private_token\n"
+            "root, start = Path(sys.argv[1]), float(sys.argv[2])\n"
+            "for i in range(100):\n"
+            "    path = root / str(i) / '.ray' / 'auth_token'\n"
+            "    time.sleep(max(0.0, start + 0.02 * i - time.time()))\n"
+            "    private_token(path); print(i, path.read_text().strip())")
+    start = f"{time.time() + 3:.3f}"  # every process past its imports
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), start], stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    seen = [line.split() for p in procs for line in p.communicate(timeout=60)[0].splitlines()]
+    assert [p.returncode for p in procs] == [0] * 8 and len(seen) == 800
+    held = {i: (tmp_path / i / ".ray" / "auth_token").read_text().strip() for i, _ in seen}
+    assert [(i, token) for i, token in seen if token != held[i]] == []
+    assert {len(token) for token in held.values()} == {64}
+    for i in held:
+        path = tmp_path / i / ".ray" / "auth_token"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert [f.name for f in path.parent.iterdir()] == ["auth_token"]  # no process's own copy left behind

@@ -149,11 +149,26 @@ def _logs(ctx) -> str:
 
 
 def private_token(path: Path) -> None:
-    """Ray's auth token at `path`, created with mode 600 if missing (as cluster/ray-cluster.sbatch does)."""
+    """Ray's auth token at `path`, created with mode 600 if missing (as cluster/ray-cluster.sbatch does).
+
+    Two sweeps started at once on a fresh account must not each write their own token, or the first
+    one's Ray would run with a token the file no longer holds: the token is written whole to a file of
+    this process's and linked into place, which fails if another process got there first.
+    """
     if path.is_file() and path.stat().st_size:
         path.chmod(0o600)
         return
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    mine = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(mine, path)
+    except FileExistsError:
+        if path.stat().st_size:  # another process's token, whole: everyone uses it
+            path.chmod(0o600)
+        else:  # an empty file (one cut short) holds no token: replaced
+            os.replace(mine, path)
+    finally:
+        mine.unlink(missing_ok=True)
