@@ -72,6 +72,24 @@ def test_schedule_resumes_at_the_rewind_step():
     assert float(dense(19)) < 0.001  # cosine decays to ~0 at the end
 
 
+def test_a_traced_step_builds_its_learning_rate_once(small):
+    # Keras's TensorFlow optimizer asks for the rate once per weight it decays: the traced step
+    # builds it once, a new trace builds it again, and eager calls are never served a traced value.
+    spec, d = small
+    schedule = training.Schedule(spec.dense, steps_per_epoch=8)
+    rate, built = schedule._rate, []
+    schedule._rate = lambda step: built.append(step) or rate(step)
+    model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
+    training.compile_model(model, training.make_optimizer(spec.dense, 8, schedule))
+    for _ in range(2):  # the second fit runs the traced step again, without tracing
+        model.fit(data.train_batches(d, spec.data, 0, 0, 2), epochs=1, steps_per_epoch=2, verbose=0)
+    assert len(built) == 1 and int(model.optimizer.iterations) == 4
+    model.make_train_function(force=True)
+    model.fit(data.train_batches(d, spec.data, 0, 4, 1), epochs=1, steps_per_epoch=1, verbose=0)
+    assert len(built) == 2
+    assert [float(schedule(k)) for k in (0, 3)] == pytest.approx([0.05 / 4, 0.05])  # warm-up: 4 steps
+
+
 def test_step_schedule_and_fractional_rewind():
     spec = _spec(**{"dense.schedule": "{name: step, milestones: [1]}"})
     s = training.Schedule(spec.dense, steps_per_epoch=10)

@@ -1,5 +1,6 @@
 """What a training process runs with: its thread pools, the devices a dense run replicates over
-(and how replicas' BatchNorm statistics are kept equal), the dtype policy, op determinism.
+(and how replicas' BatchNorm statistics are kept equal), the dtype policy, op determinism, and
+which graph it is tracing.
 
 `configure` must run before TensorFlow starts in the process; `RUNTIME` is what it set, read back
 from TensorFlow, so trial rows and the dense manifest record it. Only this module and the `tf.data`
@@ -128,6 +129,19 @@ def on_gpu() -> bool:
 
         return jax.default_backend() == "gpu"
     return False
+
+
+def tracing_graph():
+    """The TensorFlow graph being traced (inside a `tf.function`) when no distribution strategy
+    spreads it over devices; None otherwise (eager, replicated, or another backend). Lets a value
+    that is the same all through one traced step be built into it once."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    if tf.executing_eagerly() or tf.distribute.has_strategy():
+        return None
+    return tf.compat.v1.get_default_graph()
 
 
 @contextlib.contextmanager

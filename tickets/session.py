@@ -149,7 +149,7 @@ def _logs(ctx) -> str:
 
 
 def private_token(path: Path) -> None:
-    """Ray's auth token at `path`, created with mode 600 if missing (as cluster/ray-cluster.sbatch does).
+    """Ray's auth token at `path`, created with mode 600 if missing (cluster/ray-cluster.sbatch calls it too).
 
     Two sweeps started at once on a fresh account must not each write their own token, or the first
     one's Ray would run with a token the file no longer holds: the token is written whole to a file of

@@ -48,8 +48,20 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         self.steps_per_epoch = steps_per_epoch
         # A variable, so a compiled model reused for another rewind point needs no retracing.
         self.offset = keras.Variable(float(offset), dtype="float32", trainable=False, name="schedule_offset")
+        self._traced = None  # (graph, step, rate): the rate already built into the step being traced
 
     def __call__(self, step):
+        # Keras's TensorFlow optimizer asks for the rate once per weight it decays (158 times in a
+        # MobileNetV2 train step), and each ask would build these ops again: one traced step gets
+        # them once (its reads of `step` and `offset` all come before the step writes them).
+        graph = runtime_lib.tracing_graph()
+        if graph is not None and self._traced and self._traced[0] is graph and self._traced[1] is step:
+            return self._traced[2]
+        lr = self._rate(step)
+        self._traced = (graph, step, lr) if graph is not None else None
+        return lr
+
+    def _rate(self, step):
         t = keras.ops.cast(step, "float32") + self.offset
         if self.name == "cosine":
             progress = keras.ops.clip((t - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
