@@ -82,10 +82,10 @@ def test_a_traced_step_builds_its_learning_rate_once(small):
     model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
     training.compile_model(model, training.make_optimizer(spec.dense, 8, schedule))
     for _ in range(2):  # the second fit runs the traced step again, without tracing
-        model.fit(data.train_batches(d, spec.data, 0, 0, 2), epochs=1, steps_per_epoch=2, verbose=0)
+        model.fit(data.train_batches(d, spec.data, 0, 0, 2), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
     assert len(built) == 1 and int(model.optimizer.iterations) == 4
     model.make_train_function(force=True)
-    model.fit(data.train_batches(d, spec.data, 0, 4, 1), epochs=1, steps_per_epoch=1, verbose=0)
+    model.fit(data.train_batches(d, spec.data, 0, 4, 1), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
     assert len(built) == 2
     assert [float(schedule(k)) for k in (0, 3)] == pytest.approx([0.05 / 4, 0.05])  # warm-up: 4 steps
 
