@@ -53,7 +53,7 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         # Keras's TensorFlow optimizer asks for the rate once per weight it decays (158 times in a
         # MobileNetV2 train step), and each ask would build these ops again: one traced step gets
-        # them once (its reads of `step` and `offset` all come before the step writes them).
+        # them once (the step advances `step` only after its last read, and never writes `offset`).
         graph = runtime_lib.tracing_graph()
         if graph is not None and self._traced and self._traced[0] is graph and self._traced[1] is step:
             return self._traced[2]
