@@ -1,6 +1,6 @@
 """What a training process runs with: its thread pools, the devices a dense run replicates over
-(and how replicas' BatchNorm statistics are kept equal), the dtype policy, op determinism, and
-which graph it is tracing.
+(and how replicas' BatchNorm statistics are kept equal), the dtype policy, op determinism, graph
+rewrites (off on CPUs), and which graph it is tracing.
 
 `configure` must run before TensorFlow starts in the process; `RUNTIME` is what it set, read back
 from TensorFlow, so trial rows and the dense manifest record it. Only this module and the `tf.data`
