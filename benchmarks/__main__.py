@@ -1,7 +1,8 @@
 """`python -m benchmarks` (from the repository root): measure the figures, print the table, write JSON.
 
 Sizes: the default (`full`), `--quick` (every CPU figure at small sizes: 19-26 min on 2 CPUs, 2026-12-01
-and -02) and `--tiny` (each figure's code runs; what the tests use). Figures 7 and 12 need a GPU and say "skipped" without.
+and -02) and `--tiny` (each figure's code runs; what the tests use). Figures 7 and 12 need a GPU and
+say "skipped" without.
 """
 
 from __future__ import annotations

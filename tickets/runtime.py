@@ -81,7 +81,7 @@ def configure(cpus: int | None = None, deterministic: bool = True, replicas: int
         tf.config.experimental.enable_op_determinism()
     if not gpus:
         # Grappler's graph rewrites cost a CPU process about 4 s of its first train and test steps
-        # (smoke MobileNetV2: 17.4 -> 13.5 s; 2 replicas on logical CPU devices 76 -> 53 s) and gained
+        # (smoke MobileNetV2: 17-18 -> 13-14 s; 2 replicas on logical CPU devices 76 -> 53 s) and gained
         # nothing in training on CPUs (1 thread 604/595 img/s with them, 620/627 without; 2 threads
         # 539/511 vs 521/475). On GPUs they stay: layout and fusion passes pay off there.
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
