@@ -1,8 +1,8 @@
 """The environment every test runs in, and the sweeps that several test modules read.
 
 A sweep costs about a minute here whatever its size (Ray, TensorFlow and tracing in every process),
-so a sweep whose run serves tests in more than one module runs once per session, and those modules
-share a test process. Helpers live in helpers.py.
+so a sweep whose run serves tests in more than one module runs once per session, and the tests that
+read it share a test process. Helpers live in helpers.py.
 """
 
 import os
@@ -20,17 +20,27 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 
 from helpers import cli, wait_until  # noqa: E402  (after the environment above)
 
-# The sweeps below are session fixtures: the modules that read one run in the same test process
-# (pyproject runs the suite in two, `-n 2 --dist loadgroup`), or each process would run it again.
+# The sweeps below are session fixtures, run once per test process (pyproject runs the suite in two,
+# `-n 2 --dist loadgroup`): the tests that read one share a group, whatever their module, so it runs
+# once. Every other test stays with its module (module fixtures, and TensorFlow configured once per
+# process), unless it names a group of its own (`xdist_group`), as the bench's halves do.
 SHARED_RUNS = ("smoke_run", "interrupted")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    sharing = {item.module.__name__ for item in items if set(SHARED_RUNS) & set(item.fixturenames)}
+    # Shared runs read together by one test go in one group with all their other readers.
+    together = {name: {name} for name in SHARED_RUNS}
     for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("+".join(sorted(sharing)) if module in sharing else module))
+        joined = set().union(*(together[n] for n in set(SHARED_RUNS) & set(item.fixturenames)))
+        for name in joined:
+            together[name] = joined
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        reads = set(SHARED_RUNS) & set(item.fixturenames)
+        group = "+".join(sorted(together[next(iter(reads))])) if reads else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @dataclass

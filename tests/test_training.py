@@ -126,7 +126,7 @@ def test_cifar_strides_train_bit_identically_on_two_threads(tmp_path, replicas):
     # With 2 replicas (two logical CPU devices, as a GPU node's dense run uses its GPUs) the dense
     # run is data-parallel under MirroredStrategy: same batches and steps, still bit-reproducible.
     spec = _spec(**{"model.strides": "cifar", "dense.epochs": 1, "search.rewind_epoch": "[0]",
-                    "data.batch_size": 128, "data.synthetic_size": "{train: 512, test: 128}"})
+                    "data.batch_size": 128, "data.synthetic_size": "{train: 256, test: 128}"})
     (tmp_path / "spec.yaml").write_text(spec.to_yaml())
     script = ("import sys, keras, numpy as np, tensorflow as tf\n"
               "from tickets import config, data, training\n"
