@@ -25,6 +25,14 @@ from helpers import cli, wait_until  # noqa: E402  (after the environment above)
 # once. Every other test stays with its module (module fixtures, and TensorFlow configured once per
 # process), unless it names a group of its own (`xdist_group`), as the bench's halves do.
 SHARED_RUNS = ("smoke_run", "interrupted")
+# xdist hands the groups out in the order of the collection (`--no-loadscope-reorder`; by default it
+# starts with the groups of most tests, so the single long tests started last and ran alone): the
+# longest groups first, as the durations at the end of a run list them (2026-12-02: test_stream about
+# 700 s on 2 busy CPUs, test_reliability 650, ..., test_instability 280). Groups not named here
+# (quick ones) follow in file order.
+LONGEST_FIRST = ("test_stream", "test_reliability", "test_training", "bench-sweeps", "test_cluster", "bench-others",
+                 "test_imp_transfer", "interrupted", "test_papers", "test_sweep", "test_analysis", "smoke_run",
+                 "test_instability")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -41,6 +49,8 @@ def pytest_collection_modifyitems(config, items):
         reads = set(SHARED_RUNS) & set(item.fixturenames)
         group = "+".join(sorted(together[next(iter(reads))])) if reads else item.module.__name__
         item.add_marker(pytest.mark.xdist_group(group))
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.get_closest_marker("xdist_group").args[0], len(rank)))
 
 
 @dataclass
