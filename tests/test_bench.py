@@ -3,7 +3,7 @@ detail; and what does not depend on the machine holds (one dense run per sweep, 
 bound, the same grid trained by the sweep and the hand-written loop).
 
 The figures run in two halves, each its own `python -m benchmarks --only ...` in a group of its own,
-so the two test processes share them (7-8 minutes each beside the rest of the suite on a slow 2-vCPU
+so the two test processes share them (7-9 minutes each beside the rest of the suite on a slow 2-vCPU
 machine, 2026-12-02; 9 minutes both, one after the other, alone).
 Figures 1-4 stay together: 4 reads 1's training speed and 3's sweeps."""
 
