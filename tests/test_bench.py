@@ -1,6 +1,7 @@
 """`python -m benchmarks --tiny`: every figure runs and lands in the JSON with its goal, verdict and
-detail; and what does not depend on the machine holds (one dense run per sweep, the scheduler's
-bound, the same grid trained by the sweep and the hand-written loop).
+detail; and what does not depend on the machine holds (one dense run per sweep, the
+scheduler's memory, the same grid trained by the sweep and the hand-written loop). Wall-time goals are
+the bench's verdicts: the test bounds them only where a bound catches a broken design whatever the load.
 
 The figures run in two halves, each its own `python -m benchmarks --only ...` in a group of its own,
 so the two test processes share them (7-9 minutes each beside the rest of the suite on a slow 2-vCPU
@@ -48,9 +49,16 @@ def test_bench_tiny_runs_the_sweep_figures(tmp_path):
 @pytest.mark.xdist_group("bench-others")
 def test_bench_tiny_runs_the_other_figures(tmp_path):
     figures, stdout = _bench(tmp_path, [5, 6, 7, 8, 9, 10, 11, 12])
-    # The scheduler's cost per trial is under its bound even with Ray's worker start-up in it.
-    assert figures["5"]["errors"] == 0 and figures["5"]["trials"] == figures["5"]["points"] == 200
-    assert figures["5"]["verdict"] == "meets", figures["5"]
+    # Figure 5: every no-op trial ran, the snapshot went to the object store once (200 copies in the
+    # driver would be 320 MB), and its verdict is its goal applied to what it measured. Its goal
+    # (< 0.2 s/trial) is the bench's: wall time depends on what else the machine runs. Beside another
+    # test on CI's 2-vCPU box the same 200 trials took 68 s (0.34 s/trial); alone, 18-24 s on an Intel
+    # 2-vCPU box (2026-12-02), of which ~8 s is Ray starting the two trial workers. The test's bound, 5x
+    # the goal, still fails a scheduler that costs a worker's start-up or a snapshot copy per trial.
+    fig5 = figures["5"]
+    assert fig5["errors"] == 0 and fig5["trials"] == fig5["points"] == 200
+    assert fig5["driver_rss_mb_after"] - fig5["driver_rss_mb_before"] < fig5["points"] * fig5["snapshot_mb"] / 2, fig5
+    assert fig5["verdict"] == ("meets" if fig5["measured"] < 0.2 else "MISSES") and fig5["measured"] < 1.0, fig5
     assert "skipped" in figures["7"] and "skipped" in figures["12"] or figures["7"]["measured"] > 0
     fig8 = figures["8"]
     if "skipped" not in fig8:  # it needs the real CIFAR-10 shards: the same grid trained both ways, and learned
