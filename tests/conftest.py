@@ -18,7 +18,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 
-from helpers import cli, wait_until  # noqa: E402  (after the environment above)
+from helpers import LOCAL, cli, wait_until  # noqa: E402  (after the environment above)
 
 # The sweeps below are session fixtures, run once per test process (pyproject runs the suite in two,
 # `-n 2 --dist loadgroup`): the tests that read one share a group, whatever their module, so it runs
@@ -131,7 +131,7 @@ def interrupted(tmp_path_factory) -> Interrupted:
     exp = storage / "smoke"
     # Eight epochs a trial: Tune takes a few seconds to stop after SIGINT, during which the running
     # trial keeps training; it must still be unfinished when the sweep has exited.
-    p = cli(["smoke", "--storage-path", str(storage), "--num-cpus", "2", "--set", "dense.epochs=8",
+    p = cli(["smoke", "--storage-path", str(storage), *LOCAL, "--set", "dense.epochs=8",
              "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5,0.9]", "--set", "search.control=[ticket]",
              "--set", "data.synthetic_size={train: 2048, test: 256}",
              "--set", "resources.max_concurrent_trials=1", "--set", "resources.max_failures=1"],

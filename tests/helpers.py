@@ -48,6 +48,15 @@ def sets(*overrides: str) -> list[str]:
 # Two dense epochs, every trial from initialisation, tickets only (the smoke preset adds random reinits).
 SMALL = sets("dense.epochs=2", "search.rewind_epoch=[0]", "search.control=[ticket]")
 
+# The embedded Ray of a test sweep: both CPUs, and no dashboard (~7 CPU-s a sweep on a suite that
+# keeps both CPUs busy); the smoke run keeps it, and asks it for pages.
+LOCAL = ["--num-cpus", "2", "--no-dashboard"]
+
+# One trial at a time, all on one reused actor: a second trial worker costs ~30 CPU-s (importing
+# TensorFlow, tracing the model) that a small grid never wins back on 2 busy CPUs (smoke, 2 trials:
+# 93 CPU-s against 125, the same wall time, 2026-12-03).
+ONE_AT_A_TIME = sets("resources.max_concurrent_trials=1")
+
 
 # ---------------------------------------------------------------------------------------------
 # Running the command-line tools as a user does.

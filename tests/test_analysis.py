@@ -7,18 +7,18 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ROOT, SMALL, run, sets
+from helpers import LOCAL, ONE_AT_A_TIME, ROOT, SMALL, run, sets
 
 from tickets import analysis, artifacts, plots, report
 
-GRID = [*SMALL, *sets("search.sparsity=[0.5,0.9]", "search.control=[ticket,random_prune]", "search.replicate=[0,1]",
+GRID = [*SMALL, *ONE_AT_A_TIME, *sets("search.sparsity=[0.5,0.9]", "search.control=[ticket,random_prune]", "search.replicate=[0,1]",
                      "data.validation=128")]
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     storage = tmp_path_factory.mktemp("results")
-    code, out = run(["smoke", "--storage-path", str(storage), "--num-cpus", "2", *GRID])
+    code, out = run(["smoke", "--storage-path", str(storage), *LOCAL, *GRID])
     assert code == 0, out[-3000:]
     return storage / "smoke"
 

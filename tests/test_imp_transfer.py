@@ -6,7 +6,7 @@ import signal
 import time
 
 import numpy as np
-from helpers import SMALL, cli, run, sets, wait_until
+from helpers import LOCAL, SMALL, cli, run, sets, wait_until
 
 from tickets import analysis, artifacts, config, sweep
 
@@ -15,7 +15,7 @@ def test_imp_controls_train_the_ticket_chains_masks_and_fail_with_it_then_resume
     exp = tmp_path / "imp"
     # Levels of several seconds each, so the kill lands while level 2 trains; no retries, so the
     # chain fails for good and its controls of later levels fail with it.
-    args = ["smoke", "--storage-path", str(tmp_path), "--name", "imp", "--num-cpus", "2", *SMALL,
+    args = ["smoke", "--storage-path", str(tmp_path), "--name", "imp", *LOCAL, *SMALL,
             *sets("data.synthetic_size={train: 1024, test: 128}", "pruning.mode=imp", "pruning.levels=3",
                   "search.sparsity=[]", "search.control=[ticket,random_reinit,random_prune]",
                   "resources.max_failures=0")]
@@ -51,7 +51,7 @@ def test_imp_controls_train_the_ticket_chains_masks_and_fail_with_it_then_resume
     assert len(failed) == 4, out[-3000:]
     assert re.search(r"^  0 +ticket +0 +- +error: ", out, re.M) and "5 trial(s) errored" in out
 
-    code, out = run(["--resume", "--name", "imp", "--storage-path", str(tmp_path), "--num-cpus", "2"])
+    code, out = run(["--resume", "--name", "imp", "--storage-path", str(tmp_path), *LOCAL])
     assert code == 0, out[-3000:]
     chain = chain_dir()
     rows = artifacts.read_metrics(chain)

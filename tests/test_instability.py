@@ -8,14 +8,14 @@ import os
 import signal
 
 import numpy as np
-from helpers import cli, read_results, sets, wait_until
+from helpers import LOCAL, ONE_AT_A_TIME, cli, read_results, sets, wait_until
 
 from tickets import analysis, artifacts, report
 
 
 def test_twins_resume_without_retraining_the_finished_copy_and_the_path_ends_at_both_copies(tmp_path):
     exp = tmp_path / "smoke"
-    p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2",
+    p = cli(["smoke", "--storage-path", str(tmp_path), *LOCAL, *ONE_AT_A_TIME,
              *sets("dense.epochs=3", "search.sparsity=[0,0.9]", "search.rewind_epoch=[0]",
                    "search.control=[ticket,random_reinit]", "instability.enabled=true", "instability.points=6",
                    "data.synthetic_size={train: 640, test: 128}")])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tickets import masks
@@ -63,6 +63,9 @@ def test_global_prunes_the_smallest(weights, s):
 
 @settings(max_examples=100, deadline=None)
 @given(weight_dicts(), sparsities)
+# CI found it: splitting the rounded total in proportion put 15 of 48 in the big tensor (13.97 asked).
+@example({f"layer{i}/kernel": np.ones(shape, np.float32) for i, shape in enumerate([(1,), (4,), (2, 2), (3, 4, 4)])},
+         0.291015625)
 def test_layerwise_prunes_the_same_fraction_of_each_tensor(weights, s):
     mask, _ = masks.magnitude_mask(weights, s, "layerwise")
     for k, m in mask.items():

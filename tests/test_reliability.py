@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import (SMALL, cli, dense_runs, read_results, run, ticket_files, trial_rows, wait_until,
+from helpers import (LOCAL, SMALL, cli, dense_runs, read_results, run, ticket_files, trial_rows, wait_until,
                      write_cifar_batches, write_parquet)
 
 from tickets import artifacts, sweep
@@ -33,7 +33,7 @@ def _pids_alive(pids) -> list[int]:
 
 def test_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
     exp = tmp_path / "smoke"
-    p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", "--set", "dense.epochs=5",
+    p = cli(["smoke", "--storage-path", str(tmp_path), *LOCAL, "--set", "dense.epochs=5",
              "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5]", "--set", "search.control=[ticket]",
              "--set", "data.synthetic_size={train: 1024, test: 128}"])
 
@@ -65,7 +65,7 @@ def test_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
 
 def test_driver_killed_mid_sweep_then_resume_completes_without_redoing_work(tmp_path):
     exp = tmp_path / "smoke"
-    p = cli(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *SMALL,
+    p = cli(["smoke", "--storage-path", str(tmp_path), *LOCAL, *SMALL,
              "--set", "search.sparsity=[0.5,0.7,0.9]", "--set", "resources.max_concurrent_trials=1"])
     wait_until(lambda: ticket_files(exp), process=p, what="a finished trial")
     ray_pids = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
@@ -78,7 +78,7 @@ def test_driver_killed_mid_sweep_then_resume_completes_without_redoing_work(tmp_
     done = {f.parent.name: len(artifacts.read_metrics(f.parent)) for f in ticket_files(exp)}
     assert 1 <= len(done) < 3
 
-    code, out = run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), "--num-cpus", "2"])
+    code, out = run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), *LOCAL])
     assert code == 0, out[-3000:]
     assert "reusing the dense run" in out
     # Tune's warning about the trials that had not started stays in Ray's log, not the terminal.
@@ -96,7 +96,8 @@ def test_a_node_removed_mid_sweep_does_not_stop_the_grid(tmp_path):
     from ray.cluster_utils import Cluster
 
     exp = tmp_path / "smoke"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.2"})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.2",
+                                                            "include_dashboard": False})
     try:
         worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
         cluster.wait_for_nodes()
@@ -160,7 +161,7 @@ def test_corrupted_checkpoint_fails_its_trial_by_name_and_keeps_the_rest(interru
     exp, trial = interrupted.exp, interrupted.trial
     for weights in trial.glob("checkpoint_*/weights.npz"):  # whichever one Tune restores from
         weights.write_bytes(b"not a zip file")
-    code, out = run(["--resume", "--name", "smoke", "--storage-path", str(exp.parent), "--num-cpus", "2"])
+    code, out = run(["--resume", "--name", "smoke", "--storage-path", str(exp.parent), *LOCAL])
     errors = "".join(f"\n--- {e}\n{e.read_text()[-2000:]}" for e in exp.glob("*/error.txt"))
     assert code == 1, out[-3000:] + errors
     assert "weights.npz" in (trial / "error.txt").read_text()

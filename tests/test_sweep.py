@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from helpers import SMALL, dense_runs, read_results, run, sets, ticket_files, trial_rows
+from helpers import LOCAL, ONE_AT_A_TIME, SMALL, dense_runs, read_results, run, sets, ticket_files, trial_rows
 
 from tickets import analysis, artifacts, sweep
 
@@ -115,7 +115,8 @@ def test_the_smoke_preset_trains_dense_once_writes_every_epoch_and_shows_a_ticke
 def test_two_node_cluster_spreads_trials_gives_each_one_gpu_and_warms_them_beside_the_dense_run(tmp_path):
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "node_ip_address": "127.0.0.2"})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "node_ip_address": "127.0.0.2",
+                                                            "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.3")
         cluster.wait_for_nodes()
@@ -138,9 +139,10 @@ def test_two_node_cluster_spreads_trials_gives_each_one_gpu_and_warms_them_besid
 
 def test_layer_collapse_is_reported_before_training_in_the_results_and_the_report(tmp_path, capsys):
     # Global magnitude pruning empties MobileNetV2's last 1x1 convolution (Conv_1) at 95 %.
-    code, out = run(["smoke", "--storage-path", str(tmp_path), "--num-cpus", "2", *SMALL,
+    code, out = run(["smoke", "--storage-path", str(tmp_path), *LOCAL, *SMALL, *ONE_AT_A_TIME,
                      *sets("search.sparsity=[0.5,0.95]", "pruning.scope=global")])
     assert code == 0, out[-3000:]
+    assert "local Ray" in out and "dashboard" not in out  # --no-dashboard
     before = out[:out.index("\ntrials: ")]  # printed once the dense run is checked, as the grid starts
     assert "warning: pruning.scope 'global' collapses layers at 1 of 2 grid points" in before
     assert "s=0.95: " in before and "Conv_1/kernel no weights left (0 of 143,360)" in before

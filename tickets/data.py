@@ -440,13 +440,13 @@ def _in_memory(split: Split, size: int, budget: int) -> Split:
     """Decode a split once so epochs cost no decoding, when it is small and at a CIFAR-style size;
     leave others streamed or as files. Decoding goes row group by row group (or a few thousand
     files at a time) into one preallocated array, so the peak is the pixels plus one group."""
+    if split.kind == "decoded" and split.images.shape[1:] == (size, size, 3):
+        return split  # no TensorFlow import: it costs the loading task ~8 CPU-s (synthetic data)
     import tensorflow as tf
 
-    if split.kind == "decoded":
-        if split.images.shape[1:] != (size, size, 3):
-            resized = tf.image.resize(split.images, (size, size), antialias=True)
-            return Split(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8), split.labels, "decoded")
-        return split
+    if split.kind == "decoded":  # at another size
+        resized = tf.image.resize(split.images, (size, size), antialias=True)
+        return Split(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8), split.labels, "decoded")
     if not _fits(split, size, budget):
         return split
     pixels = np.empty((len(split), size, size, 3), np.uint8)

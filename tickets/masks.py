@@ -146,7 +146,7 @@ def magnitude_mask(weights: Weights, sparsity: float, scope: str = "global",
         raise ValueError(f"Received `sparsity={sparsity}` ({target} weights) below the existing mask's "
                          f"{sum(pruned)} pruned weights")
     if scope == "layerwise":
-        more = [k - p for k, p in zip(_apportion(sizes, target), pruned, strict=True)]
+        more = [k - p for k, p in zip(_apportion(sizes, sparsity, target), pruned, strict=True)]
         if min(more) < 0:
             raise ValueError(f"Received an existing mask that already prunes more of a tensor than "
                              f"`sparsity={sparsity}` allows layerwise")
@@ -238,11 +238,15 @@ def _prune(weights: Weights, old: Mask, count: int | list[int], scores: Scores |
     return {n: new[n].reshape(np.shape(weights[n])) for n in names}, threshold
 
 
-def _apportion(sizes: list[int], total: int) -> list[int]:
-    """Split `total` over tensors in proportion to `sizes`, rounding so the parts sum to `total`."""
-    n = sum(sizes)
-    exact = [total * s / n for s in sizes]
+def _apportion(sizes: list[int], share: float, total: int) -> list[int]:
+    """Split `total` = round(share · Σ sizes) over tensors, each part within 1 of `share · size`.
+
+    Rounding `share · size` itself (not `total`'s proportional split, which carries the total's
+    rounding into every part) keeps each tensor's fraction the asked-for one: the floors sum to at
+    most `share · Σ sizes`, so `total` is reached by adding one to at most every tensor."""
+    exact = [share * s for s in sizes]
     parts = [int(np.floor(e)) for e in exact]
+    assert 0 <= total - sum(parts) <= len(parts), (sizes, share, total)
     # Largest remainder first; ties to the earlier tensor, so the split is deterministic.
     order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - parts[i]), i))
     for i in order[: total - sum(parts)]:

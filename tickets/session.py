@@ -105,7 +105,7 @@ def start_ray(args: argparse.Namespace) -> tuple[bool, str, str]:
     # an SSH tunnel). The embedded Ray is one node: it advertises a loopback address, so its traffic
     # stays on this machine (Ray replaces exactly 127.0.0.1 with the interface address, other
     # loopbacks it keeps).
-    ctx = init_local(args.num_cpus, args.num_gpus, dashboard=True, **quiet)
+    ctx = init_local(args.num_cpus, args.num_gpus, dashboard=args.dashboard, **quiet)
     _keep_in_ray_log(ctx, args.verbose)
     url = getattr(ctx, "dashboard_url", None)
     return True, f"local Ray (dashboard http://{url})" if url else "local Ray", _logs(ctx)

@@ -250,7 +250,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--address", help="an existing Ray cluster (else a local Ray on this machine)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     args = p.parse_args(argv)
-    args.num_gpus, args.verbose = 0, False  # what session.start_ray reads
+    args.num_gpus, args.verbose, args.dashboard = 0, False, True  # what session.start_ray reads
     return args
 
 
