@@ -11,8 +11,9 @@ from helpers import LOCAL, ONE_AT_A_TIME, ROOT, SMALL, run, sets
 
 from tickets import analysis, artifacts, plots, report
 
-GRID = [*SMALL, *ONE_AT_A_TIME, *sets("search.sparsity=[0.5,0.9]", "search.control=[ticket,random_prune]", "search.replicate=[0,1]",
-                     "data.validation=128")]
+GRID = [*SMALL, *ONE_AT_A_TIME,
+        *sets("search.sparsity=[0.5,0.9]", "search.control=[ticket,random_prune]", "search.replicate=[0,1]",
+              "data.validation=128")]
 
 
 @pytest.fixture(scope="module")
