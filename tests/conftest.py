@@ -18,7 +18,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 
-from helpers import LOCAL, cli, wait_until  # noqa: E402  (after the environment above)
+from helpers import LOCAL, ONE_AT_A_TIME, cli, wait_until  # noqa: E402  (after the environment above)
 
 # The sweeps below are session fixtures, run once per test process (pyproject runs the suite in two,
 # `-n 2 --dist loadgroup`): the tests that read one share a group, whatever their module, so it runs
@@ -134,7 +134,7 @@ def interrupted(tmp_path_factory) -> Interrupted:
     p = cli(["smoke", "--storage-path", str(storage), *LOCAL, "--set", "dense.epochs=8",
              "--set", "search.rewind_epoch=[0]", "--set", "search.sparsity=[0.5,0.9]", "--set", "search.control=[ticket]",
              "--set", "data.synthetic_size={train: 2048, test: 256}",
-             "--set", "resources.max_concurrent_trials=1", "--set", "resources.max_failures=1"],
+             *ONE_AT_A_TIME, "--set", "resources.max_failures=1"],
             start_new_session=True)
 
     def unfinished(trial: Path) -> bool:

@@ -52,9 +52,10 @@ SMALL = sets("dense.epochs=2", "search.rewind_epoch=[0]", "search.control=[ticke
 # keeps both CPUs busy); the smoke run keeps it, and asks it for pages.
 LOCAL = ["--num-cpus", "2", "--no-dashboard"]
 
-# One trial at a time, all on one reused actor: a second trial worker costs ~30 CPU-s (importing
-# TensorFlow, tracing the model) that a small grid never wins back on 2 busy CPUs (smoke, 2 trials:
-# 93 CPU-s against 125, the same wall time, 2026-12-03).
+# One trial at a time, all on one reused actor: for tests that stop a sweep between its trials, and
+# for small grids, where a second trial worker costs ~30 CPU-s (importing TensorFlow, tracing the
+# model) never won back on 2 busy CPUs (smoke, 2 trials: 93 CPU-s against 125, the same wall time,
+# 2026-12-03).
 ONE_AT_A_TIME = sets("resources.max_concurrent_trials=1")
 
 

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, SMALL, dense_runs, read_results, ticket_files, wait_until
+from helpers import ONE_AT_A_TIME, ROOT, SMALL, dense_runs, read_results, ticket_files, wait_until
 from slurm_harness import Slurm, available
 
 from tickets import artifacts
@@ -123,7 +123,7 @@ def test_scancel_mid_sweep_leaves_no_ray_and_resume_completes(slurm, tmp_path, t
     storage = tmp_path / "results"
     exp = storage / "smoke"
     job, out = _submit(slurm, tmp_path, token_file, *SMOKE, "--storage-path", str(storage),
-                       "--set", "search.sparsity=[0.5,0.7,0.9]", "--set", "resources.max_concurrent_trials=1")
+                       "--set", "search.sparsity=[0.5,0.7,0.9]", *ONE_AT_A_TIME)
     wait_until(lambda: ticket_files(exp), timeout=400, every=0.5, what="a finished trial")
     slurm.run(["scancel", job])
     assert slurm.wait_job(job, timeout=120) == "CANCELLED"

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import (LOCAL, SMALL, cli, dense_runs, read_results, run, ticket_files, trial_rows, wait_until,
+from helpers import (LOCAL, ONE_AT_A_TIME, SMALL, cli, dense_runs, read_results, run, ticket_files, trial_rows, wait_until,
                      write_cifar_batches, write_parquet)
 
 from tickets import artifacts, sweep
@@ -66,7 +66,7 @@ def test_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
 def test_driver_killed_mid_sweep_then_resume_completes_without_redoing_work(tmp_path):
     exp = tmp_path / "smoke"
     p = cli(["smoke", "--storage-path", str(tmp_path), *LOCAL, *SMALL,
-             "--set", "search.sparsity=[0.5,0.7,0.9]", "--set", "resources.max_concurrent_trials=1"])
+             "--set", "search.sparsity=[0.5,0.7,0.9]", *ONE_AT_A_TIME])
     wait_until(lambda: ticket_files(exp), process=p, what="a finished trial")
     ray_pids = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
                                                    text=True).stdout.split()]

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs of the embedded local Ray (default: detected)")
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false",
-                   help="start the embedded local Ray without its dashboard (it costs ~7 CPU-seconds a sweep)")
+                   help="start the embedded local Ray without its dashboard (less CPU on a small machine)")
     p.add_argument("--verbose", action="store_true",
                    help="show Tune's tables and every worker's output here (else they stay in the log files)")
     return p.parse_args(argv)
