@@ -86,10 +86,11 @@ def ports_taken_but_one():
             s.close()
 
 
-def test_sweep_across_two_slurm_nodes(slurm, tmp_path, token_file, ports_taken_but_one):
+def test_sweep_across_two_slurm_nodes_survives_scancel_and_resumes(slurm, tmp_path, token_file, ports_taken_but_one):
     storage = tmp_path / "results"
+    exp = storage / "smoke"
     job, out = _submit(slurm, tmp_path, token_file, *SMOKE, "--storage-path", str(storage),
-                       "--set", "search.sparsity=[0.5,0.7,0.9]")
+                       "--set", "search.sparsity=[0.5,0.7,0.9]", *ONE_AT_A_TIME)
     line = wait_until(lambda: out.exists() and re.search(r"dashboard: on n1 at (127\.0\.0\.1:\d+)", out.read_text()),
                       timeout=300, every=0.5, what="the dashboard line")
     url = f"http://{line.group(1)}"
@@ -101,42 +102,30 @@ def test_sweep_across_two_slurm_nodes(slurm, tmp_path, token_file, ports_taken_b
     request = urllib.request.Request(url + "/api/version", headers={"Authorization": f"Bearer {token}"})
     assert urllib.request.urlopen(request, timeout=10).status == 200
 
-    state = slurm.wait_job(job)
-    log = out.read_text()
-    assert state == "COMPLETED", log[-4000:]
-    assert "2/2 nodes joined" in log and "sweep exited with 0" in log
-    assert f"TICKETS_CACHE_DIR={tmp_path / 'node-cache'} TICKETS_DECODE_CACHE_MB=2048" in log  # passed to nodes
-    assert f"ports {ports_taken_but_one}-{ports_taken_but_one + 599}" in log  # the one free block
-    assert token not in log
-    exp = storage / "smoke"
-    df = read_results(exp)
-    trials = df[df.control != "dense"]
-    assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"} and len(trials) == 6
-    # Both nodes worked: the dense run holds one whole while the first trial warms up on the other;
-    # trials of seconds may then all run in that warm worker before a fresh one starts on the first.
-    runs = (exp / artifacts.DENSE_DIR / artifacts.DENSE_RUNS_LOG).read_text().splitlines()
-    assert len(set(trials.node_id) | {json.loads(line)["node_id"] for line in runs}) == 2
-    assert wait_until(lambda: not _ray_processes(), timeout=60, every=0.5, what="Ray processes to exit")
-
-
-def test_scancel_mid_sweep_leaves_no_ray_and_resume_completes(slurm, tmp_path, token_file):
-    storage = tmp_path / "results"
-    exp = storage / "smoke"
-    job, out = _submit(slurm, tmp_path, token_file, *SMOKE, "--storage-path", str(storage),
-                       "--set", "search.sparsity=[0.5,0.7,0.9]", *ONE_AT_A_TIME)
+    # Cancelled once a trial has finished: no Ray process of the job outlives it.
     wait_until(lambda: ticket_files(exp), timeout=400, every=0.5, what="a finished trial")
     slurm.run(["scancel", job])
     assert slurm.wait_job(job, timeout=120) == "CANCELLED"
     wait_until(lambda: not _ray_processes(), timeout=90, every=0.5, what="Ray processes to exit after scancel")
     done = len(ticket_files(exp))
     assert done < 3, "the sweep finished before it was cancelled"
+    log = out.read_text()
+    assert "2/2 nodes joined" in log and token not in log
+    assert f"TICKETS_CACHE_DIR={tmp_path / 'node-cache'} TICKETS_DECODE_CACHE_MB=2048" in log  # passed to nodes
+    assert f"ports {ports_taken_but_one}-{ports_taken_but_one + 599}" in log  # the one free block
+    # Both nodes worked: the dense run holds one whole while the first trial warms up on the other.
+    runs = (exp / artifacts.DENSE_DIR / artifacts.DENSE_RUNS_LOG).read_text().splitlines()
+    nodes = {r["node_id"] for t in artifacts.trial_dirs(exp) for r in artifacts.read_metrics(t)}
+    assert len(nodes | {json.loads(line)["node_id"] for line in runs}) == 2
 
     job, out = _submit(slurm, tmp_path, token_file, "--resume", "--name", "smoke", "--storage-path", str(storage))
     state = slurm.wait_job(job)
-    assert state == "COMPLETED", out.read_text()[-4000:]
+    log = out.read_text()
+    assert state == "COMPLETED", log[-4000:]
+    assert "2/2 nodes joined" in log and "sweep exited with 0" in log and token not in log
     df = read_results(exp)
     trials = df[df.control != "dense"]
-    assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"}
+    assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"} and len(trials) == 6
     assert not trials.duplicated(["trial_id", "epoch"]).any()
     assert dense_runs(exp) == 1
     assert wait_until(lambda: not _ray_processes(), timeout=60, every=0.5, what="Ray processes to exit")

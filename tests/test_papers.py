@@ -1,7 +1,7 @@
 """The paper presets on real CIFAR-10, CPU-sized through `--set`, as docs/papers.md shows."""
 
 import pytest
-from helpers import CIFAR10, LOCAL, needs_cifar10, read_results, run
+from helpers import CIFAR10, LOCAL, ONE_AT_A_TIME, needs_cifar10, read_results, run
 
 from tickets import analysis
 
@@ -10,7 +10,7 @@ from tickets import analysis
 def test_conv2_ticket_beats_its_random_reinit_at_the_highest_sparsity_and_the_report_cites_the_paper(tmp_path):
     # Frankle & Carbin's Conv-2 with its per-layer rates, one shot to IMP level 15 (3.7 % of the weights
     # left: dense layers 0.8^15, convolutions and the output layer 0.9^15), rewound to initialisation.
-    code, out = run(["conv2-cifar10", "--storage-path", str(tmp_path), "--name", "conv2", *LOCAL,
+    code, out = run(["conv2-cifar10", "--storage-path", str(tmp_path), "--name", "conv2", *LOCAL, *ONE_AT_A_TIME,
                      "--set", f"data.path={CIFAR10}", "--set", "data.subset={train: 3000, test: 1000}",
                      "--set", "data.validation=500",
                      "--set", "dense.epochs=4", "--set", "pruning.mode=oneshot", "--set", "search.level=[15]",

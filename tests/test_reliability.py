@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import (LOCAL, ONE_AT_A_TIME, SMALL, cli, dense_runs, read_results, run, ticket_files, trial_rows, wait_until,
-                     write_cifar_batches, write_parquet)
+from helpers import (LOCAL, ONE_AT_A_TIME, SMALL, cli, dense_runs, read_results, run, sets, ticket_files, trial_rows,
+                     wait_until, write_cifar_batches, write_parquet)
 
 from tickets import artifacts, sweep
 
@@ -92,19 +92,19 @@ def test_driver_killed_mid_sweep_then_resume_completes_without_redoing_work(tmp_
     assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"} and len(trials) == 6
 
 
-def test_a_node_removed_mid_sweep_does_not_stop_the_grid(tmp_path):
+def test_two_node_cluster_spreads_trials_one_gpu_each_warms_them_beside_the_dense_run_and_survives_losing_a_node(
+        tmp_path):
     from ray.cluster_utils import Cluster
 
     exp = tmp_path / "smoke"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.2",
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "node_ip_address": "127.0.0.2",
                                                             "include_dashboard": False})
     try:
-        worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
+        worker = cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.3")
         cluster.wait_for_nodes()
         p = cli(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address,
-                 "--set", "dense.epochs=3", "--set", "search.rewind_epoch=[0]",
-                 "--set", "search.sparsity=[0.5,0.7,0.8,0.9]", "--set", "search.control=[ticket]",
-                 "--set", "data.synthetic_size={train: 640, test: 128}"])
+                 *sets("dense.epochs=4", "search.sparsity=[0.5,0.9]", "search.rewind_epoch=[0,1]",
+                       "search.control=[ticket]", "resources.gpus_per_trial=1")])
         # Two epochs reported from the worker node: a trial writes a row before `tune.report`ing it,
         # and reports one at a time, so the first row's checkpoint is Tune's by then and that row
         # survives the node's removal (a later epoch may be retrained elsewhere).
@@ -118,9 +118,17 @@ def test_a_node_removed_mid_sweep_does_not_stop_the_grid(tmp_path):
     assert p.returncode == 0, out[-3000:]
     df = read_results(exp)
     trials = df[df.control != "dense"]
-    assert trials.trial_id.nunique() == 4 and set(trials.status) == {"finished"}
-    assert dense_runs(exp) == 1
-    assert worker.node_id in set(trials.node_id)
+    assert trials.trial_id.nunique() == 4 and set(trials.status) == {"finished"}  # the grid went on without it
+    assert dense_runs(exp) == 1 and "1 CPU, 1 GPU" in out
+    rows = trial_rows(exp)
+    nodes = {r["node_id"] for r in rows}
+    assert len(nodes) == 2 and worker.node_id in nodes  # trials ran on both nodes, the removed one included
+    assert all(r["cuda_visible_devices"] in ("0", "1") for r in rows)  # exactly one GPU each
+    # The dense run took one node whole; the first trial started on the other beside it, warmed up
+    # (traced) there, and trained once the dense run ended: its start-up did not wait for it.
+    early = [r for r in rows if r["started_beside_dense"]]
+    assert early and all(r["worker_trial"] == 1 and r["dense_wait_seconds"] > 0 for r in early)
+    assert "start on the nodes the dense run leaves free" in out
 
 
 def test_unwritable_or_full_storage_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):

@@ -1,15 +1,12 @@
-"""The sweep on real Ray: one dense run, a Tune grid, results.parquet, a 2-node cluster (resume and faults: test_reliability.py)."""
+"""The sweep on real Ray: one dense run, a Tune grid, results.parquet (a 2-node cluster, resume and faults: test_reliability.py)."""
 
 import json
 import re
 
 import pytest
-from helpers import LOCAL, ONE_AT_A_TIME, SMALL, dense_runs, read_results, run, sets, ticket_files, trial_rows
+from helpers import LOCAL, ONE_AT_A_TIME, SMALL, dense_runs, read_results, run, sets, ticket_files
 
 from tickets import analysis, artifacts, sweep
-
-FAST = sets("dense.epochs=2", "search.sparsity=[0.5,0.9]", "search.rewind_epoch=[0,1]", "search.control=[ticket]")
-
 
 @pytest.mark.parametrize("argv, message", [
     (["smoke", "--set", "search.sparsity=[1.2]"], "error: search.sparsity: 1.2 is outside [0, 1)"),
@@ -110,31 +107,6 @@ def test_the_smoke_preset_trains_dense_once_writes_every_epoch_and_shows_a_ticke
 
     analysis = tune.ExperimentAnalysis(str(exp))
     assert len(analysis.trials) == 4
-
-
-def test_two_node_cluster_spreads_trials_gives_each_one_gpu_and_warms_them_beside_the_dense_run(tmp_path):
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "node_ip_address": "127.0.0.2",
-                                                            "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.3")
-        cluster.wait_for_nodes()
-        code, out = run(["smoke", "--storage-path", str(tmp_path), "--address", cluster.address, *FAST,
-                         "--set", "resources.gpus_per_trial=1", "--set", "dense.epochs=4"])
-    finally:
-        cluster.shutdown()
-    assert code == 0, out[-3000:]
-    exp = tmp_path / "smoke"
-    rows = trial_rows(exp)
-    assert len({r["node_id"] for r in rows}) == 2  # trials ran on both nodes
-    assert all(r["cuda_visible_devices"] in ("0", "1") for r in rows)  # exactly one GPU each
-    assert "1 CPU, 1 GPU" in out and dense_runs(exp) == 1
-    # The dense run took one node whole; the first trial started on the other beside it, warmed up
-    # (traced) there, and trained once the dense run ended: its start-up did not wait for it.
-    early = [r for r in rows if r["started_beside_dense"]]
-    assert early and all(r["worker_trial"] == 1 and r["dense_wait_seconds"] > 0 for r in early)
-    assert "start on the nodes the dense run leaves free" in out
 
 
 def test_layer_collapse_is_reported_before_training_in_the_results_and_the_report(tmp_path, capsys):

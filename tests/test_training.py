@@ -225,11 +225,11 @@ def test_sparse_run_resumes_exactly_from_its_state(small, trajectory):
     assert all(np.all(warmed[-1][1].weights[k][~m] == 0.0) for k, m in ticket.mask.items())
 
 
-@pytest.mark.parametrize("batchnorm", ["interpolate", "reestimate"])
-def test_instability_twin_on_the_same_seed_is_bit_identical_and_the_path_ends_at_both_copies(small, trajectory,
-                                                                                            batchnorm):
+@pytest.fixture(scope="module")
+def twins(small, trajectory):
+    """A ticket trained three times from its rewind point: twice on data order 1, once on order 2.
+    Training reads nothing of `instability.*`, so both BatchNorm modes below share these runs."""
     spec, d = small
-    spec = _spec(**{"instability.batchnorm": batchnorm, "instability.points": 5})
     model = training.sparse_model(spec, d)
     ticket = ticket_lib.make_ticket(spec, model, trajectory.final, trajectory.snapshots[4], 0.8, "ticket", 0)
 
@@ -237,7 +237,16 @@ def test_instability_twin_on_the_same_seed_is_bit_identical_and_the_path_ends_at
         *_, last = training.train_sparse(spec, d, ticket, 4, seed=seed)
         return last
 
-    (pa, a), (_, b), (pc, c) = train(1), train(1), train(2)
+    return ticket, (train(1), train(1), train(2))
+
+
+@pytest.mark.parametrize("batchnorm", ["interpolate", "reestimate"])
+def test_instability_twin_on_the_same_seed_is_bit_identical_and_the_path_ends_at_both_copies(small, twins,
+                                                                                            batchnorm):
+    _, d = small
+    spec = _spec(**{"instability.batchnorm": batchnorm, "instability.points": 5})
+    model = training.sparse_model(spec, d)
+    ticket, ((pa, a), (_, b), (pc, c)) = twins
     assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)  # same data order: same network
     same = instability.path(spec, d, model, a.weights, b.weights, seed=3)
     assert instability.barrier(same["test_accuracy"]) == 0.0
