@@ -1,7 +1,7 @@
 """`python -m benchmarks` (from the repository root): measure the figures, print the table, write JSON.
 
-Sizes: the default (`full`), `--quick` (every CPU figure at small sizes: 19-26 min on 2 CPUs, 2026-12-01
-and -02) and `--tiny` (each figure's code runs; what the tests use). Figures 7 and 12 need a GPU and
+Sizes: the default (`full`), `--quick` (every CPU figure at small sizes: 18-26 min on 2 CPUs,
+2026-12-01 to -03) and `--tiny` (each figure's code runs; what the tests use). Figures 7 and 12 need a GPU and
 say "skipped" without.
 """
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="figures:\n" + "\n".join(f"  {n:>2}. {f.what} (goal {f.goal})"
                                                                 for n, f in FIGURES.items()))
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="every CPU figure at small sizes (19-26 min on 2 CPUs)")
+    group.add_argument("--quick", action="store_true", help="every CPU figure at small sizes (18-26 min on 2 CPUs)")
     group.add_argument("--tiny", action="store_true", help="smallest sizes: checks that the figures run")
     p.add_argument("--only", default=",".join(map(str, FIGURES)), help="comma-separated figure numbers")
     p.add_argument("--out", type=Path, default=Path("bench.json"))
