@@ -113,9 +113,16 @@ def _ceiling(spec_path: Path, steps: int, rounds: int) -> dict:
                     raise RuntimeError("a ceiling training process died while training")
                 measured[name].append([json.loads(line)["images_per_s"] for line in lines])
     finally:
+        # End of input lets each process exit on its own: killed, its atexit hooks would not run, and
+        # TensorFlow's autograph would leave its generated `__autograph_generated_file*.py` in /tmp.
         for p in (p for ps in procs.values() for p in ps):
-            p.kill()
-            p.wait()
+            p.stdin.close()
+        for p in (p for ps in procs.values() for p in ps):
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     gains = [sum(side) / whole[0] for side, whole in zip(measured["side"], measured["whole"])]
     return {"rounds": rounds, "steps": steps, "all_threads_images_per_s": [w[0] for w in measured["whole"]],
             "side_by_side_images_per_s": measured["side"], "gains": gains, "gain": statistics.median(gains)}
