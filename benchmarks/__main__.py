@@ -1,8 +1,8 @@
 """`python -m benchmarks` (from the repository root): measure the figures, print the table, write JSON.
 
-Sizes: the default (`full`), `--quick` (every CPU figure at small sizes: 18-26 min on 2 CPUs,
-2026-12-01 to -03) and `--tiny` (each figure's code runs; what the tests use). Figures 7 and 12 need a GPU and
-say "skipped" without.
+Sizes: the default (`full`), `--quick` (every CPU figure at small sizes; its measured time:
+docs/performance.md) and `--tiny` (each figure's code runs; what the tests use). Figures 7 and 12 need a GPU
+and say "skipped" without. `--list-figures` prints the figures as docs/performance.md's table, running none.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.bench import Bench, log, machine
-from benchmarks.figures import FIGURES
+from benchmarks.figures import FIGURES, markdown
 
 
 def run(figures: list[int], size_name: str) -> dict:
@@ -64,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="figures:\n" + "\n".join(f"  {n:>2}. {f.what} (goal {f.goal})"
                                                                 for n, f in FIGURES.items()))
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="every CPU figure at small sizes (18-26 min on 2 CPUs)")
+    group.add_argument("--quick", action="store_true",
+                       help="every CPU figure at small sizes (its measured time: docs/performance.md)")
     group.add_argument("--tiny", action="store_true", help="smallest sizes: checks that the figures run")
     p.add_argument("--only", default=",".join(map(str, FIGURES)), help="comma-separated figure numbers")
     p.add_argument("--out", type=Path, default=Path("bench.json"))
+    p.add_argument("--list-figures", action="store_true",
+                   help="print the figures as docs/performance.md's Markdown table and exit (runs none)")
     args = p.parse_args(argv)
+    if args.list_figures:
+        print(markdown())
+        return 0
     try:
         figures = sorted({int(f) for f in args.only.split(",")})
     except ValueError:

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = ROOT / "benchmarks" / "programs"
 
 # The sizes of each figure's work. `tiny` only checks that every figure's code runs (the tests use
-# it); `quick` gives every CPU figure at small sizes (18-26 min on 2 CPUs; the goal is 10:
-# docs/performance.md measures this machine's floor above it); `full` is the default.
+# it); `quick` gives every CPU figure at small sizes (its measured time, against a goal of 10 minutes,
+# and the floor the figures' definitions set: docs/performance.md); `full` is the default.
 SIZES = {
     "tiny": dict(
         step=dict(batch=16, steps=2, rounds=1, sparsities=(0.95,)),

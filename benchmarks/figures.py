@@ -137,27 +137,50 @@ def _cores(fig: dict) -> str:
 
 FIGURES = {f.number: f for f in (
     Figure(1, "masked / dense step", Goal(">=", 0.95), training.throughput, _step,
-           "MobileNetV2 training images/s masked over dense, the worst sparsity"),
+           "MobileNetV2 (width 0.35, 32 px) training images/s masked over dense, the worst sparsity"),
     Figure(2, "dense runs per sweep", Goal("==", 1), sweeps.dense_sharing, _sharing,
-           "dense runs one sweep of the grid trains"),
+           "dense runs one sweep of the grid trains (beside it, the naive design: a sweep per grid point)"),
     Figure(3, "trial phase, 1 at a time / slots", Goal(">=", 0.9, times="ceiling"), sweeps.parallel_speedup,
-           _parallel, "trial-phase wall time, trials one at a time with every CPU over one-CPU slots side by side"),
+           _parallel, "trial-phase wall time (first trial's start to last trial's end, start-ups and idle slots "
+           "included), trials one at a time with every CPU over one-CPU slots side by side, same grid; medians "
+           "of interleaved runs, all reusing one dense run"),
     Figure(4, "per-trial overhead", Goal("<", 0.05), sweeps.trial_overhead, _overhead,
-           "a trial's start-up over its time, mean over figure 3's side-by-side trials"),
+           "a trial's start-up (setup, and its first epoch's extra time: tracing) over its time, mean over "
+           "figure 3's side-by-side trials"),
     Figure(5, "scheduler s/trial", Goal("<", 0.2), scheduler.scheduler_scale, _scheduler,
            "seconds per no-op trial that fetches a MobileNetV2 snapshot"),
     Figure(6, "pipeline / model img/s", Goal(">=", 3.0), pipeline.input_pipeline, _pipeline,
-           "CIFAR-10 pipeline images/s (slower way) over MobileNetV2's training images/s"),
+           "CIFAR-10 pipeline images/s, the slower of decoding every epoch and decoded once, over figure 1's "
+           "training images/s"),
     Figure(7, "GPU masked / dense", Goal(">=", 0.95), training.gpu_step, _gpu,
            "figure 1 at 224 px on a GPU, float32 and mixed precision, the worse"),
     Figure(8, "sweep / hand loop", Goal("<=", 0.05, plus="machine_floor"), sweeps.sweep_vs_loop, _versus_loop,
-           "sweep wall time over a hand-written sequential Keras loop's, same grid (medians)"),
+           "`python -m tickets.sweep`'s wall time over a hand-written sequential Keras loop's "
+           "(`benchmarks/programs/hand_loop.py`) on the same Conv-2 grid of CIFAR-10, medians of interleaved runs"),
     Figure(9, "dense 2-replica speed-up", Goal(">=", 1.0), training.dense_replicas, _replicas,
-           "dense epoch time on 1 replica over 2"),
+           "dense epoch time on 1 replica over 2 (two GPUs, else two logical CPU devices); test accuracies beside it"),
     Figure(10, "streamed img/s per core", Goal(">=", 350), pipeline.streaming_rate, _streaming,
-           "224 px augmented images/s per core streamed from shards"),
+           "224 px augmented images/s in a one-core process streaming ImageNet-like shards (fused "
+           "decode-and-crop; decode-then-crop beside it)"),
     Figure(11, "RSS growth MiB, 4x data", Goal("<", 200), pipeline.streaming_memory, _memory,
            "peak RSS growth of a streaming process when the data set grows 4x"),
     Figure(12, "cores per GPU trial", Goal("<=", 8), pipeline.cores_per_gpu_trial, _cores,
-           "CPU cores one GPU trial's pipeline needs at the GPU's training rate"),
+           "CPU cores one GPU trial's pipeline needs: MobileNetV2 (width 1.0, 224 px, mixed precision) GPU "
+           "images/s over figure 10's per-core rate"),
 )}
+
+
+_SYMBOLS = {">=": "≥", "<=": "≤", "==": "=", " x ": " × "}
+
+
+def markdown() -> str:
+    """The figures as docs/performance.md's table (`python -m benchmarks --list-figures` prints it)."""
+    def goal(figure: Figure) -> str:
+        text = str(figure.goal).replace("machine_floor", "floor")
+        for plain, symbol in _SYMBOLS.items():
+            text = text.replace(plain, symbol)
+        return text
+
+    lines = ["| figure | measured | goal |", "| --- | --- | --- |"]
+    lines += [f"| {n}. {f.name} | {f.what} | {goal(f)} |" for n, f in FIGURES.items()]
+    return "\n".join(lines)

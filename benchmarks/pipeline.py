@@ -16,7 +16,7 @@ from benchmarks.training import step_throughput, throughput
 def input_pipeline(bench: Bench) -> dict:
     """Figure 6: images/s the training pipeline delivers on real CIFAR-10 shards, decoding the JPEGs
     every epoch and decoded once, over the images/s MobileNetV2 trains at (figure 1)."""
-    from tickets import data
+    from tickets import data, pipeline
     from tickets.config import DataSpec, SubsetSpec
 
     root = cifar10()
@@ -34,7 +34,7 @@ def input_pipeline(bench: Bench) -> dict:
         start = time.perf_counter()
         d = data.load(spec, seed=0, budget=budget)
         load_s = time.perf_counter() - start
-        iterator = iter(data.train_batches(d, spec, seed=0, start_step=0, num_steps=batches))
+        iterator = iter(pipeline.train_batches(d, spec, seed=0, start_step=0, num_steps=batches))
         next(iterator)  # pipeline start-up
         start, n = time.perf_counter(), 1
         for _ in iterator:

@@ -27,9 +27,9 @@ from helpers import LOCAL, ONE_AT_A_TIME, cli, wait_until  # noqa: E402  (after 
 SHARED_RUNS = ("smoke_run", "interrupted")
 # xdist hands the groups out in the order of the collection (`--no-loadscope-reorder`; by default it
 # starts with the groups of most tests, so the single long tests started last and ran alone): the
-# longest groups first, as the durations at the end of a run list them (2026-12-03: test_training
-# about 570 s on 2 busy CPUs, test_stream 400, ..., smoke_run 110). Groups not named here (quick
-# ones) follow in file order.
+# longest groups first, as the durations at the end of a run list them (the run this order comes
+# from: docs/performance.md, "The test suite's CPU"). Groups not named here (quick ones) follow in
+# file order.
 LONGEST_FIRST = ("test_training", "test_stream", "test_reliability", "bench-sweeps", "bench-others", "test_papers",
                  "test_imp_transfer", "test_cluster", "interrupted", "test_sweep", "test_analysis", "test_instability",
                  "smoke_run")

@@ -48,14 +48,13 @@ def sets(*overrides: str) -> list[str]:
 # Two dense epochs, every trial from initialisation, tickets only (the smoke preset adds random reinits).
 SMALL = sets("dense.epochs=2", "search.rewind_epoch=[0]", "search.control=[ticket]")
 
-# The embedded Ray of a test sweep: both CPUs, and no dashboard (~7 CPU-s a sweep on a suite that
-# keeps both CPUs busy); the smoke run keeps it, and asks it for pages.
+# The embedded Ray of a test sweep: both CPUs, and no dashboard (its CPU is the suite's: both CPUs
+# are busy all along); the smoke run keeps it, and asks it for pages.
 LOCAL = ["--num-cpus", "2", "--no-dashboard"]
 
 # One trial at a time, all on one reused actor: for tests that stop a sweep between its trials, and
-# for small grids, where a second trial worker costs ~30 CPU-s (importing TensorFlow, tracing the
-# model) never won back on 2 busy CPUs (smoke, 2 trials: 93 CPU-s against 125, the same wall time,
-# 2026-12-03).
+# for small grids, where a second trial worker's start-up (importing TensorFlow, tracing the model)
+# costs CPU that 2 busy CPUs never win back in wall time (docs/performance.md, "The test suite's CPU").
 ONE_AT_A_TIME = sets("resources.max_concurrent_trials=1")
 
 

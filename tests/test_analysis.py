@@ -10,6 +10,7 @@ import pytest
 from helpers import LOCAL, ONE_AT_A_TIME, ROOT, SMALL, run, sets
 
 from tickets import analysis, artifacts, plots, report
+from tickets.config import CONTROLS
 
 GRID = [*SMALL, *ONE_AT_A_TIME,
         *sets("search.sparsity=[0.5,0.9]", "search.control=[ticket,random_prune]", "search.replicate=[0,1]",
@@ -91,7 +92,7 @@ def _results(rows) -> pd.DataFrame:
     for column in ("level", "val_loss", "early_stop_epoch", "early_stop_accuracy", "emptied_branches",
                    "narrowest_live_channels"):
         df[column] = pd.NA if column == "level" else np.nan if column != "emptied_branches" else ""
-    df["control"] = pd.Categorical(df["control"], categories=("dense", *analysis.CONTROLS))
+    df["control"] = pd.Categorical(df["control"], categories=("dense", *CONTROLS))
     return df
 
 

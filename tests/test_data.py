@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from helpers import CIFAR10, needs_cifar10, write_cifar_batches, write_image_folder, write_parquet
 
-from tickets import data
+from tickets import data, pipeline, splits
 from tickets.config import DataSpec, SubsetSpec
 
 
@@ -36,7 +36,7 @@ def test_halves_are_disjoint_and_class_balanced():
     import pyarrow.parquet as pq
 
     labels = pq.read_table(CIFAR10 / "train.parquet", columns=["label"]).column("label").to_numpy()
-    a, b = data.half_indices(labels, "a"), data.half_indices(labels, "b")
+    a, b = splits.half_indices(labels, "a"), splits.half_indices(labels, "b")
     assert len(a) == len(b) == 25000 and not set(a) & set(b)
     assert np.bincount(labels[a]).tolist() == [2500] * 10
 
@@ -53,9 +53,9 @@ def test_image_folder_large_images_stay_files(tmp_path, monkeypatch):
     spec = DataSpec(dataset="image_folder", path=str(tmp_path), image_size=128, batch_size=4)
     d = data.load(spec, seed=0)
     assert d.train.kind == "files" and d.num_classes == 3
-    (x, y), *_ = _batches(data.train_batches(d, spec, seed=0, start_step=0, num_steps=2))
+    (x, y), *_ = _batches(pipeline.train_batches(d, spec, seed=0, start_step=0, num_steps=2))
     assert x.shape == (4, 128, 128, 3) and x.dtype == np.float32 and -1 <= x.min() and x.max() <= 1
-    (xt, _), *_ = _batches(data.eval_batches(d, d.test, spec))
+    (xt, _), *_ = _batches(pipeline.eval_batches(d, d.test, spec))
     assert xt.shape[1:] == (128, 128, 3)
 
 
@@ -82,9 +82,9 @@ def test_training_stream_is_the_same_however_it_is_split():
     spec = DataSpec(dataset="synthetic", synthetic_size=SubsetSpec(train=100, test=20), batch_size=10,
                     augment=True)
     d = data.load(spec, 0)
-    whole = _batches(data.train_batches(d, spec, seed=5, start_step=0, num_steps=25))  # 2.5 epochs
-    parts = _batches(data.train_batches(d, spec, seed=5, start_step=0, num_steps=7))
-    parts += _batches(data.train_batches(d, spec, seed=5, start_step=7, num_steps=18))
+    whole = _batches(pipeline.train_batches(d, spec, seed=5, start_step=0, num_steps=25))  # 2.5 epochs
+    parts = _batches(pipeline.train_batches(d, spec, seed=5, start_step=0, num_steps=7))
+    parts += _batches(pipeline.train_batches(d, spec, seed=5, start_step=7, num_steps=18))
     assert len(whole) == len(parts) == 25
     for (xa, ya), (xb, yb) in zip(whole, parts):
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
@@ -101,7 +101,7 @@ def test_validation_is_balanced_the_same_for_every_seed_and_never_trained_on():
     # Held out of CIFAR-10a by row, before the seed's subset is drawn from what is left.
     spec = DataSpec(dataset="cifar10", path=str(CIFAR10), half="a", validation=1000,
                     subset=SubsetSpec(train=2000, test=100))
-    a, b = data.inspect(spec, seed=0), data.inspect(spec, seed=1)
+    a, b = data.survey(spec, seed=0), data.survey(spec, seed=1)
     assert a.train.kind == a.validation.kind == "streamed"  # row ids into the shards, nothing decoded yet
     assert len(a.validation) == 1000 and np.bincount(a.validation.labels).tolist() == [100] * 10
     assert np.array_equal(a.validation.images, b.validation.images)  # the same images whatever the seed
@@ -109,23 +109,23 @@ def test_validation_is_balanced_the_same_for_every_seed_and_never_trained_on():
     for d in (a, b):
         assert not set(d.validation.images) & set(d.train.images)
     labels = pq.read_table(CIFAR10 / "train.parquet", columns=["label"]).column("label").to_numpy()
-    half_a = set(data.half_indices(labels, "a").tolist())
+    half_a = set(splits.half_indices(labels, "a").tolist())
     assert set(a.validation.images.tolist()) <= half_a and set(a.train.images.tolist()) <= half_a
     # Without the subset, every image of the half is either trained on or held out.
-    whole = data.inspect(DataSpec(dataset="cifar10", path=str(CIFAR10), half="a", validation=1000), seed=0)
+    whole = data.survey(DataSpec(dataset="cifar10", path=str(CIFAR10), half="a", validation=1000), seed=0)
     assert len(whole.train) == 24000 and set(whole.train.images) | set(whole.validation.images) == half_a
 
     loaded = data.load(DataSpec(dataset="cifar10", path=str(CIFAR10), validation=500, batch_size=100,
                                 subset=SubsetSpec(train=1000, test=100)), seed=0)
     assert loaded.validation.kind == "decoded" and loaded.validation.images.shape == (500, 32, 32, 3)
-    labels = [y for _, y in _batches(data.eval_batches(loaded, loaded.validation, DataSpec(batch_size=100)))]
+    labels = [y for _, y in _batches(pipeline.eval_batches(loaded, loaded.validation, DataSpec(batch_size=100)))]
     assert np.concatenate(labels).tolist() == loaded.validation.labels.tolist()  # every image, in order
 
 
 def test_a_validation_split_that_leaves_nothing_to_train_is_bad_input():
     spec = DataSpec(dataset="synthetic", synthetic_size=SubsetSpec(train=200, test=50), batch_size=20, validation=200)
     with pytest.raises(data.DataError, match=r"^data.validation: 200 is not below the 200 training images"):
-        data.inspect(spec, seed=0)
+        data.survey(spec, seed=0)
     d = data.load(DataSpec(dataset="synthetic", synthetic_size=SubsetSpec(train=200, test=50), batch_size=20,
                            validation=50), seed=0)
     assert len(d.train) == 150 and np.bincount(d.validation.labels).tolist() == [5] * 10

@@ -15,7 +15,7 @@ import pytest
 from helpers import CIFAR10, LOCAL, ONE_AT_A_TIME, needs_cifar10, read_results, run, sets, write_imagenet_tree
 
 from benchmarks.pipeline import imagenet_like_shards
-from tickets import data, stream
+from tickets import data, pipeline, stream
 from tickets.config import DataSpec, SubsetSpec
 
 
@@ -87,9 +87,9 @@ def test_streamed_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch(co
     d = data.load(spec, seed=0)
     assert d.train.kind == "streamed" and d.num_classes == 12 and len(d.train) == 290
     spe = d.steps_per_epoch(16)  # 18: 2 images a epoch dropped
-    whole = _batches(data.train_batches(d, spec, seed=5, start_step=0, num_steps=2 * spe + 3))
-    again = _batches(data.train_batches(data.load(spec, seed=0), spec, seed=5, start_step=0, num_steps=2 * spe + 3))
-    resumed = _batches(data.train_batches(d, spec, seed=5, start_step=spe + 7, num_steps=spe - 4))
+    whole = _batches(pipeline.train_batches(d, spec, seed=5, start_step=0, num_steps=2 * spe + 3))
+    again = _batches(pipeline.train_batches(data.load(spec, seed=0), spec, seed=5, start_step=0, num_steps=2 * spe + 3))
+    resumed = _batches(pipeline.train_batches(d, spec, seed=5, start_step=spe + 7, num_steps=spe - 4))
     for (xa, ya), (xb, yb) in zip(whole, again):
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
     for (xa, ya), (xb, yb) in zip(whole[spe + 7:], resumed, strict=False):
@@ -114,7 +114,7 @@ def test_resumed_stream_reads_only_the_windows_it_needs(converted, monkeypatch):
     read = []
     original = stream.Reader.read
     monkeypatch.setattr(stream.Reader, "read", lambda self, rows: read.append(len(rows)) or original(self, rows))
-    _batches(data.train_batches(d, spec, seed=5, start_step=16, num_steps=2))  # the epoch's last two batches
+    _batches(pipeline.train_batches(d, spec, seed=5, start_step=16, num_steps=2))  # the epoch's last two batches
     assert 32 <= sum(read) <= 64 + 32  # the last window's images, not the epoch's 288
 
 
@@ -129,7 +129,7 @@ def test_evaluation_takes_the_central_crop_of_the_shorter_side_resized(tmp_path)
     for fmt in ("JPEG", "PNG"):
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format=fmt, quality=95)
-        image = data._test_image(buf.getvalue(), "streamed", 128).numpy()
+        image = pipeline._test_image(buf.getvalue(), "streamed", 128).numpy()
         assert image.shape == (128, 128, 3)
         assert image[..., 0].max() < 40 and image[..., 1].min() > 200, fmt
 
@@ -145,8 +145,8 @@ def test_training_crops_decode_only_the_crop_and_match_a_full_decode(tmp_path):
     decoded = tf.io.decode_jpeg(buf.getvalue(), channels=3)
     for s in range(5):
         seed = tf.constant([7, s], tf.int64)
-        fused = data._random_resized_crop(buf.getvalue(), "streamed", seed, 128).numpy()
-        whole = data._random_resized_crop(decoded, "decoded", seed, 128).numpy()
+        fused = pipeline._random_resized_crop(buf.getvalue(), "streamed", seed, 128).numpy()
+        whole = pipeline._random_resized_crop(decoded, "decoded", seed, 128).numpy()
         assert fused.shape == (128, 128, 3)
         assert np.abs(fused - whole).mean() < 2.0  # the same box; JPEG's partial decode may differ by a unit
 
@@ -173,7 +173,7 @@ def test_node_cache_copies_each_shard_once_per_node_and_checks_it(converted, tmp
     spec = DataSpec(dataset="parquet", path=str(dst), image_size=128, batch_size=16, cache="node")
     monkeypatch.setenv("TICKETS_CACHE_DIR", str(tmp_path / "cache2"))
     loaded = data.load(spec, seed=0)
-    _batches(data.eval_batches(loaded, loaded.test, spec))
+    _batches(pipeline.eval_batches(loaded, loaded.test, spec))
     cached = sorted(p.name for p in (tmp_path / "cache2").rglob("*.parquet"))
     assert cached == sorted(p.name for p in (dst / "val").glob("*.parquet"))
 
@@ -187,7 +187,7 @@ def test_streamed_memory_does_not_grow_with_the_data_set(tmp_path):
         from tickets.config import DataSpec, SubsetSpec
         spec = DataSpec(dataset="parquet", path=sys.argv[1], image_size=128, batch_size=32, shuffle_buffer=512)
         d = data.load(spec, seed=0)
-        for _ in data.train_batches(d, spec, seed=0, start_step=0, num_steps=25, threads=2):
+        for _ in pipeline.train_batches(d, spec, seed=0, start_step=0, num_steps=25, threads=2):
             pass
         # VmHWM: this process's own peak (ru_maxrss carries the parent's over from before exec)
         print(d.train.kind, next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) // 1024)
@@ -213,13 +213,13 @@ def test_validation_is_held_out_of_streamed_shards_by_row(converted):
     assert d.train.kind == d.validation.kind == "streamed"  # row ids: the images stay on the shards
     assert len(d.validation) == 24 and np.bincount(d.validation.labels).tolist() == [2] * 12
     assert not set(d.validation.images) & set(d.train.images) and len(d.train) == 290 - 24
-    labels = np.concatenate([y for _, y in _batches(data.eval_batches(d, d.validation, spec))])
+    labels = np.concatenate([y for _, y in _batches(pipeline.eval_batches(d, d.validation, spec))])
     assert labels.tolist() == d.validation.labels.tolist()  # read from the shards, row by row
 
 
 def test_a_sweep_trains_end_to_end_on_streamed_shards(converted, tmp_path):
-    # Conv-2 at 32 px (its dense layer 4.2M weights, 16.8M at 64 px: 58 s alone against 110, the
-    # dense network and the ticket at 92 % and 75 %, 2026-12-03).
+    # Conv-2 at 32 px: its dense layer a quarter of 64 px's, half the test's time (docs/performance.md,
+    # "The test suite's CPU").
     _, dst, _ = converted
     code, out = run(["smoke", "--storage-path", str(tmp_path), "--name", "streamed", *LOCAL,
                      *sets("data.dataset=parquet", f"data.path={dst}", "data.image_size=32", "data.batch_size=32",
@@ -273,19 +273,19 @@ def test_unfinished_or_class_sorted_shards_are_caught_before_anything_starts(con
     shutil.copytree(dst, partial)
     sorted((partial / "train").glob("*.parquet"))[-1].unlink()  # a conversion that stopped half-way
     with pytest.raises(data.DataError, match=r"does not hold the shards shards.json lists .*tickets.shards"):
-        data.inspect(DataSpec(dataset="parquet", path=str(partial), image_size=128), seed=0)
+        data.survey(DataSpec(dataset="parquet", path=str(partial), image_size=128), seed=0)
     (partial / "classes.json").unlink()
     (partial / "train" / "shards.json").unlink()
     with pytest.raises(data.DataError, match="has no classes.json: its conversion did not finish"):
-        data.inspect(DataSpec(dataset="imagenet", path=str(partial), image_size=128), seed=0)
+        data.survey(DataSpec(dataset="imagenet", path=str(partial), image_size=128), seed=0)
     monkeypatch.delenv("TICKETS_DATA_DIR", raising=False)
     with pytest.raises(data.DataError, match="data.path: null and TICKETS_DATA_DIR is unset"):
-        data.inspect(DataSpec(dataset="imagenet", image_size=128), seed=0)
+        data.survey(DataSpec(dataset="imagenet", image_size=128), seed=0)
     # Converted shards stream in windows; a small set at CIFAR size is decoded into memory instead.
     spec = DataSpec(dataset="imagenet", path=str(dst), image_size=128, shuffle_buffer=64)
-    assert data.order(data.inspect(spec, seed=0).train, spec) == "streamed windows of 64"
+    assert data.order_label(data.survey(spec, seed=0).train, spec) == "streamed windows of 64"
     small = DataSpec(dataset="imagenet", path=str(dst), image_size=64)
-    assert data.order(data.inspect(small, seed=0).train, small) == "permutation"
+    assert data.order_label(data.survey(small, seed=0).train, small) == "permutation"
 
 
 @needs_cifar10()
@@ -295,14 +295,14 @@ def test_class_sorted_shards_are_shuffled_whole_or_refused(monkeypatch):
                     subset=SubsetSpec(train=1000, test=100))
     monkeypatch.setattr(data, "DECODE_CACHE_BYTES", 1000 * 32 * 32 * 3 // 2)  # too small to decode, enough to shuffle
     d = data.load(spec, seed=0)
-    assert d.train.kind == "streamed" and data.order(d.train, spec) == "streamed whole"
+    assert d.train.kind == "streamed" and data.order_label(d.train, spec) == "streamed whole"
     assert "shuffled whole: its rows are sorted by class" in data.describe(d, spec)
-    labels = np.concatenate([y for _, y in _batches(data.train_batches(d, spec, seed=0, start_step=0, num_steps=20))])
+    labels = np.concatenate([y for _, y in _batches(pipeline.train_batches(d, spec, seed=0, start_step=0, num_steps=20))])
     assert sorted(labels.tolist()) == sorted(d.train.labels.tolist())  # one epoch: every image once
     assert len(set(labels[:50].tolist())) >= 8  # and the first batch mixes the classes
     monkeypatch.setattr(data, "DECODE_CACHE_BYTES", 0)
     with pytest.raises(data.DataError, match="sorted by class, so they must be shuffled whole"):
-        data.inspect(spec, seed=0)
+        data.survey(spec, seed=0)
 
 
 def test_a_dense_run_that_saw_another_data_order_is_not_reused(tmp_path, capsys):

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from tickets import config, data, instability, masks, models, training
+from tickets import config, data, instability, interpolation, masks, models, pipeline, training
 from tickets import runtime as runtime_lib
 from tickets import ticket as ticket_lib
 
@@ -58,7 +58,7 @@ def test_pruned_weights_stay_exactly_zero_after_every_step(small):
             assert changed > len(prunable) // 2  # the survivors do train
             seen.append(batch)
 
-    model.fit(data.train_batches(d, spec.data, 0, 0, 6), epochs=1, verbose=0, callbacks=[Check()])
+    model.fit(pipeline.train_batches(d, spec.data, 0, 0, 6), epochs=1, verbose=0, callbacks=[Check()])
     assert seen == list(range(6))
 
 
@@ -82,10 +82,10 @@ def test_a_traced_step_builds_its_learning_rate_once(small):
     model = models.build(spec.model, d.input_shape, d.num_classes, seed=0)
     training.compile_model(model, training.make_optimizer(spec.dense, 8, schedule))
     for _ in range(2):  # the second fit runs the traced step again, without tracing
-        model.fit(data.train_batches(d, spec.data, 0, 0, 2), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
+        model.fit(pipeline.train_batches(d, spec.data, 0, 0, 2), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
     assert len(built) == 1 and int(model.optimizer.iterations) == 4
     model.make_train_function(force=True)
-    model.fit(data.train_batches(d, spec.data, 0, 4, 1), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+    model.fit(pipeline.train_batches(d, spec.data, 0, 4, 1), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
     assert len(built) == 2
     assert [float(schedule(k)) for k in (0, 3)] == pytest.approx([0.05 / 4, 0.05])  # warm-up: 4 steps
 
@@ -248,10 +248,10 @@ def test_instability_twin_on_the_same_seed_is_bit_identical_and_the_path_ends_at
     model = training.sparse_model(spec, d)
     ticket, ((pa, a), (_, b), (pc, c)) = twins
     assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)  # same data order: same network
-    same = instability.path(spec, d, model, a.weights, b.weights, seed=3)
+    same = interpolation.path(spec, d, model, a.weights, b.weights, seed=3)
     assert instability.barrier(same["test_accuracy"]) == 0.0
     assert not any(np.array_equal(a.weights[k], c.weights[k]) for k in ticket.mask)  # another order: another one
-    curve = instability.path(spec, d, model, a.weights, c.weights, seed=3)
+    curve = interpolation.path(spec, d, model, a.weights, c.weights, seed=3)
     assert list(curve["alpha"]) == [0.0, 0.25, 0.5, 0.75, 1.0] and np.isnan(curve["val_accuracy"]).all()
     if batchnorm == "interpolate":  # the end points are the two copies, BatchNorm statistics and all
         assert (curve["test_accuracy"][0], curve["test_accuracy"][-1]) == (pa.test_accuracy, pc.test_accuracy)

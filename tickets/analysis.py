@@ -18,8 +18,9 @@ import pandas as pd
 from tickets import artifacts
 from tickets import config as config_lib
 from tickets import rows as rows_lib
-from tickets.config import CONTROLS, GRID_KEYS
+from tickets.config import GRID_KEYS
 from tickets.instability import STABLE
+
 
 def _status(trial: Path) -> str:
     if (trial / artifacts.TICKET_FILE).exists():
@@ -33,7 +34,7 @@ def load(path) -> pd.DataFrame:
     """A tidy frame of an experiment dir (or of its `results.parquet` if only that is there)."""
     experiment = Path(path)
     if experiment.is_file():
-        return _with_new_columns(pd.read_parquet(experiment))
+        return rows_lib.upgrade_frame(pd.read_parquet(experiment))
     if not experiment.is_dir():
         raise FileNotFoundError(f"Received `path={str(path)!r}`: no such experiment dir")
     rows = []
@@ -44,40 +45,14 @@ def load(path) -> pd.DataFrame:
     manifest = artifacts.read_dense(dense_dir) if dense_dir.is_dir() else None
     rows += rows_lib.dense_rows(manifest) if manifest else []
     if not rows and (experiment / artifacts.RESULTS_FILE).exists():
-        return _with_new_columns(pd.read_parquet(experiment / artifacts.RESULTS_FILE))
-    return _typed(pd.DataFrame(rows, columns=list(rows_lib.COLUMNS)))
+        return rows_lib.upgrade_frame(pd.read_parquet(experiment / artifacts.RESULTS_FILE))
+    return _last_reports(rows_lib.frame(rows))
 
 
-def _with_new_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """A results.parquet of an older format (`rows.upgrade`) with this format's columns: those it
-    lacks are empty (NaN, "", no level), its precision float32."""
-    if "format" in df and (df["format"] >= artifacts.FORMAT).all():
-        return df
-    for column in rows_lib.COLUMNS:
-        if column in df:
-            continue
-        if column == "level":
-            df[column] = pd.Series([pd.NA] * len(df), dtype="Int64")
-        elif column in rows_lib.TEXT or column == "precision":
-            df[column] = pd.Series(["float32" if column == "precision" else ""] * len(df), dtype="string")
-        elif column == "format":
-            df[column] = 1
-        else:
-            df[column] = np.nan
-    return df
-
-
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    # A restarted trial may report an epoch (or IMP level) again: keep the last report of each.
-    df = df.astype({"level": "Int64"})
+def _last_reports(df: pd.DataFrame) -> pd.DataFrame:
+    """The results frame with one row per report: a restarted trial may report an epoch (or IMP
+    level) again, and its last report counts; sorted by control, grid point and epoch."""
     df = df.drop_duplicates(subset=["trial_id", "level", "epoch"], keep="last")
-    df = df.astype({"sparsity": "float64", "rewind_epoch": "float64", "replicate": "int64", "epoch": "int64",
-                    "format": "int64",
-                    "trial_id": "string", "trial": "string", "status": "string", "node_id": "string",
-                    "classifier_reinitialised": "bool", "precision": "string", **{k: "string" for k in rows_lib.TEXT}})
-    df["control"] = pd.Categorical(df["control"], categories=("dense", *CONTROLS))
-    for k in rows_lib.NUMERIC:
-        df[k] = pd.to_numeric(df[k], errors="coerce").astype("float64")
     order = df["control"].cat.codes
     return (df.assign(_order=order).sort_values(["_order", "sparsity", "rewind_epoch", "replicate", "level", "epoch"])
               .drop(columns="_order").reset_index(drop=True))

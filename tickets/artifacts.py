@@ -7,7 +7,6 @@
     <experiment>/dense/metrics.jsonl       the dense run's per-epoch rows, as it trains
     <experiment>/<trial>/metrics.jsonl     each trial's reports; ticket.npz marks it finished
     <experiment>/<trial>/level_<k>.npz     an IMP trial's ticket at level k (a chain's, or a control's)
-    <experiment>/<trial>/chain_error.json  an IMP ticket chain that failed for good (its controls fail with it)
     <experiment>/<trial>/instability.csv   the instability path (alpha, loss and accuracy); IMP: instability_level_<k>.csv
     <experiment>/<trial>/twin.npz          the instability twin's training state, while it trains; IMP: twin_level_<k>.npz
 
@@ -38,7 +37,7 @@ MANIFEST_FILE = "manifest.json"
 DENSE_RUNS_LOG = "runs.jsonl"  # one line per dense training started: how often it really ran
 RESULTS_FILE = "results.parquet"
 ERROR_FILE = "error.txt"  # Tune writes a failed trial's traceback there
-CHAIN_ERROR_FILE = "chain_error.json"  # written by the driver when an IMP ticket chain fails for good
+PARAMS_FILE = "params.json"  # Tune writes a trial's config there
 
 
 def snapshot_file(dense_dir: Path, step: int) -> Path:
@@ -96,14 +95,13 @@ def read_metrics(trial_dir: Path) -> list[dict]:
 
 
 class DenseEvents:
-    """The dense run's epochs as TensorBoard events in `<experiment>/dense`, under the tags Tune
-    gives the trials' metrics, so `tensorboard --logdir <experiment>` draws dense and sparse runs
-    on the same charts. A new training of the dense run replaces the events of an earlier one."""
+    """The dense run's epochs as TensorBoard events in `<experiment>/dense`: its metrics `tags`
+    (`rows.CURVES`) under the names Tune gives the trials' metrics, so `tensorboard --logdir
+    <experiment>` draws dense and sparse runs on the same charts. A new training of the dense run
+    replaces the events of an earlier one."""
 
-    TAGS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss")
-
-    def __init__(self, dense_dir: Path):
-        self.dense_dir = dense_dir
+    def __init__(self, dense_dir: Path, tags: tuple[str, ...]):
+        self.dense_dir, self.tags = dense_dir, tags
 
     def __enter__(self) -> "DenseEvents":
         from tensorboardX import SummaryWriter  # Ray Tune's own TensorBoard writer
@@ -113,7 +111,7 @@ class DenseEvents:
         return self
 
     def add(self, row: dict) -> None:
-        for tag in self.TAGS:
+        for tag in self.tags:
             if tag in row and np.isfinite(row[tag]):  # val_*: only with a validation split
                 self.writer.add_scalar(f"ray/tune/{tag}", row[tag], global_step=row["epoch"])
         self.writer.flush()
@@ -149,16 +147,18 @@ def save_ticket(path: Path, mask: dict, start: dict, final: dict, info: dict) ->
         np.savez_compressed(tmp, **arrays)
 
 
-def load_ticket(path) -> dict:
-    """A saved ticket as {"mask": {...}, "start": {...}, "final": {...}, "info": {...}}."""
-    out: dict = {"mask": {}, "start": {}, "final": {}}
+def load_ticket(path, parts=("mask", "start", "final")) -> dict:
+    """A saved ticket as {"mask": {...}, "start": {...}, "final": {...}, "info": {...}}, with only
+    the weights of `parts` read."""
+    out: dict = {part: {} for part in parts}
     try:
         with np.load(path) as f:
             for key in f.files:
                 if key == "info":
                     out["info"] = json.loads(str(f[key]))
-                else:
-                    part, name = key.split("/", 1)
+                    continue
+                part, name = key.split("/", 1)
+                if part in out:
                     out[part][name] = f[key].astype(bool) if part == "mask" else f[key]
     except Exception as e:
         raise ArtifactError(f"{path}: cannot be read as a ticket ({type(e).__name__}: {e})") from None
@@ -167,7 +167,7 @@ def load_ticket(path) -> dict:
 
 def save_state(directory: Path, step: int, weights: dict, optimizer: list, mask: dict, early_stop: dict) -> None:
     """A trial checkpoint: weights, optimizer variables (in order), mask, position, and the early
-    stop chosen so far (`rows.EarlyStop` as a dict)."""
+    stop chosen so far (`early_stop.EarlyStop` as a dict)."""
     np.savez(directory / "weights.npz", **weights)
     np.savez(directory / "optimizer.npz", *optimizer)
     masks_lib.save(directory / "mask.npz", mask)
@@ -280,66 +280,31 @@ def find_trial(experiment: Path, **coordinates) -> Path | None:
     `trial=` matches a trial id or dir name instead. Reads `params.json` files only: no Ray.
     """
     trial = coordinates.pop("trial", None)
-    for params_file in sorted(experiment.glob("*/params.json")):
-        directory = params_file.parent
+    for directory, params in trial_params(experiment).items():
         if not (directory / TICKET_FILE).exists():
             continue
         if trial is not None:
             if trial in directory.name:
                 return directory
             continue
-        params = json.loads(params_file.read_text())
         if all(_same(params.get(k), v) for k, v in coordinates.items()):
             return directory
     return None
+
+
+def trial_params(experiment: Path) -> dict[Path, dict]:
+    """Every trial dir of `experiment` that Tune has started, with its config (`params.json`), in name
+    order; a dir whose params cannot be read (a trial starting as this reads) is left out."""
+    found = {}
+    for params_file in sorted(experiment.glob(f"*/{PARAMS_FILE}")):
+        try:
+            found[params_file.parent] = json.loads(params_file.read_text())
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(float(a) - float(b)) < 1e-9
     return a == b
-
-
-# ---------------------------------------------------------------------------------------------
-# IMP: control trials find their ticket chain's levels (and its failure) on the storage path.
-
-
-def ticket_info(path: Path) -> dict | None:
-    """The `info` of a saved ticket, read alone; None when the file cannot be read."""
-    try:
-        with np.load(path) as f:
-            return json.loads(str(f["info"]))
-    except Exception:  # a file being replaced, or one from a killed writer: not (yet) a level
-        return None
-
-
-def find_level(experiment: Path, level: int, **coordinates) -> Path | None:
-    """The `level_<level>.npz` in `experiment` whose info matches `coordinates` (None: not written yet)."""
-    for path in sorted(experiment.glob(f"*/level_{level}.npz")):
-        info = ticket_info(path)
-        if info is not None and all(_same(info.get(k), v) for k, v in coordinates.items()):
-            return path
-    return None
-
-
-def write_chain_error(trial_dir: Path, coordinates: dict, error: str) -> None:
-    with atomic(trial_dir / CHAIN_ERROR_FILE) as tmp:
-        tmp.write_text(json.dumps({**coordinates, "error": error}))
-
-
-def chain_error(experiment: Path, **coordinates) -> str | None:
-    """The one-line error of the failed ticket chain at `coordinates`, or None."""
-    for path in sorted(experiment.glob(f"*/{CHAIN_ERROR_FILE}")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if all(_same(record.get(k), v) for k, v in coordinates.items()):
-            return record["error"]
-    return None
-
-
-def clear_chain_errors(experiment: Path) -> None:
-    """On --resume: failed chains train again, so their controls wait for them instead of failing."""
-    for path in experiment.glob(f"*/{CHAIN_ERROR_FILE}"):
-        path.unlink(missing_ok=True)

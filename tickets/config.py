@@ -139,6 +139,10 @@ class DenseSpec:
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
 
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The dense schedule's length in steps: where every run, dense or sparse, ends."""
+        return self.epochs * steps_per_epoch
+
 
 @dataclass(frozen=True)
 class PruningSpec:
@@ -297,8 +301,8 @@ class Spec:
 
     def record_steps(self, steps_per_epoch: int) -> list[int]:
         """Steps at which the dense run keeps snapshots: init, every rewind point, final."""
-        total = self.dense.epochs * steps_per_epoch
-        return sorted({0, total} | {step_of(r, steps_per_epoch) for r in self.search.rewind_epoch})
+        rewinds = {step_of(r, steps_per_epoch) for r in self.search.rewind_epoch}
+        return sorted({0, self.dense.total_steps(steps_per_epoch)} | rewinds)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -12,18 +12,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tickets import artifacts
+from tickets import artifacts, instability
 from tickets import config as config_lib
 from tickets import data as data_lib
-from tickets import instability
 from tickets.config import SpecError
-from tickets.data import DataError
-from tickets.dense import transfer_key
+from tickets.errors import DataError, UsageError
+from tickets.grid import axes, trial_points, transfer_key
 from tickets.session import Resources, local_gpus, resolve_resources
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
-class UsageError(Exception):
-    """Bad input found after parsing the spec (paths, cluster fit). Exit 2, like a SpecError."""
 
 
 def experiment_dir(args: argparse.Namespace, spec_name: str) -> Path:
@@ -140,7 +137,7 @@ def reusable_dense(spec: config_lib.Spec, exp: Path, steps: list[int], data_orde
 def check_rewind_steps(spec: config_lib.Spec, steps_per_epoch: int) -> None:
     """A fractional rewind point that rounds to the last dense step leaves a trial nothing to train;
     only the data's steps per epoch tell (the spec alone allows any rewind_epoch < dense.epochs)."""
-    total = spec.dense.epochs * steps_per_epoch
+    total = spec.dense.total_steps(steps_per_epoch)
     for v in spec.search.rewind_epoch:
         step = config_lib.step_of(v, steps_per_epoch)
         if step >= total:
@@ -148,33 +145,9 @@ def check_rewind_steps(spec: config_lib.Spec, steps_per_epoch: int) -> None:
                             f"({steps_per_epoch} per epoch): nothing would be left to train")
 
 
-def grid(spec: config_lib.Spec) -> dict[str, list]:
-    """The grid's axes: sparsities or one-shot levels; IMP has neither (its chains walk the levels)."""
-    s = spec.search
-    axes = {"sparsity": list(s.sparsity), "level": list(s.level), "rewind_epoch": list(s.rewind_epoch),
-            "control": list(s.control), "replicate": list(s.replicate)}
-    return {k: v for k, v in axes.items() if v}
-
-
-def trial_points(spec: config_lib.Spec) -> list[dict]:
-    """Every trial's config, in the order they are queued. One shot: the grid's product. IMP: one
-    ticket chain per (rewind epoch, replicate), then every other control at every level, level by
-    level, each on its chain's mask of that level (Frankle & Carbin's controls)."""
-    points = [{}]
-    if spec.pruning.mode != "imp":
-        for key, values in grid(spec).items():
-            points = [{**p, key: v} for p in points for v in values]
-        return points
-    s = spec.search
-    chains = [{"rewind_epoch": r, "control": "ticket", "replicate": i} for r in s.rewind_epoch for i in s.replicate]
-    controls = [{**chain, "control": c, "level": k} for k in range(1, spec.pruning.num_levels() + 1)
-                for chain in chains for c in s.control if c != "ticket"]
-    return chains + controls
-
-
 def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster: str) -> None:
     print(f"experiment {exp}")
-    axes = " x ".join(f"{k} {v}" for k, v in grid(spec).items())
+    shown = " x ".join(f"{k} {v}" for k, v in axes(spec).items())
     points = trial_points(spec)
     if spec.pruning.mode == "imp":
         chains = sum("level" not in p for p in points)
@@ -184,7 +157,7 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
               + (f" + {len(points) - chains} control trials ({', '.join(others)} at each level, on their chain's "
                  f"mask of that level)" if others else ""))
     else:
-        print(f"grid: {len(points)} trials = {axes}")
+        print(f"grid: {len(points)} trials = {shown}")
     p = spec.pruning
     rates = "".join(f", {g} {r:g}" for g, r in p.rates.items())
     if p.mode == "imp" or spec.search.level:
@@ -243,12 +216,12 @@ def check_inputs(args: argparse.Namespace) -> Plan:
             raise
         print(f"note: a real run would stop here: {e}")  # a dry run writes nothing: go on checking
     sources = check_transfer(spec, exp.parent)
-    info = data_lib.inspect(spec.data, spec.seed, download=not args.dry_run)
+    info = data_lib.survey(spec.data, spec.seed, download=not args.dry_run)
     spe = info.steps_per_epoch(spec.data.batch_size)
     check_rewind_steps(spec, spe)
     # A finished dense run of this spec in <exp>/dense is reused: one --resume continues, or one copied
     # into a new experiment to run another grid on it. A dry run checks the grid's masks against it.
-    on_disk = reusable_dense(spec, exp, spec.record_steps(spe), data_lib.order(info.train, spec.data))
+    on_disk = reusable_dense(spec, exp, spec.record_steps(spe), data_lib.order_label(info.train, spec.data))
     source_tickets = {t: artifacts.load_ticket(t / artifacts.TICKET_FILE) for t in set(sources.values())}
     res, cluster = None, f"would join {args.address} (resources resolved there)"
     if not args.address:

@@ -3,7 +3,8 @@ which allocation, and whether a mask leaves the network able to learn.
 
 Pure numpy over a `Layout` (a model's kernels, their shapes, groups and inputs: `models.layout`, stored
 with the dense run), so the driver checks every grid point's mask right after the dense run, before
-any trial trains, and trials use the very same functions to make their masks.
+any trial trains (`check_collapse`, which prints what it finds), and trials use the very same
+functions to make and check their masks.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Mapping
 
 import numpy as np
 
+from tickets import grid
 from tickets import masks as masks_lib
-from tickets.config import GROUPS, PruningSpec
+from tickets.config import GROUPS, PruningSpec, Spec
 
 Weights = Mapping[str, np.ndarray]
 
@@ -197,3 +199,47 @@ def density_table(points: Mapping[str, masks_lib.Mask], layout: Layout) -> list[
             cells.append(f"{100 * np.count_nonzero(m[name]) / m[name].size:8.2f}{flag}")
         lines.append(f"{name:<{width}} {int(np.prod(layout.shapes[name])):>9,} " + " ".join(cells))
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid's masks, checked by the driver right after the dense run.
+
+
+def check_collapse(spec: Spec, lay: Layout, final: Weights) -> None:
+    """Before any trial trains: check the grid's masks, pruned from the dense run's `final` weights
+    (`lay`: the layout its manifest stores), and print what they find. One line when every one
+    leaves the network whole; where one cuts it, empties a residual branch or leaves a layer near
+    collapse (at most `pruning.min_live_channels` live channels), say where, with the per-layer
+    densities on a cut."""
+    masks = {label: oneshot_mask(spec.pruning, lay, final, **point)[0]
+             for label, point in grid.mask_points(spec).items()}
+    health = {label: check(m, lay) for label, m in masks.items()}
+    bad = {label: h.cuts for label, h in health.items() if h.cuts}
+    low = spec.pruning.min_live_channels
+    narrow = {label: h.narrowest_text() for label, h in health.items() if h.near_collapse(low) and not h.cuts}
+    branches = {label: h.branches for label, h in health.items() if h.branches}
+    scope = spec.pruning.scope
+    if not bad:
+        print(f"masks: no grid point cuts the network (scope {scope}, checked on the final dense weights)")
+    for label, emptied in branches.items():
+        print(f"masks: {label} empties residual branches (the skip carries the signal, the block is skipped): "
+              + "; ".join(emptied))
+    for label, text in narrow.items():
+        print(f"warning: {label} leaves a layer near collapse: {text} (pruning.min_live_channels {low})")
+    if spec.pruning.mode == "imp" and (bad or narrow or branches):
+        print("  (* IMP levels pruned in one shot from the dense weights: an estimate of the chain's masks)")
+    if not bad:
+        return
+    advice = ("pruning.scope lamp or erk never empties a layer" if scope == "global" else
+              "lower the sparsity, or keep the output layer dense (pruning.exclude: [classifier])")
+    print(f"warning: pruning.scope {scope!r} collapses layers at {len(bad)} of {len(masks)} grid points; those "
+          f"trials train a cut network (expect chance accuracy): {advice}.")
+    for label, layers in bad.items():
+        print(f"  {label}: " + "; ".join(f"{n} {why}" for n, why in layers.items()))
+    if spec.pruning.mode == "imp":  # many levels: show the first that collapses and the last
+        first = next(iter(bad))
+        masks = {k: m for k, m in masks.items() if k in (first, list(masks)[-1])}
+    print("per-layer density (%) of each grid point's mask; ! collapsed, ~ emptied residual branch, "
+          "* some output channels keep no weight:")
+    for line in density_table(masks, lay):
+        print("  " + line)

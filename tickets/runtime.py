@@ -80,10 +80,9 @@ def configure(cpus: int | None = None, deterministic: bool = True, replicas: int
     if deterministic and not gpus:
         tf.config.experimental.enable_op_determinism()
     if not gpus:
-        # Grappler's graph rewrites cost a CPU process about 4 s of its first train and test steps
-        # (smoke MobileNetV2: 17-18 -> 13-14 s; 2 replicas on logical CPU devices 76 -> 53 s) and gained
-        # nothing in training on CPUs (1 thread 604/595 img/s with them, 620/627 without; 2 threads
-        # 539/511 vs 521/475). On GPUs they stay: layout and fusion passes pay off there.
+        # Grappler's graph rewrites lengthen a CPU process's first train and test steps (tracing) and
+        # gain nothing in training on CPUs (docs/performance.md, "Start-up cuts and `--quick`").
+        # On GPUs they stay: layout and fusion passes pay off there.
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     devices = len(tf.config.list_logical_devices("GPU" if gpus else "CPU"))
     if n > devices:

@@ -24,18 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from tickets import stream
+from tickets import seeds, stream
 from tickets.data import IMAGE_SUFFIXES
+from tickets.errors import UsageError  # SRC or DST cannot be used: exit 2
 
 SPLITS = ("train", "val", "test")
 PROGRESS_DIR = ".progress"  # one JSON per finished shard: what a re-run skips
 REPORT_FILE = "report.json"
-
-
-class UsageError(ValueError):
-    """SRC or DST cannot be used; the message names which and why."""
 
 
 def plan(src: Path, shard_mb: float, seed: int) -> tuple[list[str], list[dict], list[str]]:
@@ -69,7 +64,7 @@ def plan(src: Path, shard_mb: float, seed: int) -> tuple[list[str], list[dict], 
                     ignored.append(rel)
         if not entries:
             raise UsageError(f"SRC: {split}/ has no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
-        order = np.random.default_rng([seed, SPLITS.index(split)]).permutation(len(entries))
+        order = seeds.shard_order(seed, SPLITS.index(split)).permutation(len(entries))
         groups, size = [[]], 0
         for i in order:
             if groups[-1] and size >= shard_mb * 1e6:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tickets import seeds
+
 IMAGE, LABEL, PATH = "image", "label", "path"  # the shard columns
 CLASSES_FILE = "classes.json"  # label names in label order, written by tickets.shards
 MANIFEST_FILE = "shards.json"  # every shard's rows, bytes and sha256, written by tickets.shards
@@ -108,7 +110,7 @@ def epoch_order(shards: Shards, rows: np.ndarray, seed: int, epoch: int, buffer:
     the window each position's image is read in. A function of (seed, epoch, buffer) only."""
     group = shards.group_of(rows)
     groups = len(shards.group_file)
-    rng = np.random.default_rng([seed, epoch, 1])
+    rng = seeds.epoch_windows(seed, epoch)
     visit = rng.permutation(groups)
     rank = np.empty(groups, np.int64)
     rank[visit] = np.arange(groups)

@@ -23,11 +23,14 @@ from pathlib import Path
 
 import ray
 
-from tickets import analysis, artifacts
+from tickets import analysis, artifacts, pruning
 from tickets import config as config_lib
+from tickets.beside import DenseBeside, overlaps
 from tickets.config import SpecError
-from tickets.dense import DenseBeside, check_collapse, dense_refs, last_line, load_data, overlaps
-from tickets.plan import BAD_INPUT, DEFAULT_PRESET, Plan, check_inputs, print_plan, trial_points
+from tickets.dense import dense_refs, layout, load_data
+from tickets.errors import last_line
+from tickets.grid import trial_points
+from tickets.plan import BAD_INPUT, DEFAULT_PRESET, Plan, check_inputs, print_plan
 from tickets.session import resolve_resources, start_ray
 from tickets.tuning import run_tuner
 
@@ -74,7 +77,8 @@ def dry_run(plan: Plan) -> int:
     if plan.on_disk is None:
         print(f"masks: checked once the dense run has trained (none of this spec in {dense_dir})")
     else:
-        check_collapse(plan.spec, dense_dir, plan.on_disk[plan.spec.dense.epochs * plan.steps_per_epoch])
+        final = plan.on_disk[plan.spec.dense.total_steps(plan.steps_per_epoch)]
+        pruning.check_collapse(plan.spec, layout(plan.exp), final)
     return 0
 
 

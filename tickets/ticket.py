@@ -1,45 +1,26 @@
 """Tickets: the mask a grid point trains and the weights it starts from, and the papers' controls.
 
-A ticket is pruned from the final dense weights (one shot to a sparsity, `make_ticket`, or to an IMP
-level's per-layer counts, `make_level_ticket`), or from the weights an IMP chain's previous level
-trained to (`imp_level`), then rewound; `control_ticket` owns the controls, each its own branch; a
-ticket found on another data set is fitted to this model by `transfer_ticket`. Every random choice
-draws from a named seed stream of the replicate (`Stream`).
+`for_point` is the way in: the ticket a trial trains. It is pruned from the final dense weights (one
+shot, to a sparsity or to an IMP level's per-layer counts: `make_ticket`), or is its IMP chain's mask
+of its level (an IMP control), or was found on another data set and is fitted to this model
+(`transfer_ticket`); an IMP chain prunes each level from the weights its previous level trained to
+(`imp_level`). Then it is rewound; `control_ticket` owns the controls, each its own branch. Every
+random choice draws from a named seed stream of the replicate (`tickets.seeds`).
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from tickets import masks as masks_lib
-from tickets import models, pruning
+from tickets import models, pruning, seeds
 from tickets.config import Spec
+from tickets.seeds import Stream
 
 Weights = dict[str, np.ndarray]
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed from several integers: distinct streams for data order, controls, replicates."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-class Stream(enum.IntEnum):
-    """The seed streams of one replicate: `derive_seed(spec.seed, replicate, stream, ...)`. The
-    dense run's data order is `derive_seed(spec.seed, 0)`, apart from all of these."""
-
-    SPARSE_DATA = 1  # the sparse runs' data order and augmentation
-    REINIT = 2  # random_reinit's fresh initialisation
-    RANDOM_PRUNE = 3  # random_prune's masks (and, for IMP, the level)
-    TRANSFER = 4  # a transferred ticket's re-initialised layers
-    TWIN = 5  # an instability twin's data order and augmentation (and its BatchNorm re-estimation batches)
-
-
-def stream_seed(spec: Spec, replicate: int, stream: Stream, *more: int) -> int:
-    return derive_seed(spec.seed, replicate, int(stream), *more)
 
 
 @dataclass
@@ -52,19 +33,26 @@ class Ticket:
     threshold: float | None
 
 
-def make_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, sparsity: float,
-                control: str, replicate: int) -> Ticket:
-    """A one-shot grid point at `sparsity`: the mask pruned from the final dense weights, and what
+def for_point(spec: Spec, model: keras.Model, point: dict, final: Weights, rewind: Weights,
+              chain_mask: masks_lib.Mask | None = None, source: dict | None = None) -> tuple[Ticket, bool]:
+    """The ticket the trial at `point` (its config) trains, and whether layers of it were
+    re-initialised (a transferred ticket's classifier): a transferred `source` ticket, an IMP
+    control's `chain_mask` (its chain's mask of its level), or a one-shot grid point."""
+    control, replicate, level = point["control"], int(point["replicate"]), point.get("level")
+    if control == "transfer":
+        return transfer_ticket(spec, model, source, replicate)
+    if chain_mask is not None:
+        return control_ticket(spec, model, chain_mask, None, rewind, control, replicate, int(level)), False
+    return make_ticket(spec, model, final, rewind, point.get("sparsity"), control, replicate, level), False
+
+
+def make_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, sparsity: float | None,
+                control: str, replicate: int, level: int | None = None) -> Ticket:
+    """A one-shot grid point: the mask pruned from the final dense weights at `sparsity`, or at IMP
+    level `level` the per-layer counts IMP keeps there (the papers' one-shot comparisons), and what
     `control` trains from it (`control_ticket`)."""
-    mask, threshold = pruning.oneshot_mask(spec.pruning, layout(model), final, sparsity=sparsity)
-    return control_ticket(spec, model, mask, threshold, rewind, control, replicate)
-
-
-def make_level_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights, level: int,
-                      control: str, replicate: int) -> Ticket:
-    """A one-shot grid point at IMP level `level`: the per-layer counts IMP keeps there, pruned in one
-    shot from the final dense weights (the papers' one-shot comparisons); then `control_ticket`."""
-    mask, threshold = pruning.oneshot_mask(spec.pruning, layout(model), final, level=level)
+    at = {"sparsity": float(sparsity)} if level is None else {"level": int(level)}
+    mask, threshold = pruning.oneshot_mask(spec.pruning, layout(model), final, **at)
     return control_ticket(spec, model, mask, threshold, rewind, control, replicate)
 
 
@@ -87,11 +75,11 @@ def control_ticket(spec: Spec, model: keras.Model, mask: masks_lib.Mask, thresho
     """
     if control == "random_reinit":
         fresh = models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
-                             seed=stream_seed(spec, replicate, Stream.REINIT))
+                             seed=seeds.stream_seed(spec.seed, replicate, Stream.REINIT))
         rewind = models.get_weights(fresh)
     elif control == "random_prune":
         extra = () if level is None else (level,)
-        mask = masks_lib.random_mask_like(mask, stream_seed(spec, replicate, Stream.RANDOM_PRUNE, *extra))
+        mask = masks_lib.random_mask_like(mask, seeds.stream_seed(spec.seed, replicate, Stream.RANDOM_PRUNE, *extra))
         threshold = None
     elif control != "ticket":
         raise ValueError(f"Received `control={control!r}`: expected ticket, random_reinit or random_prune")
@@ -109,7 +97,7 @@ def transfer_ticket(spec: Spec, model: keras.Model, source: dict, replicate: int
     re-initialised and left dense. Returns the ticket and whether that happened.
     """
     fresh = models.get_weights(models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
-                                            seed=stream_seed(spec, replicate, Stream.TRANSFER)))
+                                            seed=seeds.stream_seed(spec.seed, replicate, Stream.TRANSFER)))
     names = pruning.prunable(spec.pruning, layout(model))
     start, mask, reinit = {}, {}, False
     for name, value in fresh.items():

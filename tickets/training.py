@@ -24,14 +24,14 @@ from typing import Callable, Iterator
 import keras
 import numpy as np
 
-from tickets import artifacts, models, pruning
-from tickets.rows import EarlyStop
-from tickets import runtime as runtime_lib
+from tickets import artifacts, models, pruning, seeds
 from tickets import masks as masks_lib
+from tickets import runtime as runtime_lib
 from tickets.config import DenseSpec, Spec, step_of
-from tickets.data import Dataset, eval_batches, train_batches
-from tickets.data import order as data_order
-from tickets.ticket import Ticket, Weights, derive_seed, layout
+from tickets.data import Dataset, order_label
+from tickets.early_stop import EarlyStop
+from tickets.pipeline import eval_batches, train_batches
+from tickets.ticket import Ticket, Weights, layout
 
 
 class Schedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -41,7 +41,7 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, spec: DenseSpec, steps_per_epoch: int, offset: int = 0):
         self.base = spec.optimizer.learning_rate
         self.name = spec.schedule.name
-        self.total = spec.epochs * steps_per_epoch
+        self.total = spec.total_steps(steps_per_epoch)
         self.warmup = step_of(spec.schedule.warmup_epochs, steps_per_epoch)
         self.milestones = [step_of(m, steps_per_epoch) for m in spec.schedule.milestones]
         self.gamma = spec.schedule.gamma
@@ -225,10 +225,10 @@ def train_dense(spec: Spec, data: Dataset, on_epoch: Callable[[Progress], None] 
     """Train the dense network from its seeded initialisation, keeping the snapshots the spec's
     rewind points need; `on_epoch` sees each epoch's metrics as it ends."""
     spe = data.steps_per_epoch(spec.data.batch_size)
-    total = spec.dense.epochs * spe
+    total = spec.dense.total_steps(spe)
     keep = set(spec.record_steps(spe))
     with runtime_lib.replicated(runtime_lib.RUNTIME.replicas):
-        model = models.build(spec.model, data.input_shape, data.num_classes, seed=spec.seed)
+        model = models.build(spec.model, data.input_shape, data.num_classes, seed=seeds.dense_init(spec.seed))
         replicas = model.distribute_strategy.num_replicas_in_sync if hasattr(model, "distribute_strategy") else 1
         compile_model(model, make_optimizer(spec.dense, spe))
         snapshots = {0: models.get_weights(model)}
@@ -237,14 +237,14 @@ def train_dense(spec: Spec, data: Dataset, on_epoch: Callable[[Progress], None] 
             snapshots[step] = models.get_weights(model)
 
         metrics = []
-        for p in _segments(model, spec, data, derive_seed(spec.seed, 0), 0, total, keep, snapshot):
+        for p in _segments(model, spec, data, seeds.dense_data(spec.seed), 0, total, keep, snapshot):
             metrics.append(vars(p))
             on_epoch(p)
     sizes = {"train": len(data.train), "validation": len(data.validation) if data.validation is not None else 0,
              "test": len(data.test), "source": data.source}
     return Trajectory(spe, total, snapshots, metrics, models.layout(model),
                       {**runtime_lib.RUNTIME.row(), "replicas": replicas,
-                       "data_order": data_order(data.train, spec.data)}, sizes)
+                       "data_order": order_label(data.train, spec.data)}, sizes)
 
 
 @dataclass
@@ -291,7 +291,8 @@ def _compiled(spec: Spec, data: Dataset) -> _Compiled:
         policy = keras.config.dtype_policy().name
         keras.backend.clear_session()
         runtime_lib.set_precision(policy)  # clear_session resets Keras's global state, the dtype policy included
-        model = models.build(spec.model, data.input_shape, data.num_classes, seed=spec.seed)
+        # Every trial replaces these weights; the dense run's own initialisation is as good as any.
+        model = models.build(spec.model, data.input_shape, data.num_classes, seed=seeds.dense_init(spec.seed))
         schedule = Schedule(spec.dense, spe)
         optimizer = make_optimizer(spec.dense, spe, schedule)
         compile_model(model, optimizer)
@@ -311,7 +312,8 @@ def warm_up(spec: Spec, data: Dataset) -> None:
     shapes = {v.path: tuple(v.shape) for v in model.weights}
     install_mask(model, {n: np.ones(shapes[n], dtype=bool) for n in names})
     threads = runtime_lib.RUNTIME.data_threads
-    model.fit(train_batches(data, spec.data, 0, 0, 1, threads), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+    model.fit(train_batches(data, spec.data, seeds.WARM_UP, 0, 1, threads), epochs=1, steps_per_epoch=1, verbose=0,
+              shuffle=False)
     model.evaluate(eval_batches(data, data.test, spec.data, threads).take(1), verbose=0)
     compiled.traced = True
 
@@ -322,8 +324,7 @@ def train_sparse(spec: Spec, data: Dataset, ticket: Ticket, rewind_step: int, se
 
     Yields at every epoch boundary; the state yielded there restarts the run exactly there.
     """
-    spe = data.steps_per_epoch(spec.data.batch_size)
-    total = spec.dense.epochs * spe
+    total = spec.dense.total_steps(data.steps_per_epoch(spec.data.batch_size))
     compiled = _compiled(spec, data)
     model, optimizer, schedule = compiled.model, compiled.optimizer, compiled.schedule
     compiled.traced = True  # by its first epoch

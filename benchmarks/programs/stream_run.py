@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from tickets import data
+from tickets import data, pipeline
 from tickets.config import DataSpec
 
 root, size, batches, modes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
@@ -22,7 +22,7 @@ assert d.train.kind == "streamed", d.train.kind
 
 out = {}
 for mode in modes:
-    batches_ = data.train_batches(d, spec, seed=0, start_step=0, num_steps=batches + 1, threads=1,
+    batches_ = pipeline.train_batches(d, spec, seed=0, start_step=0, num_steps=batches + 1, threads=1,
                                   fused_crop=mode == "fused")
     it = iter(batches_)
     next(it)  # start-up
