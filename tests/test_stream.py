@@ -183,7 +183,7 @@ def test_streamed_memory_does_not_grow_with_the_data_set(tmp_path):
     (about 4x the encoded bytes) differs by far less than the encoded difference."""
     child = textwrap.dedent("""
         import sys
-        from tickets import data
+        from tickets import data, pipeline
         from tickets.config import DataSpec, SubsetSpec
         spec = DataSpec(dataset="parquet", path=sys.argv[1], image_size=128, batch_size=32, shuffle_buffer=512)
         d = data.load(spec, seed=0)

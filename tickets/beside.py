@@ -20,7 +20,7 @@ from ray.util.placement_group import placement_group, placement_group_table, rem
 from tickets import config as config_lib
 from tickets.dense import DenseRefs, announce, dense_task, put_snapshots, trained
 from tickets.errors import last_line
-from tickets.session import HEAD_NODE, Resources
+from tickets.session import Resources, on_head_node
 
 
 @ray.remote(num_cpus=0)
@@ -47,7 +47,6 @@ class DenseBoard:
         return self._refs
 
 
-
 def overlaps(res: Resources, nodes: list[dict]) -> bool:
     """Whether trials can start beside the dense run, on a node it leaves free: it takes one node
     whole, so at least one other must hold a trial. Never on one node, where it would slow the run."""
@@ -70,8 +69,7 @@ class DenseBeside:
         bundle = {"CPU": res.dense_cpus, **({"GPU": res.dense_gpus} if res.dense_gpus else {})}
         self.placement = placement_group([bundle], strategy="STRICT_PACK")
         ray.get(self.placement.ready())
-        # On the head node, as Ray's own controllers are: removing a worker node never takes it along.
-        self.board = DenseBoard.options(resources={HEAD_NODE: 0.001}).remote()
+        self.board = DenseBoard.options(**on_head_node()).remote()
         announce(spec, exp, spe, None)
         self.task = dense_task(spec, exp, res, data_ref, self.placement)
         self.refs = DenseRefs.of(spec, spe, {}, data_ref, board=self.board)

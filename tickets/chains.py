@@ -31,7 +31,7 @@ from ray.tune.search import Searcher
 from tickets import artifacts, grid
 from tickets.config import Spec
 from tickets.errors import trial_error
-from tickets.session import HEAD_NODE
+from tickets.session import on_head_node
 
 Chain = tuple[float, int]  # grid.chain_of: (rewind epoch, replicate)
 
@@ -69,8 +69,7 @@ class LevelBoard:
 
 
 def board_name(exp: Path) -> str:
-    """The board's actor name: Tune restores its callbacks (`ChainErrors`) from the experiment's saved
-    state on `--resume`, so they find the new driver's board by name, not by a handle of the old one."""
+    """The board's actor name, one per experiment dir (`ChainErrors` finds it by name)."""
     return f"tickets-levels-{hashlib.sha256(str(exp).encode()).hexdigest()[:16]}"
 
 
@@ -81,18 +80,20 @@ def level_board(spec: Spec, exp: Path, dense_hash: str, resume: bool):
         ray.kill(ray.get_actor(board_name(exp)))
     except ValueError:
         pass
-    # On the head node, as Ray's own controllers are: removing a worker node never takes it along.
-    board = LevelBoard.options(name=board_name(exp), resources={HEAD_NODE: 0.001}).remote()
+    board = LevelBoard.options(name=board_name(exp), **on_head_node()).remote()
     if resume:
         published = []
         for trial, config in artifacts.trial_params(exp).items():
-            if not grid.is_chain(config, spec):
+            if not grid.is_chain(config):
                 continue
             for level in range(1, spec.pruning.num_levels() + 1):
                 path = artifacts.level_file(trial, level)
-                if not path.is_file():
+                try:
+                    saved = artifacts.load_ticket(path, parts=("mask",)) if path.is_file() else None
+                except artifacts.ArtifactError:  # cut short when its chain was killed: trained again
+                    saved = None
+                if saved is None:
                     break
-                saved = artifacts.load_ticket(path, parts=("mask",))
                 if saved["info"].get("dense_hash") == dense_hash:
                     published.append(board.publish.remote(grid.chain_of(config), level, saved["mask"]))
         ray.get(published)
@@ -125,7 +126,7 @@ class ImpQueue(Searcher):
 
     def _ready(self, point: dict) -> bool:
         chain = grid.chain_of(point)
-        return "level" not in point or point["level"] <= self.reached.get(chain, 0) or chain in self.failed
+        return grid.is_chain(point) or point["level"] <= self.reached.get(chain, 0) or chain in self.failed
 
     def suggest(self, trial_id: str):
         if len(self.suggested) == len(self.points):
@@ -133,7 +134,7 @@ class ImpQueue(Searcher):
         for i, point in enumerate(self.points):
             if i not in self.suggested and self._ready(point):
                 self.suggested.add(i)
-                if "level" not in point:
+                if grid.is_chain(point):
                     self.chains[trial_id] = grid.chain_of(point)
                 return dict(point)
         return None  # nothing can train yet: Tune asks again
@@ -165,12 +166,19 @@ class ImpQueue(Searcher):
 
 
 class ChainErrors(tune.Callback):
-    """When an IMP ticket chain fails for good, its one-line error goes to the board (`board_name`),
-    where its control trials wait for their masks: they fail with it instead of waiting."""
-
-    def __init__(self, board: str):
-        self.board = board
+    """When an IMP ticket chain fails for good, its one-line error goes to the board, where its
+    control trials wait for their masks: they fail with it instead of waiting. It holds no handle:
+    Tune restores its callbacks from the experiment's saved state on `--resume`, so it finds the
+    new driver's board by name."""
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if "level" not in trial.config:
-            ray.get_actor(self.board).fail.remote(grid.chain_of(trial.config), trial_error(trial))
+        if not grid.is_chain(trial.config):
+            return
+        # The experiment dir as this driver names it (Tune moves `trial.path` with a restored experiment).
+        name = board_name(Path(trial.path).parent)
+        try:
+            board = ray.get_actor(name)
+        except ValueError:  # no board: a sweep that failed before the grid started
+            print(f"warning: the IMP board {name} is gone; the chain's controls fail on their own", flush=True)
+            return
+        board.fail.remote(grid.chain_of(trial.config), trial_error(trial))

@@ -92,7 +92,7 @@ class DataSpec:
     augment: bool = True
     subset: SubsetSpec | None = None
     half: str | None = None
-    # Training images held out for validation (0: none): class-balanced, drawn with VALIDATION_SEED
+    # Training images held out for validation (0: none): class-balanced, drawn with seeds.VALIDATION
     # (the same for every experiment seed) from the training images `half` leaves, before `subset`
     # draws from the rest. Early stopping and every "best" are chosen on it, never on the test set.
     validation: int = 0

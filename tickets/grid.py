@@ -37,9 +37,10 @@ def trial_points(spec: Spec) -> list[dict]:
     return chains + controls
 
 
-def is_chain(point: dict, spec: Spec) -> bool:
-    """Whether a point (a trial's config) is an IMP ticket chain: it walks the levels itself."""
-    return spec.pruning.mode == "imp" and "level" not in point
+def is_chain(point: dict) -> bool:
+    """Whether a point of an IMP grid (a trial's config) is a ticket chain, which walks the levels
+    itself, rather than a control at one level."""
+    return "level" not in point
 
 
 def chain_of(point: dict) -> tuple[float, int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tickets import instability, models
+from tickets import artifacts, instability, models
 from tickets import runtime as runtime_lib
 from tickets.pipeline import eval_batches, train_batches
 
@@ -22,7 +22,7 @@ def path(spec, data, model, first: dict, second: dict, seed: int) -> dict[str, n
     validation = (eval_batches(data, data.validation, spec.data, runtime_lib.RUNTIME.data_threads)
                   if data.validation is not None else None)
     alphas = np.linspace(0.0, 1.0, options.points)
-    curve = {k: np.full(len(alphas), np.nan) for k in ("test_loss", "test_accuracy", "val_loss", "val_accuracy")}
+    curve = {k: np.full(len(alphas), np.nan) for k in artifacts.CURVE_COLUMNS if k != "alpha"}
     for i, alpha in enumerate(alphas):
         models.set_weights(model, instability.interpolate(first, second, alpha))
         if options.batchnorm == "reestimate":

@@ -17,7 +17,7 @@ from tickets import config as config_lib
 from tickets import data as data_lib
 from tickets.config import SpecError
 from tickets.errors import DataError, UsageError
-from tickets.grid import axes, trial_points, transfer_key
+from tickets.grid import axes, is_chain, trial_points, transfer_key
 from tickets.session import Resources, local_gpus, resolve_resources
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
@@ -150,7 +150,7 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
     shown = " x ".join(f"{k} {v}" for k, v in axes(spec).items())
     points = trial_points(spec)
     if spec.pruning.mode == "imp":
-        chains = sum("level" not in p for p in points)
+        chains = sum(is_chain(p) for p in points)
         others = [c for c in spec.search.control if c != "ticket"]
         print(f"grid: {len(points)} trials = {chains} ticket chain(s) (rewind_epoch {list(spec.search.rewind_epoch)} x "
               f"replicate {list(spec.search.replicate)})"

@@ -58,7 +58,7 @@ def epoch_metrics(progress, early_stop: EarlyStop) -> dict:
 
 def recorded(metrics: dict, trial_id: str) -> dict:
     """A trial's row as its `metrics.jsonl` keeps it: the metrics, and who wrote them when, in which format."""
-    return {**metrics, "trial_id": trial_id, "pid": os.getpid(), "time": time.time(), "format": artifacts.FORMAT}
+    return {**metrics, **dict(zip(RECORD_ONLY, (trial_id, os.getpid(), time.time(), artifacts.FORMAT), strict=True))}
 
 
 def as_reported(row: dict) -> dict:

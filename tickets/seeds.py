@@ -2,8 +2,9 @@
 
 A sweep draws from the experiment's seed (`spec.seed`) through a few named streams, so that two
 choices never share random numbers by accident and a value never changes because another stream
-gained a draw. Each function here returns the seed (or generator) of one stream; callers never
-combine seeds themselves. Some streams are fixed on purpose (`HALF_SPLIT`, `VALIDATION`, the
+gained a draw. Each function here returns the seed (or generator) of one stream; within a stream,
+a data pipeline derives each image's augmentation seed from (stream seed, position), and an IMP
+control its level's (`stream_seed`'s `more`). Some streams are fixed on purpose (`HALF_SPLIT`, `VALIDATION`, the
 synthetic data's): they are the same for every experiment seed, so experiments of different seeds
 see the same images. The values are pinned by tests/test_seeds.py: changing one changes every
 mask, dense run and data order made from it.

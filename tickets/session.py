@@ -21,6 +21,12 @@ from tickets.config import SpecError
 HEAD_NODE = "node:__internal_head__"  # the resource Ray gives the head node alone
 
 
+def on_head_node() -> dict:
+    """Options that place a small driver-side actor (a board trials wait on) on the head node, as Ray's
+    own controllers are: removing a worker node never takes it along."""
+    return {"resources": {HEAD_NODE: 0.001}}
+
+
 @dataclass(frozen=True)
 class Resources:
     cpus: float  # per trial

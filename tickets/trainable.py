@@ -46,16 +46,17 @@ def process_age() -> float:
         return float("nan")
 
 
-def train_ticket(config: dict, spec: dict, dense: DenseRefs, levels=None) -> None:
-    """One grid point (or one IMP control at one level, its chain's mask from the board `levels`):
+def train_ticket(config: dict, spec: dict, dense: DenseRefs, board=None) -> None:
+    """One grid point (or one IMP control at one level, its chain's mask from the `chains.LevelBoard`):
     mask, rewind, masked training to the end of the dense schedule, reporting every epoch with a
     checkpoint; a restarted trial continues from its last finished epoch."""
     entered, worker_age = time.perf_counter(), process_age()
     if _finished_before():
         return
     # A control whose chain failed for good fails here, before any import.
-    chain_mask = chains.chain_mask(levels, config) if levels is not None and "level" in config else None
-    t, dense, waited = _enter(config, spec, dense)
+    chain_mask = chains.chain_mask(board, config) if board is not None and not grid.is_chain(config) else None
+    t, dense = _enter(config, spec, dense)
+    waited = t.process["dense_wait_seconds"]
     ticket, base = t.ticket(**_sources(t, dense, chain_mask), chain_mask=chain_mask)
     saved = _restore()
     if saved is not None and any(not np.array_equal(saved["mask"][k], ticket.mask[k]) for k in ticket.mask):
@@ -85,17 +86,17 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs, levels=None) -> Non
     artifacts.save_ticket(_trial_dir() / artifacts.TICKET_FILE, ticket.mask, ticket.start, state.weights, info)
 
 
-def train_imp(config: dict, spec: dict, dense: DenseRefs, levels) -> None:
+def train_imp(config: dict, spec: dict, dense: DenseRefs, board) -> None:
     """An IMP trial: a ticket chain, or a control trained on one level of its chain."""
-    (train_ticket if "level" in config else train_imp_chain)(config, spec, dense, levels)
+    (train_imp_chain if grid.is_chain(config) else train_ticket)(config, spec, dense, board)
 
 
-def train_imp_chain(config: dict, spec: dict, dense: DenseRefs, levels) -> None:
+def train_imp_chain(config: dict, spec: dict, dense: DenseRefs, board) -> None:
     """One IMP ticket chain (rewind epoch, replicate): prune, rewind and retrain level after level,
     reporting once per level with a checkpoint; a restarted chain continues at its next level."""
     if _finished_before():
         return
-    t, dense, _ = _enter(config, spec, dense)
+    t, dense = _enter(config, spec, dense)
     final, rewind = ray.get([dense.final, dense.snapshots[t.rewind_step]])
     total = t.spec.pruning.num_levels()
     # Level 0 is the dense run: its final weights rank the first pruning. A checkpoint's step is its level.
@@ -120,7 +121,7 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs, levels) -> None:
             artifacts.save_ticket(path, ticket.mask, ticket.start, state.weights,
                                   t.info(metrics, pid=os.getpid(), metrics=metrics))
         # On the board before the report: the controls of this level are queued once it is reported.
-        ray.get(levels.publish.remote(grid.chain_of(config), level, ticket.mask))
+        ray.get(board.publish.remote(grid.chain_of(config), level, ticket.mask))
         if twins:
             metrics = {**metrics, **t.twin(ticket, state.weights, _trial_dir(), level)}
         # Optimizer state restarts fresh at every level: the checkpoint keeps none.
@@ -135,9 +136,9 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs, levels) -> None:
 
 
 def _enter(config: dict, spec: dict, dense: DenseRefs):
-    """The trial in this process: (its `trial.Trial`, the dense refs with the snapshots in, the
-    seconds it waited for them). A trial started beside the dense run (its board still open) traces
-    its steps first, then waits; had the run already failed, it fails here, before any import."""
+    """The trial in this process: (its `trial.Trial`, the dense refs with the snapshots in). A trial
+    started beside the dense run (its board still open) traces its steps first, then waits (the
+    seconds go in its rows); had the run already failed, it fails here, before any import."""
     global _TRIALS_IN_PROCESS
     answer, beside = None, False
     if dense.board is not None:
@@ -157,13 +158,12 @@ def _enter(config: dict, spec: dict, dense: DenseRefs):
                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **runtime.row()}
     t = trial_lib.Trial(spec=spec_obj, data=ray.get(dense.data), point=config,
                         steps_per_epoch=dense.steps_per_epoch, dense_hash=dense.dense_hash, process=process)
-    waited = 0.0
     if beside:
         t.warm_up()  # on resources the dense run does not use: it trains at once when the snapshots come
         waiting = time.perf_counter()
         dense = dense.published(answer)
-        waited = t.process["dense_wait_seconds"] = time.perf_counter() - waiting
-    return t, dense, waited
+        t.process["dense_wait_seconds"] = time.perf_counter() - waiting
+    return t, dense
 
 
 def _sources(t, dense: DenseRefs, chain_mask: dict | None) -> dict:

@@ -16,12 +16,16 @@ from tickets.errors import trial_error
 from tickets.session import Resources
 from tickets.trainable import train_imp, train_ticket
 
+# An IMP experiment started before these moved to `tickets.chains` pickled them by this module's
+# path (Tune's saved searcher and callbacks): `--resume` finds them here.
+ImpQueue, ChainErrors = chains.ImpQueue, chains.ChainErrors
 
-def make_trainable(spec: config_lib.Spec, dense: DenseRefs, res: Resources, levels=None):
+
+def make_trainable(spec: config_lib.Spec, dense: DenseRefs, res: Resources, board=None):
     """The spec's trainable (one-shot, or IMP with its `chains.LevelBoard`) with the dense refs bound
     and the per-trial resources."""
     if spec.pruning.mode == "imp":
-        trainable = tune.with_parameters(train_imp, spec=spec.to_dict(), dense=dense, levels=levels)
+        trainable = tune.with_parameters(train_imp, spec=spec.to_dict(), dense=dense, board=board)
     else:
         trainable = tune.with_parameters(train_ticket, spec=spec.to_dict(), dense=dense)
     return tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
@@ -66,11 +70,11 @@ def _cell(value) -> str:
 def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources, resume: bool, verbose: bool):
     """Run (or, with `resume`, continue) the grid in `exp` until it ends; returns Tune's ResultGrid."""
     imp = spec.pruning.mode == "imp"
-    levels = chains.level_board(spec, exp, dense.dense_hash, resume) if imp else None
-    trainable = make_trainable(spec, dense, res, levels)
+    board = chains.level_board(spec, exp, dense.dense_hash, resume) if imp else None
+    trainable = make_trainable(spec, dense, res, board)
     # Tune's tables and per-trial boxes are hundreds of lines for a small grid: the table above
     # shows what a user needs; --verbose brings Tune's own back.
-    callbacks = (([chains.ChainErrors(chains.board_name(exp))] if imp else [])
+    callbacks = (([chains.ChainErrors()] if imp else [])
                  + ([] if verbose else [TrialTable(grid.table_columns(spec))]))
     if not verbose:  # Tune's newer console output prints its header boxes even at verbose=0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
