@@ -118,6 +118,44 @@ def test_a_winning_ticket_matches_dense_within_the_tolerance_and_is_never_a_cut_
     assert analysis.winning_tickets(df, tolerance=0.5).sparsity.tolist() == [0.8]
 
 
+def test_only_finished_runs_count_with_their_intervals_and_controls_pair_with_the_ticket_by_replicate():
+    # Tickets at 0.5 in three replicates (the third errored at epoch 1, at chance: not a result), random
+    # reinits in two; a dense network at 80 %.
+    rows = [("ticket", 0.5, 0.79, False), ("ticket", 0.5, 0.81, False), ("ticket", 0.5, 0.10, False),
+            ("random_reinit", 0.5, 0.70, False), ("random_reinit", 0.5, 0.705, False)]
+    df = _results(rows)
+    df["replicate"] = [0, 0, 1, 2, 0, 1]
+    df["status"] = ["finished"] * 3 + ["error"] + ["finished"] * 2
+    s = analysis.summary(df, tolerance=0.5).set_index("control")
+    ticket = s.loc["ticket"]
+    assert ticket.replicates == 2 and not ticket.complete and ticket.final_accuracy == pytest.approx(0.80)
+    assert ticket.final_accuracy_ci95 == pytest.approx(12.706204736 * 0.01)  # t(0.975, 1) · (0.01 √2) / √2
+    # 80 % ± 12.7 points straddles 79.5 %: the mean matches, the interval cannot tell.
+    assert ticket.matches and ticket.match_verdict.startswith("undecided")
+    assert analysis.winning_tickets(df, tolerance=0.5).empty
+    reinit = s.loc["random_reinit"]
+    assert reinit.complete and reinit.match_verdict == "falls short"  # 70.25 % ± 4.5 points < 79.5 %
+    pairs = analysis.paired(df).set_index("control")
+    assert pairs.loc["random_reinit", "pairs"] == 2  # replicates 0 and 1; the errored ticket is no pair
+    assert pairs.loc["random_reinit", "difference"] == pytest.approx(((0.70 - 0.79) + (0.705 - 0.81)) / 2)
+    one = analysis.summary(df[df.trial_id != "t1"], tolerance=0.5).set_index("control").loc["ticket"]
+    assert one.replicates == 1 and np.isnan(one.final_accuracy_std) and one.match_verdict == "falls short (one replicate)"
+
+
+def test_a_published_point_is_compared_only_with_a_configuration_near_it():
+    from tickets.config import Reference, ReferencePoint
+
+    # Conv-2's published points: the dense anchor and a gain of 3.4 points at 4.6 % of the weights.
+    refs = (Reference("Frankle & Carbin (2019)", "ticket", (ReferencePoint(100, gain=0), ReferencePoint(4.6, gain=3.4))),)
+    df = _results([("ticket", 0.67, 0.8, False), ("ticket", 0.96, 0.75, False)])
+    df.loc[1:, "weights_remaining_total"] = [0.33, 0.037]  # of all the network's weights
+    df["early_stop_accuracy"], df["val_loss"] = df["test_accuracy"], 1.0
+    s = analysis.summary(df, references=refs).set_index("sparsity")
+    assert np.isnan(s.loc[0.67, "published_gap"])  # 33 % is three times from 100 % and seven from 4.6 %
+    assert s.loc[0.96, "published_weights_remaining"] == 0.046  # 3.7 %: within x1.3
+    assert s.loc[0.96, "published_gap"] == pytest.approx(0.75 - (0.80 + 0.034))
+
+
 def test_rows_of_an_older_format_read_in_this_one(tmp_path):
     # Format 1 rows (before rows carried a format) predate mixed precision: they read as float32.
     row = {"sparsity": 0.5, "rewind_epoch": 0.0, "control": "ticket", "replicate": 0, "epoch": 1,

@@ -102,6 +102,19 @@ def test_paper_presets_hold_out_the_papers_validation_split():
     ({"pruning": {"min_live_channels": -1}}, "pruning.min_live_channels: -1 must be >= 0"),
     ({"pruning": {"mode": "imp", "levels": 2}, "search": {"control": ["random_reinit"]}},
      "search.control: ['random_reinit'] has no 'ticket': IMP controls train the ticket chain's masks"),
+    ({"search": {"control": ["snipp"]}}, "search.control[0]: 'snipp' is not one of ticket, random_reinit"),
+    ({"search": {"control": ["ticket+shuffle"]}}, "search.control[0]: 'ticket+shuffle' is the papers' random_prune"),
+    ({"search": {"control": ["snip+prune"]}}, "search.control[0]: 'snip+prune' is not one of"),
+    ({"pruning": {"mode": "imp", "levels": 2}, "search": {"control": ["ticket", "synflow"]}},
+     "search.control[1]: 'synflow' prunes at initialization, in one shot; pruning.mode 'imp' prunes iteratively"),
+    ({"search": {"control": ["ticket", "grasp+reinit"], "rewind_epoch": [1, 2]}},
+     "search.control[1]: 'grasp+reinit' prunes at initialization and trains from it (rewind epoch 0), which "
+     "search.rewind_epoch [1.0, 2.0] lacks: add 0"),
+    ({"pruning": {"synflow_rounds": 0}}, "pruning.synflow_rounds: 0 must be >= 1"),
+    ({"pruning": {"init_batches": 0}}, "pruning.init_batches: 0 must be >= 1"),
+    ({"report": {"match": "best"}}, "report.match: 'best' is not one of final, early_stop"),
+    ({"report": {"match": "early_stop"}, "data": {"validation": 0}},
+     "report.match: 'early_stop' needs a validation split to stop early on (data.validation)"),
     ({"instability": {"points": 0}}, "instability.points: 0 must be >= 2"),
     ({"instability": {"batchnorm": "recompute"}}, "instability.batchnorm: 'recompute' is not one of interpolate, reestimate"),
     ({"instability": {"enabled": True}, "search": {"level": [1], "sparsity": [], "control": ["random_prune"]}},
@@ -138,3 +151,20 @@ def test_malformed_yaml_names_the_line(tmp_path):
 def test_unknown_preset_suggests_one():
     with pytest.raises(SpecError, match=r"'smok' is neither a YAML file nor a preset \(did you mean 'smoke'\?\)"):
         config.load("smok")
+
+
+def test_a_bad_control_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    from tickets import sweep
+
+    assert sweep.main(["smoke", "--storage-path", str(tmp_path), "--set", "search.control=[ticket,synflw]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: search.control[1]: 'synflw' is not one of") and "did you mean 'synflow'" in err
+    assert err.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_controls_name_a_method_and_an_ablation():
+    assert config.split_control("random_prune") == ("ticket", "shuffle")
+    assert config.split_control("random_reinit") == ("ticket", "reinit")
+    assert config.split_control("synflow+shuffle") == ("synflow", "shuffle")
+    assert config.split_control("snip") == ("snip", None)
+    assert {config.split_control(c)[0] for c in config.CONTROLS} == {"ticket", "transfer", *config.INIT_METHODS}

@@ -8,7 +8,7 @@ import os
 import signal
 
 import numpy as np
-from helpers import LOCAL, ONE_AT_A_TIME, cli, read_results, sets, wait_until
+from helpers import LOCAL, ONE_AT_A_TIME, cli, read_results, run, sets, wait_until
 
 from tickets import analysis, artifacts, report
 
@@ -46,9 +46,9 @@ def test_twins_resume_without_retraining_the_finished_copy_and_the_path_ends_at_
     df = read_results(exp)
     final = analysis.final_rows(df[df.control != "dense"])
     twins = final[final.instability.notna()]
-    # Every ticket and every network at sparsity 0 has a twin; a random reinit at 0.9 has none.
-    assert sorted(zip(twins.control.astype(str), twins.sparsity)) == [("random_reinit", 0.0), ("ticket", 0.0),
-                                                                     ("ticket", 0.9)]
+    # Every ticket has a twin (the one at sparsity 0 is the dense network); no control has, not even at
+    # sparsity 0, where a random reinit's twin once stood beside the dense one as a second "dense" row.
+    assert sorted(zip(twins.control.astype(str), twins.sparsity)) == [("ticket", 0.0), ("ticket", 0.9)]
     assert set(twins.instability_batchnorm) == {"interpolate"}
     assert (twins.instability >= 0).all() and (twins.instability <= 1).all()
     curves = analysis.curves(exp)
@@ -71,3 +71,24 @@ def test_twins_resume_without_retraining_the_finished_copy_and_the_path_ends_at_
     text = (exp / "report.md").read_text()
     assert "## Instability: which rewind points are stable to SGD noise" in text
     assert "judged on the validation split" in text and "the dense network (sparsity 0)" in text
+
+
+def test_an_imp_chain_trains_a_dense_baseline_at_level_0_and_reestimation_keeps_both_barriers(tmp_path):
+    exp = tmp_path / "imp"
+    code, out = run(["smoke", "--storage-path", str(tmp_path), "--name", "imp", *LOCAL,
+                     *sets("dense.epochs=2", "search.rewind_epoch=[0]", "search.sparsity=[]", "pruning.mode=imp",
+                           "pruning.levels=1", "search.control=[ticket]", "data.synthetic_size={train: 512, test: 128}",
+                           "instability.enabled=true", "instability.points=3", "instability.batchnorm=reestimate",
+                           "instability.batchnorm_batches=2")])
+    assert code == 0, out[-3000:]
+    final = analysis.final_rows(read_results(exp))
+    chain = final[final.control == "ticket"].sort_values("level")
+    # Level 0: the dense network rewound and retrained, beside its twin; level 1 still prunes the dense
+    # run's own weights (its count is exactly the first level's).
+    assert chain.level.tolist() == [0, 1] and chain.sparsity.iloc[0] == 0.0 and chain.instability.notna().all()
+    assert (chain.interpolated_instability.notna() & chain.interpolated_val_instability.notna()).all()
+    rows = artifacts.read_metrics(next(exp.glob(f"*/{artifacts.level_file(exp, 1).name}")).parent)
+    n = rows[0]["prunable_weights"]
+    assert [r["weights_remaining_count"] for r in rows] == [n, n - round(0.2 * n)]
+    text = (exp / "report.md").read_text()
+    assert "the dense network (level 0)" in text and "interpolated BatchNorm: test" in text

@@ -10,16 +10,17 @@ validation split nothing is early-stopped (those columns are NaN) and only final
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tickets import artifacts
+from tickets import artifacts, stats
 from tickets import config as config_lib
+from tickets import instability as instability_lib
 from tickets import rows as rows_lib
 from tickets.config import GRID_KEYS
-from tickets.instability import STABLE
 
 
 def _status(trial: Path) -> str:
@@ -118,68 +119,163 @@ def _keys(df: pd.DataFrame) -> list[str]:
 
 def references(experiment) -> tuple[config_lib.Reference, ...]:
     """The published reference points the experiment's spec carries (none for most specs)."""
+    spec = _spec(experiment)
+    return spec.references if spec else ()
+
+
+def match_mode(experiment) -> str:
+    """What the experiment's spec matches by (`report.match`: final or early_stop)."""
+    spec = _spec(experiment)
+    return spec.report.match if spec else config_lib.ReportSpec.match
+
+
+def _spec(experiment) -> config_lib.Spec | None:
     path = Path(experiment) / artifacts.SPEC_FILE
-    return config_lib.load(path).references if path.is_file() else ()
+    return config_lib.load(path) if path.is_file() else None
+
+
+# What `matches` decides by: (match mode, validation split) -> the column, and how the report names it.
+_DECIDED_BY = {("final", True): ("val_accuracy", "final validation accuracy"),
+               ("final", False): ("test_accuracy", "final test accuracy (no validation split)"),
+               ("early_stop", True): ("early_stop_val_accuracy", "validation accuracy at the early stop"),
+               ("early_stop", False): ("test_accuracy", "final test accuracy (no validation split to stop early on)")}
+
+# A published point is compared only with a configuration within this factor of its weights remaining:
+# about one IMP level at the papers' 20 % per level (x1.25), with room for per-layer rounding.
+PUBLISHED_WITHIN = 1.3
+
+
+def decided_by(df: pd.DataFrame, match: str = "final") -> tuple[str, str, float]:
+    """(the column `matches` compares, its name in words, the dense network's value of it)."""
+    column, words = _DECIDED_BY[match, validated(df)]
+    dense = _dense_final(df)
+    return column, words, float(dense[column].mean()) if column in dense else math.nan
+
+
+def complete_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The last report of every run that finished: a trial that wrote its ticket, or an IMP chain's
+    level (a chain reports a level once it has trained it). An errored or unfinished trial's last
+    epoch is not a result."""
+    runs = final_rows(df)
+    done = runs["status"] == "finished" if "status" in runs else pd.Series(True, index=runs.index)
+    if "levels" in runs:
+        done |= runs["levels"].notna()
+    return runs[done.to_numpy(dtype=bool)]
 
 
 def summary(df: pd.DataFrame, tolerance: float = 0.5,
-            references: tuple[config_lib.Reference, ...] = ()) -> pd.DataFrame:
-    """One row per (control, sparsity or level, rewind_epoch) over replicates.
+            references: tuple[config_lib.Reference, ...] = (), match: str = "final") -> pd.DataFrame:
+    """One row per (control, sparsity or level, rewind_epoch), over the replicates that finished.
 
-    `final_accuracy` is the test accuracy at the end of training; `early_stop_accuracy` the test
-    accuracy at the epoch of least validation loss (NaN without a validation split). `matches` is
-    the winning-ticket test: mean final accuracy within `tolerance` percentage points of the dense
-    network's final accuracy, or better, and no replicate's network cut (`collapsed`: a mask that
-    cuts the network measures a cut network, not a ticket). It picks winners, so with a validation
-    split it compares validation accuracies (`final_val_accuracy`); only without one the test's. `weights_remaining_total` is the
-    share of every kernel weight of the network kept (the papers' axis); `weights_remaining` that of
-    the prunable ones. With `references` (`references(experiment)`), each row gains the published
-    point of its control nearest in `weights_remaining_total` (log scale) and `published_gap`: the
-    early-stop accuracy minus the published (early-stopped) one, like with like; NaN without a
-    validation split, where there is no early-stopped accuracy to compare.
+    `replicates` (n) counts them, `complete` says whether every run started at the point finished.
+    `final_accuracy` is the test accuracy at the end of training, `early_stop_accuracy` at the epoch
+    of least validation loss (NaN without a validation split); each with its standard deviation
+    (`_std`) and the half-width of its 95 % confidence interval (`_ci95`, mean ± ci95): NaN with one
+    replicate, which has neither. `matches` is the winning-ticket test: the mean of the accuracy it
+    decides by (`match_accuracy`: with a validation split the validation accuracy, final or at the
+    early stop as `match` says; the test accuracy only without a split) within `tolerance`
+    percentage points of the dense network's, or better, and no replicate's network cut
+    (`collapsed`). `match_verdict` says the same as far as the interval allows: "matches", "falls
+    short", "undecided" (the interval straddles the threshold) or, with one replicate, from the mean
+    alone. `weights_remaining_total` is the share of every kernel weight of the network kept (the
+    papers' axis); `weights_remaining` that of the prunable ones. With `references`
+    (`references(experiment)`), a row within `PUBLISHED_WITHIN` of a published point of its control
+    (in `weights_remaining_total`) gains it and `published_gap`: the early-stop accuracy minus the
+    published (early-stopped) one, like with like; NaN farther from every published point and
+    without a validation split.
     """
     trials = df[df["control"] != "dense"]
-    dense = dense_accuracy(df)
-    final = final_rows(trials)
-    for column in ("val_accuracy", "instability", "val_instability", "twin_test_accuracy"):
-        if column not in final:  # a frame built by hand, without the columns `load` gives
-            final = final.assign(**{column: np.nan})
     keys = _keys(df)
+    column, words, reference = decided_by(df, match)
+    final = complete_runs(trials)
+    for name in ("val_accuracy", "early_stop_val_accuracy", "instability", "val_instability", "twin_test_accuracy",
+                 "interpolated_instability", "interpolated_val_instability"):
+        if name not in final:  # a frame built by hand, without the columns `load` gives
+            final = final.assign(**{name: np.nan})
+    started = trials.groupby(keys, observed=True, dropna=False)["trial_id"].nunique()
     out = final.groupby(keys, observed=True, dropna=False).agg(
         replicates=("trial_id", "nunique"), sparsity_mean=("sparsity", "mean"),
         weights_remaining=("weights_remaining", "mean"), weights_remaining_total=("weights_remaining_total", "mean"),
-        final_accuracy=("test_accuracy", "mean"), final_accuracy_std=("test_accuracy", "std"),
-        final_val_accuracy=("val_accuracy", "mean"),
-        early_stop_accuracy=("early_stop_accuracy", "mean"), early_stop_accuracy_std=("early_stop_accuracy", "std"),
+        final_val_accuracy=("val_accuracy", "mean"), early_stop_val_accuracy=("early_stop_val_accuracy", "mean"),
         early_stop_epoch=("early_stop_epoch", "mean"), epochs=("epoch", "max"),
         collapsed=("collapsed_layers", lambda c: bool((c.fillna("") != "").any())),
         emptied_branches=("emptied_branches", lambda c: bool((c.fillna("") != "").any())),
         narrowest_live_channels=("narrowest_live_channels", "min"),
         instability=("instability", "mean"), val_instability=("val_instability", "mean"),
+        interpolated_instability=("interpolated_instability", "mean"),
+        interpolated_val_instability=("interpolated_val_instability", "mean"),
         twin_accuracy=("twin_test_accuracy", "mean"),
-    ).reset_index()
-    for column in ("final_accuracy_std", "early_stop_accuracy_std"):
-        out[column] = out[column].fillna(0.0).where(out[column.removesuffix("_std")].notna())
+    ).reindex(started.index)  # a point none of whose runs finished stays, incomplete, without numbers
+    out["replicates"] = out["replicates"].fillna(0).astype(int)
+    out["complete"] = out["replicates"] == started
+    out["collapsed"] = out["collapsed"].fillna(False).astype(bool)
+    out["emptied_branches"] = out["emptied_branches"].fillna(False).astype(bool)
+    groups = final.groupby(keys, observed=True, dropna=False)
+    for name, source in (("final_accuracy", "test_accuracy"), ("early_stop_accuracy", "early_stop_accuracy"),
+                         ("match_accuracy", column)):
+        spread = groups[source].apply(lambda v: pd.Series(stats.interval(v))).unstack().reindex(started.index)
+        out[name], out[f"{name}_std"], out[f"{name}_ci95"] = spread["mean"], spread["std"], spread["ci95"]
+    out = out.reset_index()
     if "sparsity" not in keys:
         out.insert(1, "sparsity", out["sparsity_mean"])
     out = out.drop(columns="sparsity_mean")
-    out["dense_accuracy"] = dense
+    out["dense_accuracy"] = dense_accuracy(df)
     out["dense_early_stop_accuracy"] = dense_early_stop_accuracy(df)
     # A winner is a choice: made on validation where there is a split, never on the test set then.
-    on, reference = ("final_val_accuracy", dense_val_accuracy(df)) if validated(df) else ("final_accuracy", dense)
-    out["matches"] = (out[on] >= reference - tolerance / 100) & ~out["collapsed"]
-    # Stable to SGD noise: an error barrier under the paper's 2 % -- also judged on validation where
-    # there is a split (the user picks a rewind point by it); NaN-free only where twins trained.
+    threshold = reference - tolerance / 100
+    out["match_on"], out["dense_match_accuracy"] = words, reference
+    out["matches"] = (out["match_accuracy"] >= threshold) & ~out["collapsed"]
+    out["match_verdict"] = [_match_verdict(r, threshold) for r in out.itertuples()]
+    # Stable to SGD noise: also judged on validation where there is a split (the user picks a rewind
+    # point by it); NaN-free only where twins trained.
     barrier = out["val_instability"] if validated(df) else out["instability"]
-    out["stable"] = (barrier < STABLE).where(barrier.notna())
+    out["stable"] = barrier.map(instability_lib.stable).where(barrier.notna())
     if references:
         out = _published(out, references, dense_early_stop_accuracy(df))
     return out.sort_values(keys).reset_index(drop=True)
 
 
+_VERDICTS = {"at or above": "matches", "below": "falls short", "undecided": "undecided: the interval straddles it"}
+
+
+def _match_verdict(row, threshold: float) -> str:
+    if row.collapsed:
+        return "cut network"
+    said = stats.verdict(row.match_accuracy, row.match_accuracy_ci95, row.replicates, threshold)
+    plain, _, one = said.partition(" (")
+    return _VERDICTS.get(plain, plain) + (f" ({one}" if one else "")
+
+
+def paired(df: pd.DataFrame, match: str = "final") -> pd.DataFrame:
+    """Every control compared with the ticket at its grid point, replicate by replicate (same
+    replicate: same data order, and for controls that start from the ticket's weights the same
+    start): the mean difference (control − ticket), its 95 % interval and the paired t-test's
+    p-value (`stats.paired`) of the accuracy `matches` decides by (`decided_by`), and the mean
+    difference of the final test accuracy beside it. Only runs that finished count."""
+    column, words, _ = decided_by(df, match)
+    final = complete_runs(df[df["control"] != "dense"])
+    point = [k for k in _keys(df) if k != "control"]
+    index = ["replicate", "level"] if "level" in point else ["replicate"]
+    rows = []
+    for at, g in final.groupby(point, observed=True, dropna=False):
+        ticket = g[g["control"] == "ticket"].set_index(index)
+        if ticket.empty:
+            continue
+        for control, c in g[g["control"] != "ticket"].groupby("control", observed=True):
+            c = c.set_index(index)
+            decided = stats.paired(c[column], ticket[column])
+            rows.append({**dict(zip(point, at if isinstance(at, tuple) else (at,))), "control": control,
+                         "pairs": decided["n"], "difference": decided["difference"], "ci95": decided["ci95"],
+                         "p_value": decided["p_value"], "on": words,
+                         "test_difference": stats.paired(c["test_accuracy"], ticket["test_accuracy"])["difference"]})
+    columns = [*point, "control", "pairs", "difference", "ci95", "p_value", "on", "test_difference"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _published(s: pd.DataFrame, references, dense: float) -> pd.DataFrame:
     """The nearest published point (same control, log weights remaining of the whole network) beside
-    each row, as fractions. Published accuracies are early-stopped, and gains are over the paper's
+    each row, as fractions, where it is within `PUBLISHED_WITHIN` of the row's weights remaining
+    (NaN farther). Published accuracies are early-stopped, and gains are over the paper's
     early-stopped dense network: they are compared with this experiment's early-stopped numbers."""
     nearest = []
     for row in s.itertuples():
@@ -188,7 +284,8 @@ def _published(s: pd.DataFrame, references, dense: float) -> pd.DataFrame:
             nearest.append((np.nan, np.nan))
             continue
         p = min(points, key=lambda p: abs(np.log(p.weights_remaining / 100) - np.log(row.weights_remaining_total)))
-        nearest.append((p.weights_remaining / 100, p.accuracy(dense * 100) / 100))
+        far = abs(np.log(p.weights_remaining / 100) - np.log(row.weights_remaining_total)) > np.log(PUBLISHED_WITHIN)
+        nearest.append((np.nan, np.nan) if far else (p.weights_remaining / 100, p.accuracy(dense * 100) / 100))
     s = s.copy()
     s["published_weights_remaining"] = [w for w, _ in nearest]
     s["published_accuracy"] = [a for _, a in nearest]
@@ -226,9 +323,10 @@ def collapsed_trials(df: pd.DataFrame) -> pd.DataFrame:
     return trials.drop_duplicates(["trial_id", "level"])[columns].reset_index(drop=True)
 
 
-def winning_tickets(df: pd.DataFrame, tolerance: float = 0.5) -> pd.DataFrame:
-    """Per rewind epoch, the sparsest ticket that matches the dense network (a collapsed one never does)."""
-    s = summary(df, tolerance)
-    wins = s[(s["control"] == "ticket") & s["matches"]]
+def winning_tickets(df: pd.DataFrame, tolerance: float = 0.5, match: str = "final") -> pd.DataFrame:
+    """Per rewind epoch, the sparsest ticket that matches the dense network: a collapsed one never
+    does, nor one whose interval is too wide to say (`match_verdict` "undecided")."""
+    s = summary(df, tolerance, match=match)
+    wins = s[(s["control"] == "ticket") & s["matches"] & ~s["match_verdict"].str.startswith("undecided")]
     idx = wins.groupby("rewind_epoch")["weights_remaining_total"].idxmin()
     return wins.loc[idx].reset_index(drop=True)

@@ -185,7 +185,10 @@ def load_state(directory: Path) -> dict:
     return {**meta, "weights": load_weights(directory / "weights.npz"), "optimizer": optimizer, "mask": mask}
 
 
-CURVE_COLUMNS = ("alpha", "test_loss", "test_accuracy", "val_loss", "val_accuracy")
+# The line as its BatchNorm mode evaluated it; with `reestimate`, the accuracies with the statistics
+# interpolated too (`interpolated_*`; NaN otherwise, where the first columns are those).
+CURVE_COLUMNS = ("alpha", "test_loss", "test_accuracy", "val_loss", "val_accuracy",
+                 "interpolated_test_accuracy", "interpolated_val_accuracy")
 
 
 def save_curve(path: Path, curve: dict) -> None:

@@ -7,9 +7,10 @@ level, as OpenLTH runs controls as branches of a stored level. Three parts, each
 - `LevelBoard`, a small actor on the head node: a chain publishes each level's mask there as soon
   as the level is trained; a control asks it for its level's mask and waits until it is there, or
   until the chain has failed for good (then the control fails with the chain's one-line error).
-- `ImpQueue`, the searcher: every chain at once, and a control of level k only once its chain has
+- `GridQueue`, the searcher: every chain at once, and a control of level k only once its chain has
   reported level k (its mask is on the board by then), so no control holds a slot waiting and
-  controls train beside the chains' next levels.
+  controls train beside the chains' next levels. (It also queues a one-shot grid that is not a
+  whole product, which Tune's grid search cannot express.)
 - `ChainErrors`, a Tune callback: a chain that failed for good fails its controls on the board.
 
 The board lives as long as the driver. On `--resume` a new board starts with the levels the chains
@@ -111,22 +112,27 @@ def chain_mask(board, config: dict) -> dict:
     return ray.get(found[0])
 
 
-class ImpQueue(Searcher):
-    """IMP's trials in `grid.trial_points` order, each suggested once it can train: every ticket
-    chain at once, a control at level k once its chain has reported level k, or has failed for good
-    (the control then fails with the chain's error)."""
+class GridQueue(Searcher):
+    """A grid's trials in `grid.trial_points` order, each suggested once it can train. IMP: every
+    ticket chain at once, a control at level k once its chain has reported level k, or has failed for
+    good (the control then fails with the chain's error). A one-shot grid that is not the whole
+    product of its axes (`grid.is_product`): every point at once."""
 
-    def __init__(self, points: list[dict]):
+    imp = True  # a class default: queues pickled before one-shot grids had one were IMP's
+
+    def __init__(self, points: list[dict], imp: bool = True):
         super().__init__()
-        self.points = points
+        self.points, self.imp = points, imp
         self.suggested: set[int] = set()
         self.chains: dict[str, Chain] = {}  # trial id -> chain, for the chains suggested
         self.reached: dict[Chain, int] = {}  # chain -> the last level it reported
         self.failed: set[Chain] = set()
 
     def _ready(self, point: dict) -> bool:
+        if not self.imp or grid.is_chain(point):
+            return True
         chain = grid.chain_of(point)
-        return grid.is_chain(point) or point["level"] <= self.reached.get(chain, 0) or chain in self.failed
+        return point["level"] <= self.reached.get(chain, 0) or chain in self.failed
 
     def suggest(self, trial_id: str):
         if len(self.suggested) == len(self.points):
@@ -134,7 +140,7 @@ class ImpQueue(Searcher):
         for i, point in enumerate(self.points):
             if i not in self.suggested and self._ready(point):
                 self.suggested.add(i)
-                if grid.is_chain(point):
+                if self.imp and grid.is_chain(point):
                     self.chains[trial_id] = grid.chain_of(point)
                 return dict(point)
         return None  # nothing can train yet: Tune asks again

@@ -46,7 +46,16 @@ ARCH_GROUPS = {
     "conv6": ("conv", "dense", "first_conv", "classifier"),
     "lenet_300_100": ("dense", "classifier"),
 }
-CONTROLS = ("ticket", "random_reinit", "random_prune", "transfer")
+# A control trains a mask from a start: the ticket's (pruned from the final dense weights, rewound) or
+# one pruned at initialization (`INIT_METHODS`, trained from the dense run's initialisation), either
+# as it is or with one of Frankle et al. (2021)'s ablations: `shuffle` each tensor's mask (the same
+# per-layer counts, random places) or `reinit` (the same mask, a fresh initialisation). A control is
+# named `METHOD` or `METHOD+ABLATION`; the ticket's ablations keep their papers' names.
+INIT_METHODS = ("magnitude_init", "snip", "grasp", "synflow")
+ABLATIONS = ("shuffle", "reinit")
+TICKET_ABLATIONS = {"random_prune": "shuffle", "random_reinit": "reinit"}
+CONTROLS = ("ticket", "random_reinit", "random_prune", "transfer",
+            *(f"{m}{'+' + a if a else ''}" for m in INIT_METHODS for a in ("", *ABLATIONS)))
 # The Tune grid's keys, also the coordinate columns of the results. `level`: an IMP chain's level,
 # or a one-shot grid point that prunes to the per-layer sparsities IMP reaches at that level.
 GRID_KEYS = ("sparsity", "level", "rewind_epoch", "control", "replicate")
@@ -158,6 +167,11 @@ class PruningSpec:
     # A layer left with this many live output channels or fewer is named (near-collapse): the
     # sweep's mask check and each trial's `narrowest_layer` say so. 0 turns the warning off.
     min_live_channels: int = 4
+    # Pruning at initialization (search.control snip, grasp): the training batches their scores are
+    # summed over (SNIP's paper scored one; Synaptic-Flow's code several), and SynFlow's pruning
+    # rounds (its paper's 100, on an exponential schedule).
+    init_batches: int = 1
+    synflow_rounds: int = 100
 
     def num_levels(self) -> int:
         if self.levels is not None:
@@ -244,17 +258,32 @@ BATCHNORM = ("interpolate", "reestimate")
 
 @dataclass(frozen=True)
 class InstabilitySpec:
-    """Instability analysis (Frankle et al. 2020, linear mode connectivity): every `ticket` trial,
-    and every trial at sparsity 0 (the dense network rewound), trains a twin from the same rewound,
-    masked weights with another data order and augmentation, then evaluates the straight line
-    between the two trained copies (`tickets.instability`)."""
+    """Instability analysis (Frankle et al. 2020, linear mode connectivity): every `ticket` trial
+    (the one at sparsity 0 is the dense network rewound; an IMP chain trains it as its level 0)
+    trains a twin from the same rewound, masked weights with another data order and augmentation,
+    then evaluates the straight line between the two trained copies (`tickets.instability`)."""
 
     enabled: bool = False
     points: int = 11  # values of alpha from 0 to 1 on the line between the copies, both ends included
-    # interpolate: BatchNorm's running statistics are interpolated with every other weight (the
-    # paper's procedure); reestimate: recomputed at each alpha from `batchnorm_batches` training batches.
+    # interpolate: BatchNorm's running statistics are interpolated with every other weight, as the
+    # paper's definition interpolates the whole weight vector (whether its runs re-estimated them could
+    # not be checked: docs/instability.md); reestimate: recomputed at each alpha from
+    # `batchnorm_batches` training batches, and the interpolated barrier is computed beside it.
     batchnorm: str = "interpolate"
     batchnorm_batches: int = 8
+
+
+MATCHES = ("final", "early_stop")
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """How the results decide that a configuration matches the dense network (`analysis.summary`)."""
+
+    # final: by the accuracies at the end of training; early_stop: at the epoch of least validation
+    # loss (Frankle & Carbin 2019 report and match early-stopped accuracies). Either is judged on the
+    # validation split where there is one, on the test set only without one.
+    match: str = "final"
 
 
 @dataclass(frozen=True)
@@ -272,6 +301,7 @@ class Spec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     transfer: TransferSpec | None = None
     instability: InstabilitySpec = field(default_factory=InstabilitySpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
     references: tuple[Reference, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -442,7 +472,7 @@ def validate(spec: Spec) -> Spec:
     if spec.seed < 0:
         _fail("seed", spec.seed, "must be >= 0")
     for check in (_check_data, _check_model, _check_dense, _check_pruning, _check_search, _check_transfer,
-                  _check_resources, _check_instability, _check_references):
+                  _check_resources, _check_instability, _check_report, _check_references):
         check(spec)
     return spec
 
@@ -510,6 +540,15 @@ def _check_dense(spec: Spec) -> None:
         _fail("dense.schedule.gamma", e.schedule.gamma, "is outside (0, 1]")
 
 
+def split_control(control: str) -> tuple[str, str | None]:
+    """(the mask's method, the ablation) of a control name: `snip+shuffle` is ("snip", "shuffle"),
+    `random_prune` the ticket's ("ticket", "shuffle"), `ticket` ("ticket", None)."""
+    if control in TICKET_ABLATIONS:
+        return "ticket", TICKET_ABLATIONS[control]
+    method, _, ablation = control.partition("+")
+    return method, ablation or None
+
+
 def _check_group(name: str, group: str, arch: str) -> None:
     _one_of(name, group, GROUPS)
     if group not in ARCH_GROUPS[arch]:
@@ -542,6 +581,10 @@ def _check_pruning(spec: Spec) -> None:
         _fail("pruning.target_sparsity", p.target_sparsity, "conflicts with pruning.levels: set one of them")
     if p.min_live_channels < 0:
         _fail("pruning.min_live_channels", p.min_live_channels, "must be >= 0")
+    if p.init_batches < 1:
+        _fail("pruning.init_batches", p.init_batches, "must be >= 1: SNIP and GraSP score on training batches")
+    if p.synflow_rounds < 1:
+        _fail("pruning.synflow_rounds", p.synflow_rounds, "must be >= 1")
 
 
 def _check_search(spec: Spec) -> None:
@@ -577,7 +620,18 @@ def _check_search(spec: Spec) -> None:
         if v == epochs:
             _fail(name, v, f"equals dense.epochs ({epochs}): nothing would be left to train")
     for i, c in enumerate(s.control):
-        _one_of(f"search.control[{i}]", c, CONTROLS)
+        name = f"search.control[{i}]"
+        named = {f"ticket+{a}": paper for paper, a in TICKET_ABLATIONS.items()}
+        if c in named:
+            _fail(name, c, f"is the papers' {named[c]}: use that name")
+        _one_of(name, c, CONTROLS)
+        method = split_control(c)[0]
+        if method in INIT_METHODS and imp:
+            _fail(name, c, "prunes at initialization, in one shot; pruning.mode 'imp' prunes iteratively from "
+                           "trained weights: use a one-shot grid (search.sparsity or search.level)")
+        if method in INIT_METHODS and 0 not in s.rewind_epoch:
+            _fail(name, c, f"prunes at initialization and trains from it (rewind epoch 0), which search.rewind_epoch "
+                           f"{list(s.rewind_epoch)} lacks: add 0")
     if imp and "ticket" not in s.control:
         _fail("search.control", list(s.control), "has no 'ticket': IMP controls train the ticket chain's masks "
                                                  "level by level, so the ticket chain must run too")
@@ -608,9 +662,15 @@ def _check_instability(spec: Spec) -> None:
     _one_of("instability.batchnorm", i.batchnorm, BATCHNORM)
     if i.batchnorm_batches < 1:
         _fail("instability.batchnorm_batches", i.batchnorm_batches, "must be >= 1")
-    if i.enabled and "ticket" not in s.control and 0.0 not in s.sparsity:
+    if i.enabled and "ticket" not in s.control:
         _fail("instability.enabled", i.enabled, f"has nothing to analyse: search.control {list(s.control)} has no "
-                                                "'ticket' and search.sparsity no 0 (the dense network)")
+                                                "'ticket' (only tickets, the one at sparsity 0 the dense network, twin)")
+
+
+def _check_report(spec: Spec) -> None:
+    _one_of("report.match", spec.report.match, MATCHES)
+    if spec.report.match == "early_stop" and not spec.data.validation:
+        _fail("report.match", spec.report.match, "needs a validation split to stop early on (data.validation)")
 
 
 def _check_resources(spec: Spec) -> None:

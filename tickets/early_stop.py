@@ -10,13 +10,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class EarlyStop:
-    """The epoch of least validation loss so far and the test accuracy at that epoch. Without a
-    validation split nothing is chosen (epoch None)."""
+    """The epoch of least validation loss so far, and the test and validation accuracies at that
+    epoch. Without a validation split nothing is chosen (epoch None)."""
 
     epoch: int | None = None
     val_loss: float = math.inf
     test_accuracy: float = math.nan
+    val_accuracy: float = math.nan  # what early-stop matching decides by (`report.match`)
 
     def after(self, p) -> EarlyStop:
-        """After epoch `p` (a `training.Progress`, or anything with its epoch, val_loss and test_accuracy)."""
-        return EarlyStop(p.epoch, p.val_loss, p.test_accuracy) if p.val_loss < self.val_loss else self
+        """After epoch `p` (a `training.Progress`, or anything with its epoch and its validation loss
+        and accuracy and test accuracy)."""
+        if not p.val_loss < self.val_loss:
+            return self
+        return EarlyStop(p.epoch, p.val_loss, p.test_accuracy, p.val_accuracy)

@@ -3,14 +3,15 @@ driver checks before any trial trains, and the keys that name a point's parts (a
 transfer source). Plain data over `config.Spec`: no Ray, no TensorFlow.
 
 One-shot grids are the product of their axes (sparsity or level × rewind epoch × control ×
-replicate). IMP grids have no sparsity axis: one ticket chain per (rewind epoch, replicate) walks
+replicate), less the points of controls that prune at initialization at rewind epochs other than 0
+(they train from the initialisation: rewind epoch 0 is their one point). IMP grids have no sparsity axis: one ticket chain per (rewind epoch, replicate) walks
 the levels, and each other control is a trial of its own at each level, on its chain's mask of
 that level (Frankle & Carbin's controls).
 """
 
 from __future__ import annotations
 
-from tickets.config import Spec
+from tickets.config import INIT_METHODS, Spec, split_control
 
 
 def axes(spec: Spec) -> dict[str, list]:
@@ -29,12 +30,27 @@ def trial_points(spec: Spec) -> list[dict]:
     if spec.pruning.mode != "imp":
         for key, values in axes(spec).items():
             points = [{**p, key: v} for p in points for v in values]
-        return points
+        return [p for p in points if p["rewind_epoch"] == 0 or not at_init(p["control"])]
     s = spec.search
     chains = [{"rewind_epoch": r, "control": "ticket", "replicate": i} for r in s.rewind_epoch for i in s.replicate]
     controls = [{**chain, "control": c, "level": k} for k in range(1, spec.pruning.num_levels() + 1)
                 for chain in chains for c in s.control if c != "ticket"]
     return chains + controls
+
+
+def is_product(spec: Spec) -> bool:
+    """Whether the grid is the whole product of its axes (Tune's grid search runs it as it is)."""
+    if spec.pruning.mode == "imp":
+        return False
+    size = 1
+    for values in axes(spec).values():
+        size *= len(values)
+    return size == len(trial_points(spec))
+
+
+def at_init(control: str) -> bool:
+    """Whether a control prunes at initialization (and trains from it)."""
+    return split_control(control)[0] in INIT_METHODS
 
 
 def is_chain(point: dict) -> bool:

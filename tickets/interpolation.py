@@ -16,7 +16,8 @@ from tickets.pipeline import eval_batches, train_batches
 def path(spec, data, model, first: dict, second: dict, seed: int) -> dict[str, np.ndarray]:
     """The two copies' line evaluated at `spec.instability.points` values of α: the test set's loss and
     accuracy, and the validation split's where there is one (NaN otherwise). With `batchnorm:
-    reestimate`, BatchNorm's statistics are recomputed at every α from training batches (`seed`)."""
+    reestimate`, BatchNorm's statistics are recomputed at every α from training batches (`seed`), and
+    the accuracies with them interpolated are kept beside (`interpolated_*`): both barriers."""
     options = spec.instability
     test = eval_batches(data, data.test, spec.data, runtime_lib.RUNTIME.data_threads)
     validation = (eval_batches(data, data.validation, spec.data, runtime_lib.RUNTIME.data_threads)
@@ -26,6 +27,10 @@ def path(spec, data, model, first: dict, second: dict, seed: int) -> dict[str, n
     for i, alpha in enumerate(alphas):
         models.set_weights(model, instability.interpolate(first, second, alpha))
         if options.batchnorm == "reestimate":
+            curve["interpolated_test_accuracy"][i] = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
+            if validation is not None:
+                curve["interpolated_val_accuracy"][i] = model.evaluate(validation, verbose=0,
+                                                                       return_dict=True)["accuracy"]
             reestimate_batchnorm(model, spec, data, seed, options.batchnorm_batches)
         ev = model.evaluate(test, verbose=0, return_dict=True)
         curve["test_loss"][i], curve["test_accuracy"][i] = ev["loss"], ev["accuracy"]

@@ -17,7 +17,7 @@ from tickets import config as config_lib
 from tickets import data as data_lib
 from tickets.config import SpecError
 from tickets.errors import DataError, UsageError
-from tickets.grid import axes, is_chain, trial_points, transfer_key
+from tickets.grid import at_init, axes, is_chain, is_product, trial_points, transfer_key
 from tickets.session import Resources, local_gpus, resolve_resources
 
 DEFAULT_PRESET = "mobilenetv2-cifar10"
@@ -157,7 +157,10 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
               + (f" + {len(points) - chains} control trials ({', '.join(others)} at each level, on their chain's "
                  f"mask of that level)" if others else ""))
     else:
-        print(f"grid: {len(points)} trials = {shown}")
+        early = [c for c in spec.search.control if at_init(c)]
+        print(f"grid: {len(points)} trials = {shown}"
+              + (f", less {', '.join(early)} at rewind epochs other than 0 (pruned at initialization, they "
+                 f"train from it)" if not is_product(spec) else ""))
     p = spec.pruning
     rates = "".join(f", {g} {r:g}" for g, r in p.rates.items())
     if p.mode == "imp" or spec.search.level:
@@ -166,9 +169,17 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
         print(f"{what}, {p.rate:g} of the remaining weights pruned per level{rates} "
               f"(at level {deepest}, tensors at rate {p.rate:g} keep {(1 - p.rate) ** deepest * 100:.2f} %)")
     print(f"pruning: scope {p.scope}, excluding {', '.join(p.exclude) or 'nothing'}")
+    early = sorted({config_lib.split_control(c)[0] for c in spec.search.control if at_init(c)})
+    if early:
+        batches = f"{p.init_batches} training batch{'es' if p.init_batches > 1 else ''}"
+        how = {"magnitude_init": "magnitude_init by |w|", "snip": f"snip on {batches}",
+               "grasp": f"grasp on {batches}", "synflow": f"synflow in {p.synflow_rounds} rounds, data-free"}
+        print(f"pruning at initialization: {'; '.join(how[m] for m in early)}; "
+              + ("the methods' own scores choose the per-layer counts" if p.scope == "global" else
+                 f"per-layer counts as {p.scope} allocates them, places by the methods' scores"))
     i = spec.instability
     if i.enabled:
-        twins = sum(instability.wanted(True, q["control"], q.get("sparsity")) for q in points)
+        twins = sum(instability.wanted(True, q["control"]) for q in points)
         print(f"instability: a twin for {twins} of the {len(points)} trials (another data order; "
               f"{'every IMP level, ' if spec.pruning.mode == 'imp' else ''}doubling their training) and evaluate "
               f"the line between the copies at {i.points} points, BatchNorm statistics {i.batchnorm}d")

@@ -15,12 +15,26 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from tickets import analysis
+from tickets.config import split_control
 from tickets.instability import STABLE
 
 STABLE_PERCENT = STABLE * 100
 
-_STYLE = {"ticket": "-", "transfer": "-.", "random_reinit": "--", "random_prune": ":"}
-_MARKER = {"ticket": "o", "transfer": "D", "random_reinit": "s", "random_prune": "^"}
+# A control's line: its style says its ablation, its marker its method; a mask pruned at
+# initialization has its method's colour (it trains from rewind epoch 0 only), the others their
+# rewind epoch's.
+_STYLE = {None: "-", "reinit": "--", "shuffle": ":", "transfer": "-."}
+_MARKER = {"ticket": "o", "transfer": "D", "random_reinit": "s", "random_prune": "^", "magnitude_init": "v",
+           "snip": "P", "grasp": "X", "synflow": "*"}
+_METHOD_COLOR = {"magnitude_init": "tab:gray", "snip": "tab:orange", "grasp": "tab:purple", "synflow": "tab:green"}
+
+
+def _style(control: str) -> str:
+    return _STYLE["transfer"] if control == "transfer" else _STYLE[split_control(control)[1]]
+
+
+def _marker(control: str) -> str:
+    return _MARKER.get(control) or _MARKER[split_control(control)[0]]
 
 
 def _rewind_colors(rewinds) -> dict:
@@ -50,14 +64,15 @@ def accuracy_vs_weights(df: pd.DataFrame, tolerance: float = 0.5, references=())
     `weights_remaining_total`, the papers' axis): a line per rewind epoch, controls dashed, the dense
     network as a band (± the matching tolerance), configurations whose mask cut the network crossed
     out, and `references` (`analysis.references(experiment)`) as grey "published" lines (published
-    points are early-stopped; the report compares them with the early-stopped accuracies)."""
+    points are early-stopped; the report compares them with the early-stopped accuracies). Error bars:
+    the 95 % confidence interval over replicates (none with one replicate)."""
     s = analysis.summary(df, tolerance)
     dense = analysis.dense_accuracy(df) * 100
     fig, ax = _figure(7, 4.5)
     ax.axhspan(dense - tolerance, dense + tolerance, color="tab:red", alpha=0.25, lw=0,
                label=f"dense {dense:.1f} % ± {tolerance:g} pt")
     ax.axhline(dense, color="tab:red", lw=1.2)
-    _lines(ax, s, "final_accuracy", 100, "final_accuracy_std")
+    _lines(ax, s, "final_accuracy", 100, "final_accuracy_ci95")
     _cut(ax, s, "final_accuracy", 100)
     # Published gains are over the paper's early-stopped dense network: drawn over this one's (or,
     # without a validation split, over its final accuracy).
@@ -83,7 +98,7 @@ def _published(ax, ref, dense: float) -> None:
     points = sorted(ref.points, key=lambda p: -p.weights_remaining)
     approximate = any(p.approximate for p in points)
     ax.plot([p.weights_remaining for p in points], [p.accuracy(dense) for p in points], color="0.45",
-            ls=_STYLE.get(ref.control, "-"), marker="*", ms=8, mfc="white", lw=1.5,
+            ls=_style(ref.control) if ref.control != "dense" else "-", marker="*", ms=8, mfc="white", lw=1.5,
             label=f"published {ref.control}, early-stopped{' (≈, read off a plot)' if approximate else ''}"
                   f"{' (gain over dense)' if any(p.gain is not None for p in points) else ''}: "
                   f"{ref.source.split(',')[0][:60]}")  # the citation's first part; report.md has it whole
@@ -106,13 +121,15 @@ def early_stop_vs_weights(df: pd.DataFrame) -> Figure:
 
 
 def _lines(ax, s: pd.DataFrame, column: str, scale: float, error: str | None = None) -> None:
-    """One line per (control, rewind epoch) over weights remaining: colour by rewind, style by control."""
+    """One line per (control, rewind epoch) over weights remaining: colour by rewind (a method pruning at
+    initialization by its method), style by ablation, marker by method."""
     colors = _rewind_colors(s["rewind_epoch"].unique())
     for (control, rewind), g in s.groupby(["control", "rewind_epoch"], observed=True):
         g = g.sort_values("weights_remaining_total", ascending=False)
+        color = _METHOD_COLOR.get(split_control(control)[0], colors[rewind])
         ax.errorbar(g["weights_remaining_total"] * 100, g[column] * scale,
                     yerr=g[error].fillna(0) * scale if error else None,
-                    color=colors[rewind], ls=_STYLE.get(control, "-"), marker=_MARKER.get(control, "o"), ms=4,
+                    color=color, ls=_style(control), marker=_marker(control), ms=4,
                     capsize=2, label=f"{control}, rewind {rewind:g}")
     _percent_axis(ax, s["weights_remaining_total"] * 100)
 
@@ -174,7 +191,8 @@ def instability(df: pd.DataFrame, tolerance: float = 0.5) -> Figure:
     for i, (value, g) in enumerate(groups):
         g = g.sort_values("rewind_epoch")
         color = cmap(i / max(1, len(groups) - 1) * 0.85)
-        label = (f"level {value} ({g['weights_remaining_total'].mean() * 100:.3g} % left)" if key == "level" else
+        label = ("dense (level 0)" if key == "level" and value == 0 else
+                 f"level {value} ({g['weights_remaining_total'].mean() * 100:.3g} % left)" if key == "level" else
                  "dense (sparsity 0)" if value == 0 else
                  f"sparsity {value:.4g} ({g['weights_remaining_total'].mean() * 100:.3g} % left)")
         left.plot(g["rewind_epoch"], g["instability"] * 100, color=color, marker="o", label=label)

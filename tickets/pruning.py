@@ -65,6 +65,23 @@ def oneshot_mask(spec: PruningSpec, layout: Layout, final: Weights, sparsity: fl
     return masks_lib.magnitude_mask(weights, sparsity, spec.scope)
 
 
+def allocation(spec: PruningSpec, layout: Layout, weights: Weights, sparsity: float | None = None,
+               level: int | None = None) -> list[masks_lib.Part]:
+    """How many weights a one-shot mask of this grid point keeps, and where they compete: what a
+    pruning-at-initialization method's scores are selected within (`masks.select`). With scope
+    `global` the method's own scores choose the per-layer counts, as in the papers (one part of every
+    tensor; a tensor with its own rate, `pruning.rates`, is a part of its own). Every other scope sets
+    each tensor's count, as its magnitude mask of `weights` keeps (for `lamp`, LAMP on `weights`),
+    and the method's scores choose the places."""
+    mask, _ = oneshot_mask(spec, layout, weights, sparsity=sparsity, level=level)
+    kept = {n: int(np.count_nonzero(m)) for n, m in mask.items()}
+    if spec.scope != "global":
+        return [((n,), k) for n, k in kept.items()]
+    own = set(own_rates(spec, layout)) if level is not None else set()
+    shared = tuple(n for n in kept if n not in own)
+    return ([(shared, sum(kept[n] for n in shared))] if shared else []) + [((n,), kept[n]) for n in kept if n in own]
+
+
 def imp_mask(spec: PruningSpec, layout: Layout, trained: Weights,
              previous: masks_lib.Mask | None) -> tuple[masks_lib.Mask, float]:
     """The next IMP level: `pruning.rate` (or a group's own rate) of the survivors of `previous`,

@@ -19,9 +19,10 @@ def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
     df = analysis.load(experiment)
     if df.empty or (df["control"] == "dense").all():
         raise ValueError(f"{experiment}: no trial has reported yet")
-    references = analysis.references(experiment)
-    s = analysis.summary(df, tolerance, references)
-    wins = analysis.winning_tickets(df, tolerance)
+    references, match = analysis.references(experiment), analysis.match_mode(experiment)
+    s = analysis.summary(df, tolerance, references, match)
+    wins = analysis.winning_tickets(df, tolerance, match)
+    pairs = analysis.paired(df, match)
     written = [experiment / "summary.csv"]
     s.to_csv(written[0], index=False)
     figures = {"accuracy_vs_weights": plots.accuracy_vs_weights(df, tolerance, references),
@@ -33,7 +34,7 @@ def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
     for name, fig in figures.items():
         written += plots.save(fig, experiment / f"{name}.png", experiment / f"{name}.svg")
     written.append(experiment / "report.md")
-    written[-1].write_text(_markdown(experiment, df, s, wins, tolerance, figures, references))
+    written[-1].write_text(_markdown(experiment, df, s, wins, pairs, tolerance, figures, references))
     return written
 
 
@@ -70,11 +71,13 @@ def what_was_run(experiment: Path, df) -> list[str]:
                 f"{sparsest['weights_remaining_total'] * 100:.3g} % of all kernel weights)" if sparsest is not None else "")
              + "."]
     if analysis.validated(df):
+        decided = analysis.decided_by(df, spec.report.match)[1]
         lines.append(f"- **Selection**: the early-stop epoch is the epoch of least validation loss on the "
                      f"{d.validation:,} held-out training images; early-stop accuracies are test accuracies at that "
                      "epoch, and published (early-stopped) points are compared with them. `matches` and the "
-                     "winning tickets are decided on final validation accuracies (the trial's against the dense "
-                     "network's); test accuracies are reported. Nothing is chosen on the test set.")
+                     f"winning tickets are decided on the {decided} (`report.match: {spec.report.match}`; the "
+                     "trial's against the dense network's); test accuracies are reported. Nothing is chosen on "
+                     "the test set.")
     else:
         lines.append("- **Selection**: no validation split (`data.validation`), so nothing is early-stopped: every "
                      "accuracy here is the final epoch's test accuracy, and published (early-stopped) points are "
@@ -82,14 +85,15 @@ def what_was_run(experiment: Path, df) -> list[str]:
     return lines
 
 
-def _markdown(experiment, df, s, wins, tolerance, figures, references) -> str:
+def _markdown(experiment, df, s, wins, pairs, tolerance, figures, references) -> str:
     trials = df[df["control"] != "dense"]
     status = trials.drop_duplicates("trial_id")["status"].value_counts().to_dict()
     dense_stop = analysis.dense_early_stop_accuracy(df)
     stopped = f", {dense_stop * 100:.2f} % at its early-stop epoch" if np.isfinite(dense_stop) else ""
     lines = [f"# Lottery tickets: {experiment.name}", "", *what_was_run(experiment, df), "",
              f"Dense network: {analysis.dense_accuracy(df) * 100:.2f} % final test accuracy{stopped}. "
-             f"Trials: {', '.join(f'{v} {k}' for k, v in status.items())}.", ""]
+             f"Trials: {', '.join(f'{v} {k}' for k, v in status.items())}. Only finished runs count below; a grid "
+             "point some of whose runs did not finish is marked incomplete.", ""]
     collapsed = analysis.collapsed_trials(df)
     if len(collapsed):
         lines += [f"**Warning: {len(collapsed)} trial(s) trained a mask that cuts the network** (layer collapse): "
@@ -106,82 +110,129 @@ def _markdown(experiment, df, s, wins, tolerance, figures, references) -> str:
     if s["emptied_branches"].any():
         lines += ["Some masks empty residual branches (`emptied_branches` in the results): the skip connection "
                   "carries the signal past them, so the network is not cut, but those blocks are skipped.", ""]
+    on, reference = s["match_on"].iloc[0], s["dense_match_accuracy"].iloc[0]
     early = analysis.validated(df)  # a validation split: early stops, and winners chosen on it
-    on = f"validation accuracy, dense {analysis.dense_val_accuracy(df) * 100:.2f} %" if early else "test accuracy"
-    lines += [f"## Winning tickets (final {on.split(',')[0]} within {tolerance:g} points of dense, network not cut)",
-              "", f"Decided on the final {on}; test accuracies are reported.", ""]
+    lines += [f"## Winning tickets ({on} within {tolerance:g} points of dense, network not cut)", "",
+              f"Decided on the {on} (dense {reference * 100:.2f} %), as far as the 95 % interval over replicates "
+              "allows: a configuration whose interval straddles the threshold is undecided, not a winner. Test "
+              "accuracies are reported.", ""]
     if wins.empty:
         lines.append("No configuration matched the dense network.")
     else:
-        lines += ["| rewind epoch | sparsity | weights remaining (all / prunable) | "
-                  + ("final validation accuracy | " if early else "") + "final test accuracy |",
-                  "|---|---|---|---|" + ("---|" if early else "")]
+        lines += ["| rewind epoch | sparsity | weights remaining (all / prunable) | " + on + " | final test accuracy | "
+                  "verdict |", "|---|---|---|---|---|---|"]
         lines += [f"| {r.rewind_epoch:g} | {r.sparsity:.4g} | {r.weights_remaining_total * 100:.2f} % / "
-                  f"{r.weights_remaining * 100:.2f} % | " + (f"{r.final_val_accuracy * 100:.2f} % | " if early else "")
-                  + f"{r.final_accuracy * 100:.2f} % |" for r in wins.itertuples()]
+                  f"{r.weights_remaining * 100:.2f} % | {_spread(r, 'match_accuracy')} | "
+                  f"{_spread(r, 'final_accuracy')} | {r.match_verdict} |" for r in wins.itertuples()]
     published, levels = "published_gap" in s, "level" in s
-    lines += ["", "## Summary", "", "| control | " + ("level | " if levels else "") + "sparsity | weights left (all) | "
-              "rewind | final test accuracy (mean ± std) | "
-              + ("early-stop accuracy | early-stop epoch | final validation accuracy | " if early else "")
-              + "matches | collapsed |" + (" published (nearest) | gap (early stop) |" if published else ""),
-              "|---|---|---|---|---|---|---|" + ("---|" if levels else "") + ("---|---|---|" if early else "")
+    lines += ["", "## Summary", "", "Mean ± the half-width of the 95 % confidence interval over the n replicates that "
+              "finished (Student's t); one replicate has no interval.", "",
+              "| control | " + ("level | " if levels else "") + "sparsity | weights left (all) | rewind | n | "
+              "final test accuracy | " + ("early-stop accuracy | early-stop epoch | " if early else "")
+              + on + " | matches dense | collapsed |" + (" published (nearest) | gap (early stop) |" if published else ""),
+              "|" + "---|" * 9 + ("---|" if levels else "") + ("---|---|" if early else "")
               + ("---|---|" if published else "")]
     for r in s.itertuples():
+        n = f"{r.replicates}" + (" (one replicate: no interval)" if r.replicates == 1 else "") + \
+            ("" if r.complete else " (incomplete)")
         line = (f"| {r.control} | " + (f"{r.level} | " if levels else "") + f"{r.sparsity:.4g} | "
-                f"{r.weights_remaining_total * 100:.3g} % | {r.rewind_epoch:g} | "
-                f"{r.final_accuracy * 100:.2f} ± {r.final_accuracy_std * 100:.2f} | ")
+                f"{r.weights_remaining_total * 100:.3g} % | {r.rewind_epoch:g} | {n} | {_spread(r, 'final_accuracy')} | ")
         if early:
-            line += (f"{r.early_stop_accuracy * 100:.2f} ± {r.early_stop_accuracy_std * 100:.2f} | "
-                     f"{r.early_stop_epoch:.1f} | {r.final_val_accuracy * 100:.2f} | ")
-        line += f"{'yes' if r.matches else 'no'} | {'**yes**' if r.collapsed else 'no'} |"
+            line += f"{_spread(r, 'early_stop_accuracy')} | {r.early_stop_epoch:.1f} | "
+        line += f"{_spread(r, 'match_accuracy')} | {r.match_verdict} | {'**yes**' if r.collapsed else 'no'} |"
         if published:
             line += (f" {r.published_accuracy * 100:.1f} % at {r.published_weights_remaining * 100:.3g} % | "
                      + (f"{r.published_gap * 100:+.1f} pt |" if np.isfinite(r.published_gap) else "— (no validation split) |")
-                     if np.isfinite(r.published_accuracy) else " — | — |")
+                     if np.isfinite(r.published_accuracy) else
+                     f" — (none within ×{analysis.PUBLISHED_WITHIN:g}) | — |")
         lines.append(line)
+    lines += _paired(pairs)
     lines += _instability(df, s)
     if references:
         lines += ["", "## Published reference points", ""]
         lines += [f"- {ref.control}: {ref.source}" + (" (values read off a plot are approximate)"
                                                      if any(p.approximate for p in ref.points) else "")
                   for ref in references]
+        lines += ["", f"A configuration is compared with a published point of its control only within a factor of "
+                  f"{analysis.PUBLISHED_WITHIN:g} of its weights remaining (about one IMP level), never with a "
+                  "farther one."]
     lines += ["", "## Figures", ""] + [f"![{name}]({name}.png)" for name in figures] + [""]
     return "\n".join(lines)
 
 
+def _spread(r, name: str) -> str:
+    """"mean ± ci95 %", or the mean alone where there is no interval (one replicate: its row says so);
+    "—" without a result."""
+    mean, ci = getattr(r, name), getattr(r, f"{name}_ci95")
+    if not np.isfinite(mean):
+        return "—"
+    return f"{mean * 100:.2f} ± {ci * 100:.2f} %" if np.isfinite(ci) else f"{mean * 100:.2f} %"
+
+
+def _paired(pairs) -> list[str]:
+    """Each control against the ticket of its grid point, replicate by replicate."""
+    if pairs.empty:
+        return []
+    on = pairs["on"].iloc[0]
+    key = "level" if "level" in pairs else "sparsity"
+    lines = ["", "## Controls against the ticket, paired by replicate", "",
+             f"Control − ticket in the {on}, replicate by replicate (the same data order; the same start where "
+             "the control starts from the ticket's weights), over the replicates where both finished: the mean "
+             "difference, its 95 % confidence interval (Student's t) and the two-sided p-value of the paired "
+             "t-test (scipy's `ttest_rel`). The final test accuracy's mean difference is beside it.", "",
+             f"| {key} | rewind | control | pairs | difference | 95 % interval | p (paired t) | test difference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in pairs.itertuples():
+        interval = (f"[{(r.difference - r.ci95) * 100:+.2f}, {(r.difference + r.ci95) * 100:+.2f}] pt"
+                    if np.isfinite(r.ci95) else "— (one pair)" if r.pairs == 1 else "—")
+        p = f"{r.p_value:.3g}" if np.isfinite(r.p_value) else "—"
+        lines.append(f"| {getattr(r, key):.4g} | {r.rewind_epoch:g} | {r.control} | {r.pairs} | "
+                     f"{r.difference * 100:+.2f} pt | {interval} | {p} | {r.test_difference * 100:+.2f} pt |")
+    return lines
+
+
 def _instability(df, s) -> list[str]:
     """Which rewind points are stable to SGD noise (error barrier under the paper's 2 %) and which
-    tickets match: the section that explains the rewind grid (Frankle et al. 2020, linear mode connectivity)."""
-    twins = s[s["instability"].notna()]
+    tickets match: the section that explains the rewind grid (Frankle et al. 2020, linear mode
+    connectivity). Tickets only: the ticket at sparsity 0 (an IMP chain's level 0) is the dense network."""
+    twins = s[(s["control"] == "ticket") & s["instability"].notna()]
     if twins.empty:
         return []
     early = analysis.validated(df)
     batchnorm = ", ".join(sorted(set(df["instability_batchnorm"].dropna()) - {""})) or "interpolate"
+    both = twins["interpolated_instability"].notna().any()
     key = "level" if "level" in twins else "sparsity"
+    how = {"interpolate": " (interpolated with the weights, as the paper's definition interpolates the whole weight "
+                          "vector; whether the paper's runs recomputed them could not be checked: docs/instability.md)",
+           "reestimate": " (recomputed from training batches at every point; the barrier with them interpolated, "
+                         "the definition's, is beside it)"}
     lines = ["", "## Instability: which rewind points are stable to SGD noise", "",
-             "Each network below was trained twice from the same rewound weights and mask with different data order "
+             "Each ticket below was trained twice from the same rewound weights and mask with different data order "
              "and augmentation; the *instability* is the error barrier on the straight line between the two trained "
              "copies: the largest error along it minus the mean of the two ends' errors (Frankle et al. 2020, "
              f"\"Linear Mode Connectivity and the Lottery Ticket Hypothesis\"). Stable: under {STABLE_PERCENT:g} %, the "
              "paper's threshold" + (", judged on the validation split (test barrier reported beside it)" if early else
                                     ", judged on the test set (no validation split)")
-             + f". BatchNorm statistics along the line: {batchnorm}"
-             + (" (interpolated with the weights, as the paper's definition interpolates every variable)"
-                if batchnorm == "interpolate" else " (recomputed from training batches at every point)") + ". "
+             + f". BatchNorm statistics along the line: {batchnorm}{how.get(batchnorm, '')}. "
              "The paper finds tickets match the dense network only from the rewind points where they are stable.", ""]
+    dense = {0: "the dense network (level 0)"} if key == "level" else {0.0: "the dense network (sparsity 0)"}
     for value, g in twins.groupby(key, dropna=False):
         g = g.sort_values("rewind_epoch")
-        name = f"level {value}" if key == "level" else "the dense network (sparsity 0)" if value == 0 else f"sparsity {value:.4g}"
+        name = dense.get(value) or (f"level {value}" if key == "level" else f"sparsity {value:.4g}")
         stable = [f"{r:g}" for r in g.loc[g["stable"] == True, "rewind_epoch"]]  # noqa: E712
         matching = [f"{r:g}" for r in g.loc[g["matches"], "rewind_epoch"]]
         lines.append(f"- {name} ({g['weights_remaining_total'].mean() * 100:.3g} % of weights left): stable at rewind "
                      f"epoch(s) {', '.join(stable) or 'none'}; matches dense at {', '.join(matching) or 'none'}.")
     lines += ["", "| " + key + " | rewind | instability (test) | " + ("instability (validation) | " if early else "")
+              + ("interpolated BatchNorm: test | " + ("validation | " if early else "") if both else "")
               + "stable | final test accuracy | twin's final test accuracy | matches |",
-              "|---|---|---|---|---|---|" + ("---|" if early else "") + "---|"]
+              "|---|---|---|" + ("---|" if early else "") + (("---|---|" if early else "---|") if both else "")
+              + "---|---|---|---|"]
     for r in twins.sort_values([key, "rewind_epoch"]).itertuples():
         lines.append(f"| {getattr(r, key):.4g} | {r.rewind_epoch:g} | {r.instability * 100:.2f} % | "
                      + (f"{r.val_instability * 100:.2f} % | " if early else "")
+                     + ((f"{r.interpolated_instability * 100:.2f} % | "
+                         + (f"{r.interpolated_val_instability * 100:.2f} % | " if early else "")) if both else "")
                      + f"{'yes' if r.stable else 'no'} | {r.final_accuracy * 100:.2f} % | {r.twin_accuracy * 100:.2f} % | "
                      f"{'yes' if r.matches else 'no'} |")
     return lines

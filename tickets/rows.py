@@ -28,8 +28,10 @@ from tickets.early_stop import EarlyStop
 CURVES = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss")
 # The numeric columns of a trial row (as the trainable reports them) and of the dense rows.
 NUMERIC = (*CURVES, "actual_sparsity", "weights_remaining", "weights_remaining_count", "weights_remaining_total",
-           "threshold", "early_stop_epoch", "early_stop_accuracy", "best_val_loss", "narrowest_live_channels",
-           "epoch_seconds", "step", "instability", "val_instability", "twin_test_accuracy", "twin_val_accuracy")
+           "threshold", "early_stop_epoch", "early_stop_accuracy", "early_stop_val_accuracy", "best_val_loss",
+           "narrowest_live_channels",
+           "epoch_seconds", "step", "instability", "val_instability", "interpolated_instability",
+           "interpolated_val_instability", "twin_test_accuracy", "twin_val_accuracy", "levels")
 # Text columns: where a mask cuts the network, the residual branches it empties, its narrowest layer,
 # and how BatchNorm was treated along the instability path.
 TEXT = ("collapsed_layers", "emptied_branches", "narrowest_layer", "instability_batchnorm")
@@ -46,7 +48,7 @@ FORMAT_1 = {"precision": "float32", "format": 1}
 def early_stop_columns(stop: EarlyStop) -> dict:
     """The early-stop columns every report carries (NaN where nothing was chosen)."""
     return {"early_stop_epoch": math.nan if stop.epoch is None else stop.epoch,
-            "early_stop_accuracy": stop.test_accuracy,
+            "early_stop_accuracy": stop.test_accuracy, "early_stop_val_accuracy": stop.val_accuracy,
             "best_val_loss": stop.val_loss if stop.epoch is not None else math.nan}
 
 
@@ -112,6 +114,7 @@ def dense_rows(manifest: dict) -> list[dict]:
     precision = manifest.get("runtime", {}).get("precision") or FORMAT_1["precision"]
     for m in manifest["metrics"]:
         stop = stop.after(SimpleNamespace(epoch=m["epoch"], val_loss=m.get("val_loss", math.nan),
+                                          val_accuracy=m.get("val_accuracy", math.nan),
                                           test_accuracy=m["test_accuracy"]))
         rows.append({
             "sparsity": 0.0, "rewind_epoch": math.nan, "control": "dense", "replicate": 0, "trial_id": "dense",

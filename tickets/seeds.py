@@ -31,6 +31,7 @@ class Stream(enum.IntEnum):
     RANDOM_PRUNE = 3  # random_prune's masks (and, for IMP, the level)
     TRANSFER = 4  # a transferred ticket's re-initialised layers
     TWIN = 5  # an instability twin's data order and augmentation (and its BatchNorm re-estimation batches)
+    INIT_SCORE = 6  # the training batches SNIP and GraSP score at initialization
 
 
 def stream_seed(seed: int, replicate: int, stream: Stream, *more: int) -> int:

@@ -4,20 +4,23 @@
 shot, to a sparsity or to an IMP level's per-layer counts: `make_ticket`), or is its IMP chain's mask
 of its level (an IMP control), or was found on another data set and is fitted to this model
 (`transfer_ticket`); an IMP chain prunes each level from the weights its previous level trained to
-(`imp_level`). Then it is rewound; `control_ticket` owns the controls, each its own branch. Every
-random choice draws from a named seed stream of the replicate (`tickets.seeds`).
+(`imp_level`). Then it is rewound. The controls that prune at initialization instead
+(`init_mask`: magnitude, SNIP, GraSP, SynFlow) train from the dense run's initialisation.
+`control_ticket` owns the ablations of any of these masks, each its own branch. Every random choice
+draws from a named seed stream of the replicate (`tickets.seeds`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import keras
 import numpy as np
 
 from tickets import masks as masks_lib
-from tickets import models, pruning, seeds
-from tickets.config import Spec
+from tickets import models, pruning, saliency, seeds
+from tickets.config import CONTROLS, INIT_METHODS, Spec, split_control
 from tickets.seeds import Stream
 
 Weights = dict[str, np.ndarray]
@@ -34,15 +37,22 @@ class Ticket:
 
 
 def for_point(spec: Spec, model: keras.Model, point: dict, final: Weights, rewind: Weights,
-              chain_mask: masks_lib.Mask | None = None, source: dict | None = None) -> tuple[Ticket, bool]:
+              chain_mask: masks_lib.Mask | None = None, source: dict | None = None,
+              batches: Callable[[], list] | None = None) -> tuple[Ticket, bool]:
     """The ticket the trial at `point` (its config) trains, and whether layers of it were
     re-initialised (a transferred ticket's classifier): a transferred `source` ticket, an IMP
-    control's `chain_mask` (its chain's mask of its level), or a one-shot grid point."""
+    control's `chain_mask` (its chain's mask of its level), a mask pruned at initialization (its
+    point is at rewind epoch 0: `rewind` is the initialisation; `batches()` the training batches
+    SNIP and GraSP score on), or a one-shot grid point's ticket."""
     control, replicate, level = point["control"], int(point["replicate"]), point.get("level")
+    method, _ = split_control(control)
     if control == "transfer":
         return transfer_ticket(spec, model, source, replicate)
     if chain_mask is not None:
         return control_ticket(spec, model, chain_mask, None, rewind, control, replicate, int(level)), False
+    if method in INIT_METHODS:
+        mask = init_mask(spec, model, method, rewind, batches, point.get("sparsity"), level)
+        return control_ticket(spec, model, mask, None, rewind, control, replicate), False
     return make_ticket(spec, model, final, rewind, point.get("sparsity"), control, replicate, level), False
 
 
@@ -56,6 +66,31 @@ def make_ticket(spec: Spec, model: keras.Model, final: Weights, rewind: Weights,
     return control_ticket(spec, model, mask, threshold, rewind, control, replicate)
 
 
+def dense_ticket(spec: Spec, model: keras.Model, rewind: Weights) -> Ticket:
+    """The dense network rewound: every prunable weight kept (an IMP chain's level 0, trained only as
+    the instability analysis's dense baseline)."""
+    names = pruning.prunable(spec.pruning, layout(model))
+    return Ticket({n: np.ones(np.shape(rewind[n]), dtype=bool) for n in names}, dict(rewind), None)
+
+
+def init_mask(spec: Spec, model: keras.Model, method: str, init: Weights, batches: Callable[[], list] | None,
+              sparsity: float | None, level: int | None = None) -> masks_lib.Mask:
+    """A mask pruned at initialization (`init`, the dense run's initial weights) by `method` to the
+    grid point (`sparsity`, or IMP `level`'s counts), with the spec's allocation (`pruning.allocation`):
+    `magnitude_init` keeps the largest |θ0|, as magnitude pruning would; SNIP and GraSP score
+    `pruning.init_batches` training batches; SynFlow scores without data, in `pruning.synflow_rounds`."""
+    at = {"sparsity": float(sparsity)} if level is None else {"level": int(level)}
+    lay, p = layout(model), spec.pruning
+    if method == "magnitude_init":
+        return pruning.oneshot_mask(p, lay, init, **at)[0]
+    parts = pruning.allocation(p, lay, init, **at)
+    names = pruning.prunable(p, lay)
+    if method == "synflow":
+        return saliency.synflow_mask(model, names, init, parts, p.synflow_rounds)
+    score = {"snip": saliency.snip, "grasp": saliency.grasp}[method]
+    return masks_lib.select(score(model, names, init, batches()), parts)
+
+
 def imp_level(spec: Spec, model: keras.Model, trained: Weights, previous: masks_lib.Mask | None,
               rewind: Weights) -> Ticket:
     """The ticket chain's next IMP level: prune `pruning.rate` of the survivors of `previous` by the
@@ -66,23 +101,26 @@ def imp_level(spec: Spec, model: keras.Model, trained: Weights, previous: masks_
 
 def control_ticket(spec: Spec, model: keras.Model, mask: masks_lib.Mask, threshold: float | None,
                    rewind: Weights, control: str, replicate: int, level: int | None = None) -> Ticket:
-    """What `control` trains from the ticket's `mask` (the papers' controls, each its own branch):
+    """What `control` trains from its method's `mask` (the ticket's, or one pruned at initialization)
+    and start `rewind` (the rewound weights; the initialisation for those), each ablation its own branch:
 
-    - `ticket`: the mask, the rewound weights;
-    - `random_reinit`: the same mask, a fresh initialisation (the replicate's REINIT stream);
-    - `random_prune`: a random mask with exactly the ticket's count in every tensor (the replicate's
-      RANDOM_PRUNE stream; an IMP chain's `level` gets its own), the rewound weights.
+    - none (`ticket`, `snip`, ...): the mask, the start;
+    - `reinit` (`random_reinit` for the ticket): the same mask, a fresh initialisation (the
+      replicate's REINIT stream);
+    - `shuffle` (`random_prune` for the ticket): a random mask with exactly the method's count in
+      every tensor (the replicate's RANDOM_PRUNE stream; an IMP chain's `level` gets its own), the start.
     """
-    if control == "random_reinit":
+    _, ablation = split_control(control)
+    if ablation == "reinit":
         fresh = models.build(spec.model, tuple(model.input_shape[1:]), model.output_shape[-1],
                              seed=seeds.stream_seed(spec.seed, replicate, Stream.REINIT))
         rewind = models.get_weights(fresh)
-    elif control == "random_prune":
+    elif ablation == "shuffle":
         extra = () if level is None else (level,)
         mask = masks_lib.random_mask_like(mask, seeds.stream_seed(spec.seed, replicate, Stream.RANDOM_PRUNE, *extra))
         threshold = None
-    elif control != "ticket":
-        raise ValueError(f"Received `control={control!r}`: expected ticket, random_reinit or random_prune")
+    elif ablation is not None or control not in CONTROLS:
+        raise ValueError(f"Received `control={control!r}`: expected one of {', '.join(CONTROLS)}")
     return Ticket(mask, masks_lib.apply(rewind, mask), threshold)
 
 

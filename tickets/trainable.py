@@ -75,7 +75,7 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs, board=None) -> None
                 state, ticket.mask)
     if state is None:
         return
-    if t.wants_twin(base["sparsity"]):
+    if t.wants_twin():
         # The last epoch's row again, with the instability analysis of the network it trained.
         _report({**_last_row(), **t.twin(ticket, state.weights, _trial_dir())}, state, ticket.mask)
     # The ticket marks the trial finished: every report is in by now.
@@ -99,13 +99,15 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs, board) -> None:
     t, dense = _enter(config, spec, dense)
     final, rewind = ray.get([dense.final, dense.snapshots[t.rewind_step]])
     total = t.spec.pruning.num_levels()
-    # Level 0 is the dense run: its final weights rank the first pruning. A checkpoint's step is its level.
+    # The dense run's final weights rank the first pruning. With twins, level 0 retrains the dense
+    # network from the rewind point beside its twin: the instability analysis's dense baseline. A
+    # checkpoint's step is its level.
+    twins = t.wants_twin()
     saved = _restore()
-    first, trained, previous = (saved["step"] + 1, saved["weights"], saved["mask"]) if saved else (1, final, None)
-
-    twins = t.wants_twin(None)
+    first = saved["step"] + 1 if saved else 0 if twins else 1
+    trained, previous = (saved["weights"], saved["mask"]) if saved and saved["step"] > 0 else (final, None)
     for level in range(first, total + 1):
-        ticket = t.imp_level(trained, previous, rewind)
+        ticket = t.imp_level(level, trained, previous, rewind)
         path = artifacts.level_file(_trial_dir(), level)
         # A chain restarted while the level's twin trained finds the level itself trained already.
         done = artifacts.load_ticket(path) if twins and path.is_file() else None
@@ -117,16 +119,18 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs, board) -> None:
                 last = progress
             base = t.columns(ticket)
             metrics = {"sparsity": base["actual_sparsity"], **base, "level": level, "levels": total,
-                       "resumed_from_level": first - 1, **rows_lib.epoch_metrics(last, state.early_stop)}
+                       "resumed_from_level": saved["step"] if saved else 0, **rows_lib.epoch_metrics(last, state.early_stop)}
             artifacts.save_ticket(path, ticket.mask, ticket.start, state.weights,
                                   t.info(metrics, pid=os.getpid(), metrics=metrics))
         # On the board before the report: the controls of this level are queued once it is reported.
-        ray.get(board.publish.remote(grid.chain_of(config), level, ticket.mask))
+        if level > 0:
+            ray.get(board.publish.remote(grid.chain_of(config), level, ticket.mask))
         if twins:
             metrics = {**metrics, **t.twin(ticket, state.weights, _trial_dir(), level)}
         # Optimizer state restarts fresh at every level: the checkpoint keeps none.
         _report(metrics, dataclasses.replace(state, step=level, optimizer=[]), ticket.mask)
-        trained, previous = state.weights, ticket.mask
+        if level > 0:  # level 1 prunes the dense run's weights, not the baseline's retrained ones
+            trained, previous = state.weights, ticket.mask
     # ticket.npz marks a finished trial, as for one-shot trials: the chain's last level.
     shutil.copyfile(artifacts.level_file(_trial_dir(), total), _trial_dir() / artifacts.TICKET_FILE)
 
@@ -168,11 +172,14 @@ def _enter(config: dict, spec: dict, dense: DenseRefs):
 
 def _sources(t, dense: DenseRefs, chain_mask: dict | None) -> dict:
     """The weights the trial's ticket is made from, fetched once each: a transferred ticket alone,
-    an IMP control's rewind point (its mask is its chain's), or the final weights and the rewind point."""
+    an IMP control's rewind point (its mask is its chain's), the initialisation (rewind epoch 0) for
+    a mask pruned at initialization, or the final weights and the rewind point."""
     if t.control == "transfer":
         key = grid.transfer_key(t.point["sparsity"], t.rewind_epoch, t.replicate)
         return {"source": ray.get(dense.transfers[key])}
     if chain_mask is not None:
+        return {"rewind": ray.get(dense.snapshots[t.rewind_step])}
+    if config_lib.split_control(t.control)[0] in config_lib.INIT_METHODS:  # pruned from the initialisation
         return {"rewind": ray.get(dense.snapshots[t.rewind_step])}
     final, rewind = ray.get([dense.final, dense.snapshots[t.rewind_step]])
     return {"final": final, "rewind": rewind}

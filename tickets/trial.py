@@ -15,7 +15,7 @@ from typing import Iterator
 
 import keras
 
-from tickets import artifacts, instability, interpolation, pruning, seeds, training
+from tickets import artifacts, instability, interpolation, pipeline, pruning, seeds, training
 from tickets import masks as masks_lib
 from tickets import ticket as ticket_lib
 from tickets.config import GRID_KEYS, Spec, step_of
@@ -73,14 +73,24 @@ class Trial:
         """This point's ticket (`ticket.for_point`) and the columns every row of the trial carries.
         The sparsity column is the grid's value, or for a level the sparsity that level reached."""
         ticket, reinitialised = ticket_lib.for_point(self.spec, self.model, self.point, final, rewind,
-                                                     chain_mask, source)
+                                                     chain_mask, source, self.score_batches)
         base = {**self.columns(ticket), "classifier_reinitialised": reinitialised, "level": self.level}
         base["sparsity"] = float(self.point["sparsity"]) if "sparsity" in self.point else base["actual_sparsity"]
         return ticket, base
 
-    def imp_level(self, trained: ticket_lib.Weights, previous: masks_lib.Mask | None,
+    def score_batches(self) -> list:
+        """The training batches SNIP and GraSP score at initialization: `pruning.init_batches` of the
+        replicate's INIT_SCORE stream, augmented as in training."""
+        batches = pipeline.train_batches(self.data, self.spec.data, self.seed(Stream.INIT_SCORE), 0,
+                                         self.spec.pruning.init_batches, self.process.get("data_threads", 0))
+        return list(batches)
+
+    def imp_level(self, level: int, trained: ticket_lib.Weights, previous: masks_lib.Mask | None,
                   rewind: ticket_lib.Weights) -> Ticket:
-        """An IMP chain's next level (`ticket.imp_level`)."""
+        """An IMP chain's `level` (`ticket.imp_level`); level 0, the dense network rewound, is its
+        instability baseline (`ticket.dense_ticket`)."""
+        if level == 0:
+            return ticket_lib.dense_ticket(self.spec, self.model, rewind)
         return ticket_lib.imp_level(self.spec, self.model, trained, previous, rewind)
 
     def columns(self, ticket: Ticket) -> dict:
@@ -112,8 +122,8 @@ class Trial:
         """Masked training from the rewind step to the end of the dense schedule (`training.train_sparse`)."""
         return training.train_sparse(self.spec, self.data, ticket, self.rewind_step, self.seed(), resume)
 
-    def wants_twin(self, sparsity: float | None) -> bool:
-        return instability.wanted(self.spec.instability.enabled, self.control, sparsity)
+    def wants_twin(self) -> bool:
+        return instability.wanted(self.spec.instability.enabled, self.control)
 
     def twin(self, ticket: Ticket, first: ticket_lib.Weights, trial_dir: Path, level: int | None = None) -> dict:
         """Instability analysis of the network the trial (or the IMP chain's `level`) trained to `first`:

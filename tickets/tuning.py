@@ -18,7 +18,7 @@ from tickets.trainable import train_imp, train_ticket
 
 # An IMP experiment started before these moved to `tickets.chains` pickled them by this module's
 # path (Tune's saved searcher and callbacks): `--resume` finds them here.
-ImpQueue, ChainErrors = chains.ImpQueue, chains.ChainErrors
+ImpQueue, ChainErrors = chains.GridQueue, chains.ChainErrors
 
 
 def make_trainable(spec: config_lib.Spec, dense: DenseRefs, res: Resources, board=None):
@@ -87,10 +87,12 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
     else:
         points = grid.trial_points(spec)
-        search = {"search_alg": chains.ImpQueue(points), "num_samples": len(points)} if imp else {}
+        # Tune's grid search where the grid is the product of its axes; else the queue of its points.
+        product = grid.is_product(spec)
+        search = {} if product else {"search_alg": chains.GridQueue(points, imp), "num_samples": len(points)}
         tuner = tune.Tuner(
             trainable,
-            param_space={} if imp else {key: tune.grid_search(values) for key, values in grid.axes(spec).items()},
+            param_space={key: tune.grid_search(values) for key, values in grid.axes(spec).items()} if product else {},
             # Reusing workers spares each trial a process start and the TensorFlow import. The metric
             # is what Tune's own "best trial" (ResultGrid.get_best_result) would choose on: the
             # validation split, never the test set.
