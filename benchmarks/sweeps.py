@@ -228,7 +228,8 @@ def sweep_vs_loop(bench: Bench) -> dict:
     overrides = [f"data.path={root}", f"data.subset={{train: {loop['train']}, test: {loop['test']}}}",
                  f"dense.epochs={loop['epochs']}", "pruning.mode=oneshot", "pruning.scope=layerwise",
                  "pruning.rates={}", *_search(points),
-                 "search.control=[ticket]", "search.replicate=[0]", "data.validation=0"]  # the loop holds nothing out
+                 "search.control=[ticket]", "search.replicate=[0]",
+                 "data.validation=0", "report.match=final"]  # the loop holds nothing out: nothing to stop early on
     spec = config.load("conv2-cifar10", overrides)
     d = data.load(spec.data, spec.seed)  # the loop gets the same images, decoded (the sweep decodes them itself)
     arrays = bench.storage / "loop.npz"

@@ -32,7 +32,11 @@ from tickets import analysis, artifacts, sweep
      "error: instability.points: 1 must be >= 2"),
     (["smoke", "--set", "instability.enabled=true", "--set", "search.control=[random_reinit]"],
      "error: instability.enabled: True has nothing to analyse: search.control ['random_reinit'] has no 'ticket' "
-     "and search.sparsity no 0"),
+     "(only tickets, the one at sparsity 0 the dense network, twin)"),
+    (["smoke", "--set", "search.control=[ticket,snip]", "--set", "search.rewind_epoch=[1]"],
+     "error: search.control[1]: 'snip' prunes at initialization and trains from it (rewind epoch 0), which "
+     "search.rewind_epoch [1.0] lacks: add 0"),
+    (["smoke", "--set", "pruning.synflow_rounds=0"], "error: pruning.synflow_rounds: 0 must be >= 1"),
 ])
 def test_bad_input_exits_2_writes_nothing_starts_no_ray(tmp_path, capsys, argv, message):
     import ray

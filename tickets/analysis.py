@@ -213,8 +213,9 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
     groups = final.groupby(keys, observed=True, dropna=False)
     for name, source in (("final_accuracy", "test_accuracy"), ("early_stop_accuracy", "early_stop_accuracy"),
                          ("match_accuracy", column)):
-        spread = groups[source].apply(lambda v: pd.Series(stats.interval(v))).unstack().reindex(started.index)
-        out[name], out[f"{name}_std"], out[f"{name}_ci95"] = spread["mean"], spread["std"], spread["ci95"]
+        spread = {at: stats.interval(v) for at, v in groups[source]}
+        for part, suffix in (("mean", ""), ("std", "_std"), ("ci95", "_ci95")):
+            out[name + suffix] = [spread[at][part] if at in spread else math.nan for at in out.index]
     out = out.reset_index()
     if "sparsity" not in keys:
         out.insert(1, "sparsity", out["sparsity_mean"])

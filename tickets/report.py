@@ -135,10 +135,12 @@ def _markdown(experiment, df, s, wins, pairs, tolerance, figures, references) ->
     for r in s.itertuples():
         n = f"{r.replicates}" + (" (one replicate: no interval)" if r.replicates == 1 else "") + \
             ("" if r.complete else " (incomplete)")
+        left = f"{r.weights_remaining_total * 100:.3g} %" if np.isfinite(r.weights_remaining_total) else "—"
         line = (f"| {r.control} | " + (f"{r.level} | " if levels else "") + f"{r.sparsity:.4g} | "
-                f"{r.weights_remaining_total * 100:.3g} % | {r.rewind_epoch:g} | {n} | {_spread(r, 'final_accuracy')} | ")
+                f"{left} | {r.rewind_epoch:g} | {n} | {_spread(r, 'final_accuracy')} | ")
         if early:
-            line += f"{_spread(r, 'early_stop_accuracy')} | {r.early_stop_epoch:.1f} | "
+            epoch = f"{r.early_stop_epoch:.1f}" if np.isfinite(r.early_stop_epoch) else "—"
+            line += f"{_spread(r, 'early_stop_accuracy')} | {epoch} | "
         line += f"{_spread(r, 'match_accuracy')} | {r.match_verdict} | {'**yes**' if r.collapsed else 'no'} |"
         if published:
             line += (f" {r.published_accuracy * 100:.1f} % at {r.published_weights_remaining * 100:.3g} % | "
