@@ -242,3 +242,6 @@ def test_load_while_running_and_after_an_interrupt(interrupted):
     unfinished = s[~s.complete]
     assert len(unfinished) and unfinished.final_accuracy.isna().all() and (unfinished.replicates == 0).all()
     assert np.isfinite(s[s.complete].final_accuracy).all()
+    # From the spec, every point of the grid, reported or not: two sparsities, one of them not complete.
+    every = analysis.summary(after, expected=analysis.expected_runs(interrupted.exp))
+    assert sorted(every.sparsity) == [0.5, 0.9] and not every.complete.all()

@@ -111,6 +111,8 @@ def test_paper_presets_hold_out_the_papers_validation_split():
      "search.control[1]: 'grasp+reinit' prunes at initialization and trains from it (rewind epoch 0), which "
      "search.rewind_epoch [1.0, 2.0] lacks: add 0"),
     ({"pruning": {"synflow_rounds": 0}}, "pruning.synflow_rounds: 0 must be >= 1"),
+    ({"search": {"control": ["ticket", "snip+shuffle", "synflow+shuffle"], "rewind_epoch": [0]}},
+     "search.control: ['snip+shuffle', 'synflow+shuffle'] are the same random masks under pruning.scope 'lamp'"),
     ({"pruning": {"init_batches": 0}}, "pruning.init_batches: 0 must be >= 1"),
     ({"report": {"match": "best"}}, "report.match: 'best' is not one of final, early_stop"),
     ({"report": {"match": "early_stop"}, "data": {"validation": 0}},

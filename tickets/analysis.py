@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tickets import artifacts, stats
+from tickets import artifacts, grid, stats
 from tickets import config as config_lib
 from tickets import instability as instability_lib
 from tickets import rows as rows_lib
@@ -145,6 +145,28 @@ _DECIDED_BY = {("final", True): ("val_accuracy", "final validation accuracy"),
 PUBLISHED_WITHIN = 1.3
 
 
+def expected_runs(experiment) -> pd.Series | None:
+    """How many runs the experiment's grid has at each (control, sparsity or level, rewind epoch):
+    its replicates (an IMP chain a run per level, level 0 too with twins), from its spec; None without
+    one. A run that never reported is still expected, so its point is not complete."""
+    spec = _spec(experiment)
+    if spec is None:
+        return None
+    runs = []
+    for point in grid.trial_points(spec):
+        if spec.pruning.mode == "imp" and grid.is_chain(point):
+            first = 0 if instability_lib.wanted(spec.instability.enabled, "ticket") else 1
+            runs += [(point["control"], k, point["rewind_epoch"]) for k in range(first, spec.pruning.num_levels() + 1)]
+        else:
+            key = "level" if "level" in point else "sparsity"
+            runs.append((point["control"], point[key], point["rewind_epoch"]))
+    counts = pd.Series(runs).value_counts(sort=False)
+    counts.index = pd.MultiIndex.from_tuples(counts.index, names=["control", "level" if spec.search.level or
+                                                                   spec.pruning.mode == "imp" else "sparsity",
+                                                                   "rewind_epoch"])
+    return counts
+
+
 def decided_by(df: pd.DataFrame, match: str = "final") -> tuple[str, str, float]:
     """(the column `matches` compares, its name in words, the dense network's value of it)."""
     column, words = _DECIDED_BY[match, validated(df)]
@@ -163,11 +185,13 @@ def complete_runs(df: pd.DataFrame) -> pd.DataFrame:
     return runs[done.to_numpy(dtype=bool)]
 
 
-def summary(df: pd.DataFrame, tolerance: float = 0.5,
-            references: tuple[config_lib.Reference, ...] = (), match: str = "final") -> pd.DataFrame:
+def summary(df: pd.DataFrame, tolerance: float = 0.5, references: tuple[config_lib.Reference, ...] = (),
+            match: str = "final", expected: pd.Series | None = None) -> pd.DataFrame:
     """One row per (control, sparsity or level, rewind_epoch), over the replicates that finished.
 
-    `replicates` (n) counts them, `complete` says whether every run started at the point finished.
+    `replicates` (n) counts them, `complete` says whether every run of the point finished: every run
+    started, and with `expected` (`expected_runs(experiment)`) every run the grid has, reported or
+    not (its points that no run reached are rows too).
     `final_accuracy` is the test accuracy at the end of training, `early_stop_accuracy` at the epoch
     of least validation loss (NaN without a validation split); each with its standard deviation
     (`_std`) and the half-width of its 95 % confidence interval (`_ci95`, mean ± ci95): NaN with one
@@ -193,6 +217,8 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
         if name not in final:  # a frame built by hand, without the columns `load` gives
             final = final.assign(**{name: np.nan})
     started = trials.groupby(keys, observed=True, dropna=False)["trial_id"].nunique()
+    seen = set(started.index)
+    points = list(started.index) + [k for k in (expected.index if expected is not None else []) if k not in seen]
     out = final.groupby(keys, observed=True, dropna=False).agg(
         replicates=("trial_id", "nunique"), sparsity_mean=("sparsity", "mean"),
         weights_remaining=("weights_remaining", "mean"), weights_remaining_total=("weights_remaining_total", "mean"),
@@ -205,9 +231,10 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5,
         interpolated_instability=("interpolated_instability", "mean"),
         interpolated_val_instability=("interpolated_val_instability", "mean"),
         twin_accuracy=("twin_test_accuracy", "mean"),
-    ).reindex(started.index)  # a point none of whose runs finished stays, incomplete, without numbers
+    ).reindex(pd.MultiIndex.from_tuples(points, names=keys))  # a point no run finished stays, incomplete, blank
     out["replicates"] = out["replicates"].fillna(0).astype(int)
-    out["complete"] = out["replicates"] == started
+    runs = [max(started.get(at, 0), expected.get(at, 0) if expected is not None else 0) for at in out.index]
+    out["complete"] = out["replicates"] >= runs
     out["collapsed"] = out["collapsed"].fillna(False).astype(bool)
     out["emptied_branches"] = out["emptied_branches"].fillna(False).astype(bool)
     groups = final.groupby(keys, observed=True, dropna=False)
@@ -248,29 +275,38 @@ def _match_verdict(row, threshold: float) -> str:
 
 
 def paired(df: pd.DataFrame, match: str = "final") -> pd.DataFrame:
-    """Every control compared with the ticket at its grid point, replicate by replicate (same
-    replicate: same data order, and for controls that start from the ticket's weights the same
-    start): the mean difference (control − ticket), its 95 % interval and the paired t-test's
-    p-value (`stats.paired`) of the accuracy `matches` decides by (`decided_by`), and the mean
-    difference of the final test accuracy beside it. Only runs that finished count."""
+    """Every control compared with the ticket at its grid point, and every ablation of a mask pruned at
+    initialization with its own method (`snip+shuffle` against `snip`: Frankle et al. 2021's question,
+    whether the places a method chose carry what it knows), replicate by replicate (same replicate:
+    same data order, and for controls that start from the same weights the same start): the mean
+    difference (control − `against`), its 95 % interval and the paired t-test's p-value
+    (`stats.paired`) of the accuracy `matches` decides by (`decided_by`), and the mean difference of
+    the final test accuracy beside it. Only runs that finished count; a pair of controls no replicate
+    finished both of is left out."""
     column, words, _ = decided_by(df, match)
     final = complete_runs(df[df["control"] != "dense"])
     point = [k for k in _keys(df) if k != "control"]
     index = ["replicate", "level"] if "level" in point else ["replicate"]
     rows = []
     for at, g in final.groupby(point, observed=True, dropna=False):
-        ticket = g[g["control"] == "ticket"].set_index(index)
-        if ticket.empty:
-            continue
-        for control, c in g[g["control"] != "ticket"].groupby("control", observed=True):
-            c = c.set_index(index)
-            decided = stats.paired(c[column], ticket[column])
-            rows.append({**dict(zip(point, at if isinstance(at, tuple) else (at,))), "control": control,
-                         "pairs": decided["n"], "difference": decided["difference"], "ci95": decided["ci95"],
-                         "p_value": decided["p_value"], "on": words,
-                         "test_difference": stats.paired(c["test_accuracy"], ticket["test_accuracy"])["difference"]})
-    columns = [*point, "control", "pairs", "difference", "ci95", "p_value", "on", "test_difference"]
-    return pd.DataFrame(rows, columns=columns)
+        runs = {str(c): r.set_index(index) for c, r in g.groupby("control", observed=True)}
+        for control, c in runs.items():
+            method, ablation = config_lib.split_control(control)
+            for against in ("ticket", method if method in config_lib.INIT_METHODS and ablation else None):
+                if against is None or against == control or against not in runs:
+                    continue
+                decided = stats.paired(c[column], runs[against][column])
+                if decided["n"] == 0:
+                    continue
+                rows.append({**dict(zip(point, at if isinstance(at, tuple) else (at,))), "control": control,
+                             "against": against, "pairs": decided["n"], "difference": decided["difference"],
+                             "ci95": decided["ci95"], "p_value": decided["p_value"], "on": words,
+                             "test_difference": stats.paired(c["test_accuracy"], runs[against]["test_accuracy"])["difference"]})
+    columns = [*point, "control", "against", "pairs", "difference", "ci95", "p_value", "on", "test_difference"]
+    order = {c: i for i, c in enumerate(config_lib.CONTROLS)}
+    out = pd.DataFrame(rows, columns=columns)
+    return out.sort_values([*point, "control"], key=lambda v: v.map(order) if v.name == "control" else v,
+                           kind="stable").reset_index(drop=True)
 
 
 def _published(s: pd.DataFrame, references, dense: float) -> pd.DataFrame:
@@ -313,8 +349,8 @@ def curves(experiment) -> pd.DataFrame:
     columns = [*GRID_KEYS, "trial_id", "trial", *artifacts.CURVE_COLUMNS]
     if not frames:
         return pd.DataFrame(columns=columns)
-    df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates(["trial", "level", "alpha"], keep="last")[columns].reset_index(drop=True)
+    df = pd.concat(frames, ignore_index=True).reindex(columns=columns)  # older curves lack the interpolated_*
+    return df.drop_duplicates(["trial", "level", "alpha"], keep="last").reset_index(drop=True)
 
 
 def collapsed_trials(df: pd.DataFrame) -> pd.DataFrame:
@@ -326,8 +362,10 @@ def collapsed_trials(df: pd.DataFrame) -> pd.DataFrame:
 
 def winning_tickets(df: pd.DataFrame, tolerance: float = 0.5, match: str = "final") -> pd.DataFrame:
     """Per rewind epoch, the sparsest ticket that matches the dense network: a collapsed one never
-    does, nor one whose interval is too wide to say (`match_verdict` "undecided")."""
+    does, nor one whose interval is too wide to say (`match_verdict` "undecided"), nor the dense
+    network itself (the ticket at sparsity 0, an IMP chain's level 0)."""
     s = summary(df, tolerance, match=match)
-    wins = s[(s["control"] == "ticket") & s["matches"] & ~s["match_verdict"].str.startswith("undecided")]
+    wins = s[(s["control"] == "ticket") & s["matches"] & ~s["match_verdict"].str.startswith("undecided")
+             & (s["sparsity"] > 0)]
     idx = wins.groupby("rewind_epoch")["weights_remaining_total"].idxmin()
     return wins.loc[idx].reset_index(drop=True)

@@ -168,8 +168,8 @@ class PruningSpec:
     # sweep's mask check and each trial's `narrowest_layer` say so. 0 turns the warning off.
     min_live_channels: int = 4
     # Pruning at initialization (search.control snip, grasp): the training batches their scores are
-    # summed over (SNIP's paper scored one; Synaptic-Flow's code several), and SynFlow's pruning
-    # rounds (its paper's 100, on an exponential schedule).
+    # summed over (SNIP's paper scored one), and SynFlow's pruning rounds (its paper's 100, on an
+    # exponential schedule).
     init_batches: int = 1
     synflow_rounds: int = 100
 
@@ -632,6 +632,11 @@ def _check_search(spec: Spec) -> None:
         if method in INIT_METHODS and 0 not in s.rewind_epoch:
             _fail(name, c, f"prunes at initialization and trains from it (rewind epoch 0), which search.rewind_epoch "
                            f"{list(s.rewind_epoch)} lacks: add 0")
+    shuffled = [c for c in s.control if split_control(c)[0] in INIT_METHODS and split_control(c)[1] == "shuffle"]
+    if len(shuffled) > 1 and p.scope != "global":
+        _fail("search.control", shuffled, f"are the same random masks under pruning.scope {p.scope!r}: every method "
+                                          "pruning at initialization keeps that allocation's per-layer counts, and a "
+                                          "shuffle keeps only the counts; keep one (or use scope global)")
     if imp and "ticket" not in s.control:
         _fail("search.control", list(s.control), "has no 'ticket': IMP controls train the ticket chain's masks "
                                                  "level by level, so the ticket chain must run too")
@@ -670,7 +675,8 @@ def _check_instability(spec: Spec) -> None:
 def _check_report(spec: Spec) -> None:
     _one_of("report.match", spec.report.match, MATCHES)
     if spec.report.match == "early_stop" and not spec.data.validation:
-        _fail("report.match", spec.report.match, "needs a validation split to stop early on (data.validation)")
+        _fail("report.match", spec.report.match, "needs a validation split to stop early on (data.validation); "
+                                                 "or set report.match=final")
 
 
 def _check_resources(spec: Spec) -> None:

@@ -4,9 +4,9 @@ transfer source). Plain data over `config.Spec`: no Ray, no TensorFlow.
 
 One-shot grids are the product of their axes (sparsity or level × rewind epoch × control ×
 replicate), less the points of controls that prune at initialization at rewind epochs other than 0
-(they train from the initialisation: rewind epoch 0 is their one point). IMP grids have no sparsity axis: one ticket chain per (rewind epoch, replicate) walks
-the levels, and each other control is a trial of its own at each level, on its chain's mask of
-that level (Frankle & Carbin's controls).
+(they train from the initialisation: rewind epoch 0 is their one point). IMP grids have no sparsity
+axis: one ticket chain per (rewind epoch, replicate) walks the levels, and each other control is a
+trial of its own at each level, on its chain's mask of that level (Frankle & Carbin's controls).
 """
 
 from __future__ import annotations

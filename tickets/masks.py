@@ -54,6 +54,8 @@ def _smallest(magnitudes: np.ndarray, alive: np.ndarray, k: int) -> np.ndarray:
         return live
     values = magnitudes[live]
     kth = np.partition(values, k - 1)[k - 1]
+    if not np.isfinite(kth):  # NaN sorts last in a sort but breaks the comparisons below
+        return live[np.argsort(values, kind="stable")[:k]]
     below = live[values < kth]
     return np.concatenate([below, live[values == kth][: k - below.size]])
 

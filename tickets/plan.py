@@ -220,6 +220,11 @@ def check_inputs(args: argparse.Namespace) -> Plan:
     """Everything that can be wrong with the input: spec, paths, transfer sources, data, rewind
     steps, resources. Raises one of BAD_INPUT; starts nothing and writes nothing."""
     spec, exp = load_spec(args)
+    early = [c for c in spec.search.control if at_init(c)]
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if early and backend != "tensorflow":
+        raise UsageError(f"search.control: {', '.join(early)} score(s) with TensorFlow's gradients; KERAS_BACKEND is "
+                         f"{backend!r}: unset it, or leave these controls out")
     try:
         check_experiment(args, spec, exp)
     except UsageError as e:

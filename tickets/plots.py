@@ -47,7 +47,11 @@ def _percent_axis(ax, values) -> None:
     ax.set_xscale("log")
     if not ax.xaxis_inverted():
         ax.invert_xaxis()  # sparser to the right, as in the papers
-    ticks = sorted({float(f"{v:.3g}") for v in values})
+    ticks = []  # in the order given (the data's own first); one close to a kept one would overprint it
+    for v in (float(f"{v:.3g}") for v in values if np.isfinite(v) and v > 0):
+        if all(abs(np.log(v / t)) > np.log(1.15) for t in ticks):
+            ticks.append(v)
+    ticks.sort()
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.minorticks_off()
@@ -74,6 +78,7 @@ def accuracy_vs_weights(df: pd.DataFrame, tolerance: float = 0.5, references=())
     ax.axhline(dense, color="tab:red", lw=1.2)
     _lines(ax, s, "final_accuracy", 100, "final_accuracy_ci95")
     _cut(ax, s, "final_accuracy", 100)
+    ax.set_ylim(max(0.0, ax.get_ylim()[0]), min(100.0, ax.get_ylim()[1]))  # wide intervals of few replicates
     # Published gains are over the paper's early-stopped dense network: drawn over this one's (or,
     # without a validation split, over its final accuracy).
     base = analysis.dense_early_stop_accuracy(df) * 100
@@ -128,7 +133,7 @@ def _lines(ax, s: pd.DataFrame, column: str, scale: float, error: str | None = N
         g = g.sort_values("weights_remaining_total", ascending=False)
         color = _METHOD_COLOR.get(split_control(control)[0], colors[rewind])
         ax.errorbar(g["weights_remaining_total"] * 100, g[column] * scale,
-                    yerr=g[error].fillna(0) * scale if error else None,
+                    yerr=g[error] * scale if error else None,  # NaN (one replicate): no bar, never ± 0
                     color=color, ls=_style(control), marker=_marker(control), ms=4,
                     capsize=2, label=f"{control}, rewind {rewind:g}")
     _percent_axis(ax, s["weights_remaining_total"] * 100)

@@ -20,7 +20,7 @@ def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
     if df.empty or (df["control"] == "dense").all():
         raise ValueError(f"{experiment}: no trial has reported yet")
     references, match = analysis.references(experiment), analysis.match_mode(experiment)
-    s = analysis.summary(df, tolerance, references, match)
+    s = analysis.summary(df, tolerance, references, match, analysis.expected_runs(experiment))
     wins = analysis.winning_tickets(df, tolerance, match)
     pairs = analysis.paired(df, match)
     written = [experiment / "summary.csv"]
@@ -63,7 +63,8 @@ def what_was_run(experiment: Path, df) -> list[str]:
              f"- **Data**: {d.dataset}" + (f" half {d.half}" if d.half else "") + f" at {d.image_size} px: {images}.",
              f"- **Pruning**: {mode}; scope `{p.scope}`; excluded (left dense): {', '.join(p.exclude) or 'nothing'}"
              + (f"; own rates per level: {rates}" if rates else "") + f"; controls: {', '.join(spec.search.control)}; "
-             f"rewind epochs {list(spec.search.rewind_epoch)}; replicates {len(spec.search.replicate)}.",
+             f"rewind epochs {list(spec.search.rewind_epoch)}; replicates {len(spec.search.replicate)}"
+             + _init_methods(spec) + ".",
              "- **Weights axis**: the plots and `weights_remaining_total` count every kernel weight of the network "
              "(convolutions, depthwise and dense layers, the excluded ones included), as the papers do; "
              "`sparsity` and `weights_remaining` count the prunable weights only"
@@ -83,6 +84,19 @@ def what_was_run(experiment: Path, df) -> list[str]:
                      "accuracy here is the final epoch's test accuracy, and published (early-stopped) points are "
                      "drawn but not compared.")
     return lines
+
+
+def _init_methods(spec) -> str:
+    """What the controls pruning at initialization scored on, for the report's opening."""
+    methods = {config_lib.split_control(c)[0] for c in spec.search.control} & set(config_lib.INIT_METHODS)
+    if not methods:
+        return ""
+    p = spec.pruning
+    said = [f"{m}: {p.init_batches} training batch(es) of {spec.data.batch_size}" if m in ("snip", "grasp") else
+            f"synflow: {p.synflow_rounds} rounds, data-free" if m == "synflow" else "magnitude_init: |w|"
+            for m in sorted(methods)]
+    return ("; pruned at initialization, trained from it (rewind epoch 0 only), " + "; ".join(said)
+            + (", each method's own per-layer counts" if p.scope == "global" else f", per-layer counts by {p.scope}"))
 
 
 def _markdown(experiment, df, s, wins, pairs, tolerance, figures, references) -> str:
@@ -125,6 +139,7 @@ def _markdown(experiment, df, s, wins, pairs, tolerance, figures, references) ->
                   f"{r.weights_remaining * 100:.2f} % | {_spread(r, 'match_accuracy')} | "
                   f"{_spread(r, 'final_accuracy')} | {r.match_verdict} |" for r in wins.itertuples()]
     published, levels = "published_gap" in s, "level" in s
+    referenced = {ref.control for ref in references}
     lines += ["", "## Summary", "", "Mean ± the half-width of the 95 % confidence interval over the n replicates that "
               "finished (Student's t); one replicate has no interval.", "",
               "| control | " + ("level | " if levels else "") + "sparsity | weights left (all) | rewind | n | "
@@ -146,7 +161,7 @@ def _markdown(experiment, df, s, wins, pairs, tolerance, figures, references) ->
             line += (f" {r.published_accuracy * 100:.1f} % at {r.published_weights_remaining * 100:.3g} % | "
                      + (f"{r.published_gap * 100:+.1f} pt |" if np.isfinite(r.published_gap) else "— (no validation split) |")
                      if np.isfinite(r.published_accuracy) else
-                     f" — (none within ×{analysis.PUBLISHED_WITHIN:g}) | — |")
+                     f" — (none within ×{analysis.PUBLISHED_WITHIN:g}) | — |" if r.control in referenced else " — | — |")
         lines.append(line)
     lines += _paired(pairs)
     lines += _instability(df, s)
@@ -178,17 +193,18 @@ def _paired(pairs) -> list[str]:
     on = pairs["on"].iloc[0]
     key = "level" if "level" in pairs else "sparsity"
     lines = ["", "## Controls against the ticket, paired by replicate", "",
-             f"Control − ticket in the {on}, replicate by replicate (the same data order; the same start where "
-             "the control starts from the ticket's weights), over the replicates where both finished: the mean "
+             f"Control − the run it is compared with (the ticket; an ablation of a mask pruned at initialization "
+             f"also its own method) in the {on}, replicate by replicate (the same data order; the same start "
+             "where both start from the same weights), over the replicates where both finished: the mean "
              "difference, its 95 % confidence interval (Student's t) and the two-sided p-value of the paired "
              "t-test (scipy's `ttest_rel`). The final test accuracy's mean difference is beside it.", "",
-             f"| {key} | rewind | control | pairs | difference | 95 % interval | p (paired t) | test difference |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| {key} | rewind | control | against | pairs | difference | 95 % interval | p (paired t) | "
+             "test difference |", "|---|---|---|---|---|---|---|---|---|"]
     for r in pairs.itertuples():
         interval = (f"[{(r.difference - r.ci95) * 100:+.2f}, {(r.difference + r.ci95) * 100:+.2f}] pt"
                     if np.isfinite(r.ci95) else "— (one pair)" if r.pairs == 1 else "—")
         p = f"{r.p_value:.3g}" if np.isfinite(r.p_value) else "—"
-        lines.append(f"| {getattr(r, key):.4g} | {r.rewind_epoch:g} | {r.control} | {r.pairs} | "
+        lines.append(f"| {getattr(r, key):.4g} | {r.rewind_epoch:g} | {r.control} | {r.against} | {r.pairs} | "
                      f"{r.difference * 100:+.2f} pt | {interval} | {p} | {r.test_difference * 100:+.2f} pt |")
     return lines
 
@@ -222,12 +238,12 @@ def _instability(df, s) -> list[str]:
         g = g.sort_values("rewind_epoch")
         name = dense.get(value) or (f"level {value}" if key == "level" else f"sparsity {value:.4g}")
         stable = [f"{r:g}" for r in g.loc[g["stable"] == True, "rewind_epoch"]]  # noqa: E712
-        matching = [f"{r:g}" for r in g.loc[g["matches"], "rewind_epoch"]]
+        matching = [f"{r:g}" for r in g.loc[g["match_verdict"].str.startswith("matches"), "rewind_epoch"]]
         lines.append(f"- {name} ({g['weights_remaining_total'].mean() * 100:.3g} % of weights left): stable at rewind "
                      f"epoch(s) {', '.join(stable) or 'none'}; matches dense at {', '.join(matching) or 'none'}.")
     lines += ["", "| " + key + " | rewind | instability (test) | " + ("instability (validation) | " if early else "")
               + ("interpolated BatchNorm: test | " + ("validation | " if early else "") if both else "")
-              + "stable | final test accuracy | twin's final test accuracy | matches |",
+              + "stable | final test accuracy | twin's final test accuracy | matches dense |",
               "|---|---|---|" + ("---|" if early else "") + (("---|---|" if early else "---|") if both else "")
               + "---|---|---|---|"]
     for r in twins.sort_values([key, "rewind_epoch"]).itertuples():
@@ -236,7 +252,7 @@ def _instability(df, s) -> list[str]:
                      + ((f"{r.interpolated_instability * 100:.2f} % | "
                          + (f"{r.interpolated_val_instability * 100:.2f} % | " if early else "")) if both else "")
                      + f"{'yes' if r.stable else 'no'} | {r.final_accuracy * 100:.2f} % | {r.twin_accuracy * 100:.2f} % | "
-                     f"{'yes' if r.matches else 'no'} |")
+                     f"{r.match_verdict} |")
     return lines
 
 

@@ -38,14 +38,20 @@ class Ticket:
 
 def for_point(spec: Spec, model: keras.Model, point: dict, final: Weights, rewind: Weights,
               chain_mask: masks_lib.Mask | None = None, source: dict | None = None,
-              batches: Callable[[], list] | None = None) -> tuple[Ticket, bool]:
+              batches: Callable[[], list] | None = None, known_mask: masks_lib.Mask | None = None
+              ) -> tuple[Ticket, bool]:
     """The ticket the trial at `point` (its config) trains, and whether layers of it were
     re-initialised (a transferred ticket's classifier): a transferred `source` ticket, an IMP
     control's `chain_mask` (its chain's mask of its level), a mask pruned at initialization (its
     point is at rewind epoch 0: `rewind` is the initialisation; `batches()` the training batches
-    SNIP and GraSP score on), or a one-shot grid point's ticket."""
+    SNIP and GraSP score on; `known_mask`, the mask a restarted trial made before, ablation
+    included), or a one-shot grid point's ticket."""
     control, replicate, level = point["control"], int(point["replicate"]), point.get("level")
-    method, _ = split_control(control)
+    method, ablation = split_control(control)
+    if method in INIT_METHODS and known_mask is not None:
+        start = rewind if ablation != "reinit" else control_ticket(spec, model, known_mask, None, rewind, control,
+                                                                   replicate).start
+        return Ticket(known_mask, masks_lib.apply(start, known_mask), None), False
     if control == "transfer":
         return transfer_ticket(spec, model, source, replicate)
     if chain_mask is not None:

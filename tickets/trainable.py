@@ -57,8 +57,11 @@ def train_ticket(config: dict, spec: dict, dense: DenseRefs, board=None) -> None
     chain_mask = chains.chain_mask(board, config) if board is not None and not grid.is_chain(config) else None
     t, dense = _enter(config, spec, dense)
     waited = t.process["dense_wait_seconds"]
-    ticket, base = t.ticket(**_sources(t, dense, chain_mask), chain_mask=chain_mask)
     saved = _restore()
+    # A mask pruned at initialization is taken from the checkpoint on a restart: scored again on
+    # another device (GPUs are not bit-reproducible), near-ties could fall the other way.
+    known = saved["mask"] if saved is not None and grid.at_init(t.control) else None
+    ticket, base = t.ticket(**_sources(t, dense, chain_mask), chain_mask=chain_mask, known_mask=known)
     if saved is not None and any(not np.array_equal(saved["mask"][k], ticket.mask[k]) for k in ticket.mask):
         raise RuntimeError("the checkpoint's mask differs from the one recomputed from the dense run")
     resume = t.state(saved) if saved else None

@@ -69,11 +69,11 @@ class Trial:
         """Trace the train and test steps now (started beside the dense run, which is still training)."""
         training.warm_up(self.spec, self.data)
 
-    def ticket(self, final=None, rewind=None, chain_mask=None, source=None) -> tuple[Ticket, dict]:
+    def ticket(self, final=None, rewind=None, chain_mask=None, source=None, known_mask=None) -> tuple[Ticket, dict]:
         """This point's ticket (`ticket.for_point`) and the columns every row of the trial carries.
         The sparsity column is the grid's value, or for a level the sparsity that level reached."""
         ticket, reinitialised = ticket_lib.for_point(self.spec, self.model, self.point, final, rewind,
-                                                     chain_mask, source, self.score_batches)
+                                                     chain_mask, source, self.score_batches, known_mask)
         base = {**self.columns(ticket), "classifier_reinitialised": reinitialised, "level": self.level}
         base["sparsity"] = float(self.point["sparsity"]) if "sparsity" in self.point else base["actual_sparsity"]
         return ticket, base
