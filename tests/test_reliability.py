@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from helpers import (LOCAL, ONE_AT_A_TIME, SMALL, cli, dense_runs, read_results, run, sets, ticket_files, trial_rows,
                      wait_until, write_cifar_batches, write_parquet)
 
-from tickets import artifacts, sweep
+from tickets import artifacts, lock, sweep
 
 
 def _pids_alive(pids) -> list[int]:
@@ -68,6 +69,14 @@ def test_driver_killed_mid_sweep_then_resume_completes_without_redoing_work(tmp_
     p = cli(["smoke", "--storage-path", str(tmp_path), *LOCAL, *SMALL,
              "--set", "search.sparsity=[0.5,0.7,0.9]", *ONE_AT_A_TIME])
     wait_until(lambda: ticket_files(exp), process=p, what="a finished trial")
+    # A second driver on the live experiment, --resume or not, is refused before it starts anything.
+    for extra in (["--resume"], []):
+        code, out = run([*extra, "smoke", "--storage-path", str(tmp_path), *LOCAL, *SMALL,
+                         "--set", "search.sparsity=[0.5,0.7,0.9]", *ONE_AT_A_TIME])
+        assert code == 2, out[-3000:]
+        assert f"is being run by another driver (host {socket.gethostname()}, PID {p.pid}, since " in out, out
+        assert "Ray" not in out and len([line for line in out.splitlines() if "error" in line]) == 1, out
+    assert len(list(exp.glob("experiment_state-*.json"))) <= 1  # only the live driver's
     ray_pids = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
                                                    text=True).stdout.split()]
     os.kill(p.pid, signal.SIGKILL)
@@ -80,6 +89,8 @@ def test_driver_killed_mid_sweep_then_resume_completes_without_redoing_work(tmp_
 
     code, out = run(["--resume", "--name", "smoke", "--storage-path", str(tmp_path), *LOCAL])
     assert code == 0, out[-3000:]
+    assert f"note: the experiment's previous driver is gone (host {socket.gethostname()}, PID {p.pid}" in out, out
+    assert not (exp / lock.LOCK_FILE).exists()  # released at the end
     assert "reusing the dense run" in out
     # Tune's warning about the trials that had not started stays in Ray's log, not the terminal.
     assert "Failed to fetch metrics" not in out and "FileNotFoundError" not in out, out[-3000:]

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tickets import artifacts, instability
+from tickets import artifacts, instability, lock
 from tickets import config as config_lib
 from tickets import data as data_lib
 from tickets.config import SpecError
@@ -44,6 +44,7 @@ def load_spec(args: argparse.Namespace) -> tuple[config_lib.Spec, Path]:
 
 
 def check_experiment(args: argparse.Namespace, spec: config_lib.Spec, exp: Path) -> None:
+    lock.check(exp)  # one live driver per experiment, --resume or not
     started = (exp / artifacts.SPEC_FILE).exists()
     if args.resume:
         if not started:

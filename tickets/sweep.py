@@ -8,8 +8,9 @@
   4. the Tune grid over sparsity × rewind epoch × control × replicate (`tuning`);
   5. `<experiment>/results.parquet` from every trial's reports plus the dense reference rows, and the report.
 
-Exit codes: 0 every trial finished; 1 some trial errored (the others' results are kept); 2 bad input;
-130 interrupted (Ctrl-C, SIGTERM) before the grid finished: continue it with --resume.
+Exit codes: 0 every trial finished; 1 some trial errored (the others' results are kept); 2 bad input
+(also: another driver is running the experiment); 130 interrupted (Ctrl-C, SIGTERM) before the grid
+finished: continue it with --resume.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tickets.config import SpecError
 from tickets.dense import dense_refs, layout, load_data
 from tickets.errors import last_line
 from tickets.grid import trial_points
+from tickets.lock import DriverLock
 from tickets.plan import BAD_INPUT, DEFAULT_PRESET, Plan, check_inputs, print_plan
 from tickets.session import resolve_resources, start_ray
 from tickets.tuning import run_tuner
@@ -88,9 +90,20 @@ def run(plan: Plan) -> int:
     # SLURM (scancel, time limits) and other schedulers stop jobs with SIGTERM: treat it as Ctrl-C,
     # so Tune stops the trials and saves the experiment state for --resume.
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    started, cluster, logs = start_ray(plan.args)
+    # Taken before Ray starts: a second driver is refused with nothing started.
+    created = not exp.exists()
+    exp.mkdir(parents=True, exist_ok=True)
+    try:
+        held = DriverLock(exp).acquire()
+    except BAD_INPUT as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if held.taken_over:
+        print(f"note: the experiment's previous driver is gone ({held.taken_over.describe()}); this one takes over")
+    started, cluster, logs = False, "", ""
     beside = None
     try:
+        started, cluster, logs = start_ray(plan.args)
         res = plan.res
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         if res is None:
@@ -103,7 +116,6 @@ def run(plan: Plan) -> int:
         print_plan(spec, exp, res, cluster)
         if res.note:
             print(f"note: {res.note}")
-        exp.mkdir(parents=True, exist_ok=True)
         if not (exp / artifacts.SPEC_FILE).exists():
             (exp / artifacts.SPEC_FILE).write_text(spec.to_yaml())
         data_ref = load_data.remote(spec.to_dict())
@@ -130,6 +142,9 @@ def run(plan: Plan) -> int:
             beside.join()
         if started:
             ray.shutdown()
+        held.release()
+        if created and not any(exp.iterdir()):  # stopped before writing anything (bad resources)
+            exp.rmdir()
 
 
 def finish(plan: Plan, trials) -> int:
