@@ -103,6 +103,102 @@ def test_driver_killed_mid_sweep_then_resume_completes_without_redoing_work(tmp_
     assert trials.trial_id.nunique() == 3 and set(trials.status) == {"finished"} and len(trials) == 6
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real size-limited file system (tmpfs, 256 MiB) bind-mounted at tmp_path/disk, so that it can
+    be unmounted from there and mounted again with its files: mounting needs root."""
+    backing, disk = tmp_path / "backing", tmp_path / "disk"
+    backing.mkdir()
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(backing)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    subprocess.run(["mount", "--bind", str(backing), str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        subprocess.run(["umount", "-l", str(backing)], check=True)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 2**20)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _storage_fault(p: subprocess.Popen, exp: Path, reason: str) -> str:
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == sweep.storage.EXIT_STORAGE, out[-3000:]
+    assert f"storage fault: writing to {exp}" in out and reason in out, out[-3000:]
+    assert "The sweep stopped" in out and "Finished results are safe" in out, out[-3000:]
+    assert f"python -m tickets.sweep --resume --name {exp.name} --storage-path {exp.parent}" in out, out[-3000:]
+    # One paragraph, not a cascade: Tune's and the workers' tracebacks stay in Ray's log files.
+    assert "Traceback" not in out and out.count("Errno") == 1, out[-3000:]
+    logs = out.split("worker logs in ", 1)[1].split(" on each node", 1)[0]
+    assert (Path(logs) / "tickets-driver.log").exists()
+    return out
+
+
+def test_storage_that_fills_up_turns_read_only_or_goes_away_mid_sweep_stops_it_cleanly_and_resume_loses_nothing(
+        small_disk):
+    exp = small_disk / "smoke"
+    args = ["smoke", "--storage-path", str(small_disk), *LOCAL, *SMALL, *ONE_AT_A_TIME,
+            *sets("search.sparsity=[0.3,0.5,0.7,0.9]", "dense.epochs=3")]
+    env = {"TICKETS_MIN_FREE_MB": "1"}
+    resume = ["--resume", "--name", "smoke", "--storage-path", str(small_disk), *LOCAL]
+
+    # The disk fills up (another job writing to it) once a trial has finished.
+    p = cli(args, env=env)
+    wait_until(lambda: ticket_files(exp), process=p, what="a finished trial")
+    filler = _fill(small_disk)
+    _storage_fault(p, exp, "No space left on device")
+    before = {t.parent.name for t in ticket_files(exp)}
+    assert not (exp / lock.LOCK_FILE).exists()  # released: --resume needs no wait
+    filler.unlink()
+
+    # Resumed; then the file system turns read-only (remounted) once another trial has finished.
+    p = cli(resume, env=env)
+    wait_until(lambda: len(ticket_files(exp)) > len(before), process=p, what="another finished trial")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        _storage_fault(p, exp, "Read-only file system")
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+
+    # Resumed; then the file system is unmounted (the experiment dir gone) once a third trial has finished.
+    backing = small_disk.parent / "backing"
+    p = cli(resume, env=env)
+    wait_until(lambda: len(ticket_files(exp)) > len(before) + 1, process=p, what="a third finished trial")
+    subprocess.run(["umount", "-l", str(small_disk)], check=True)
+    try:
+        _storage_fault(p, exp, "the experiment dir is gone")
+    finally:
+        shutil.rmtree(exp, ignore_errors=True)  # whatever Tune wrote where the mount was
+        subprocess.run(["mount", "--bind", str(backing), str(small_disk)], check=True)
+
+    code, out = run(resume, env=env)
+    assert code == 0, out[-3000:]
+    df = read_results(exp)
+    trials = df[df.control != "dense"]
+    assert trials.trial_id.nunique() == 4 and set(trials.status) == {"finished"}, out[-3000:]
+    assert not trials.duplicated(["trial_id", "epoch"]).any()
+    assert sorted(trials.epoch) == sorted([1, 2, 3] * 4)  # every epoch of every trial, once
+    assert dense_runs(exp) == 1
+    for trial in {t.parent for t in ticket_files(exp)}:  # no trial's reports lost, none twice
+        epochs = [r["epoch"] for r in artifacts.read_metrics(trial)]
+        assert sorted(set(epochs)) == [1, 2, 3], (trial, epochs)
+
+
 def test_two_node_cluster_spreads_trials_one_gpu_each_warms_them_beside_the_dense_run_and_survives_losing_a_node(
         tmp_path):
     from ray.cluster_utils import Cluster

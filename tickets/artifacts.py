@@ -16,6 +16,7 @@ Plain `.npz`, JSON and Parquet, readable with numpy and pandas alone: no Ray, no
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -62,7 +63,9 @@ def atomic(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to, renamed onto `path` when the block succeeds:
     a crash never leaves a half-written file under the real name. The suffix is kept, so
     `np.savez` and `to_parquet` write exactly there."""
-    path.parent.mkdir(parents=True, exist_ok=True)  # e.g. a trial dir Tune has not created yet
+    # A trial dir Tune has not created yet, but never the experiment dir: a removed or unmounted one
+    # must fail the write (a storage fault), not be quietly made again elsewhere.
+    path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
     try:
         yield tmp
@@ -72,9 +75,12 @@ def atomic(path: Path) -> Iterator[Path]:
 
 
 def append_metrics(trial_dir: Path, row: dict) -> None:
-    trial_dir.mkdir(parents=True, exist_ok=True)  # Tune creates it lazily: not yet, for a first report
-    with open(trial_dir / METRICS_FILE, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    trial_dir.mkdir(exist_ok=True)  # Tune creates it lazily: not yet, for a first report (as `atomic`)
+    with open(trial_dir / METRICS_FILE, "a+b") as f:
+        # A line cut short (a full disk, a killed worker) stays a line of its own: the next row
+        # starts on a new line instead of joining it and being lost with it.
+        cut = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+        f.write((("\n" if cut else "") + json.dumps(row) + "\n").encode())
 
 
 def clear_metrics(trial_dir: Path) -> None:
@@ -90,7 +96,7 @@ def read_metrics(trial_dir: Path) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            break  # a line still being written, or cut short when its worker was killed
+            continue  # a line still being written, or cut short (a killed worker, a full disk)
     return rows
 
 

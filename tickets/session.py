@@ -132,9 +132,12 @@ def init_local(num_cpus: int | None, num_gpus: int | None, dashboard: bool, **op
                     _node_ip_address=os.environ.get("TICKETS_NODE_IP", "127.0.0.2"), **options)
 
 
-# Ray's driver-side warnings that mean nothing to a user of this CLI: on --resume, ExperimentAnalysis
-# warns (with two long paths each) about the trials that had not started. They go to Ray's logs too.
-_DRIVER_LOGGERS = ("ray.tune.analysis.experiment_analysis",)
+# Tune's and Ray Train's driver-side logging goes to Ray's logs (tickets-driver.log) unless --verbose,
+# like the rest of their output: a failing storage makes each trial's traceback, the syncer's retries
+# and every failed save of the experiment state a traceback of its own, where the CLI prints one
+# paragraph (`storage`), and Ray prints each stopped trial's error again as "Unhandled error"; on
+# --resume, ExperimentAnalysis warns about the trials that had not started.
+_DRIVER_LOGGERS = ("ray.tune", "ray.train", "ray.air", "ray._private.worker")
 
 
 def _keep_in_ray_log(ctx, verbose: bool) -> None:

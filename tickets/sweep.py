@@ -9,13 +9,15 @@
   5. `<experiment>/results.parquet` from every trial's reports plus the dense reference rows, and the report.
 
 Exit codes: 0 every trial finished; 1 some trial errored (the others' results are kept); 2 bad input
-(also: another driver is running the experiment); 130 interrupted (Ctrl-C, SIGTERM) before the grid
-finished: continue it with --resume.
+(also: another driver is running the experiment); 74 stopped because the experiment's storage failed
+(full, read-only, gone: `storage`); 130 interrupted (Ctrl-C, SIGTERM) before the grid finished.
+After 74 and 130, --resume continues the experiment.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import ray
 
-from tickets import analysis, artifacts, pruning
+from tickets import analysis, artifacts, pruning, storage
 from tickets import config as config_lib
 from tickets.beside import DenseBeside, overlaps
 from tickets.config import SpecError
@@ -34,7 +36,7 @@ from tickets.grid import trial_points
 from tickets.lock import DriverLock
 from tickets.plan import BAD_INPUT, DEFAULT_PRESET, Plan, check_inputs, print_plan
 from tickets.session import resolve_resources, start_ray
-from tickets.tuning import run_tuner
+from tickets.tuning import GridEnd, run_tuner
 
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C'd command
 
@@ -137,25 +139,44 @@ def run(plan: Plan) -> int:
             print(f"error: the dense run failed: {last_line(failed)}", file=sys.stderr)
         code = finish(plan, trials)
         return 1 if failed is not None and code == 0 else code
+    except Exception as e:  # the dense run's or Ray's writes can meet a failing storage too
+        fault = storage.fault_of(e, exp)
+        if fault is None:
+            raise
+        print(storage.paragraph(fault, finished_trials(exp), len(trial_points(spec)), resume_command(exp), False),
+              file=sys.stderr)
+        return storage.EXIT_STORAGE
     finally:
         if beside is not None:  # also on a second Ctrl-C or an error: its thread calls Ray
             beside.join()
         if started:
             ray.shutdown()
+        storage.release_reserve(exp)  # also after an error or a second Ctrl-C
         held.release()
-        if created and not any(exp.iterdir()):  # stopped before writing anything (bad resources)
-            exp.rmdir()
+        if created:  # stopped before writing anything (bad resources): leave no empty dir
+            with contextlib.suppress(OSError):
+                exp.rmdir()
 
 
-def finish(plan: Plan, trials) -> int:
+def finish(plan: Plan, trials: GridEnd) -> int:
     """Results, warnings, report and the exit code, once the grid has stopped (finished or not)."""
     exp = plan.exp
-    results = analysis.write_results(exp)
-    # Not `trials.num_terminated`: Tune marks trials it stopped on Ctrl-C as terminated too, and
-    # never creates the pending ones. A trial has finished when it has written its ticket.
+    fault, results = trials.fault, None
+    try:
+        if trials.storage_ok:  # not into a full disk, nor into whatever replaced a removed dir
+            results = analysis.write_results(exp)
+    except OSError as e:
+        fault = fault or storage.fault_of(e, exp)
+        if fault is None:
+            raise
+    # Not Tune's count of terminated trials: Tune marks trials it stopped on Ctrl-C as terminated
+    # too, and never creates the pending ones. A trial has finished when it has written its ticket.
     errors = trials.num_errors
-    finished = sum(r.error is None and (Path(r.path) / artifacts.TICKET_FILE).exists() for r in trials)
+    finished = sum(not t.errored and (t.path / artifacts.TICKET_FILE).exists() for t in trials.trials)
     total = len(trial_points(plan.spec))
+    if fault is not None:  # one paragraph, not each trial's traceback; the results so far are safe
+        print(storage.paragraph(fault, finished, total, resume_command(exp), results is not None), file=sys.stderr)
+        return storage.EXIT_STORAGE
     unfinished = total - finished - errors
     print(f"\n{finished}/{total} trials finished; results: {results}")
     collapsed = analysis.collapsed_trials(analysis.load(results))
@@ -166,7 +187,7 @@ def finish(plan: Plan, trials) -> int:
             print("  " + ", ".join(f"{k} {getattr(row, k)}" for k in collapsed.columns))
     write_report(exp)
     print(f"curves: tensorboard --logdir {exp}")
-    resume = f"python -m tickets.sweep --resume --name {exp.name} --storage-path {exp.parent}"
+    resume = resume_command(exp)
     if unfinished:  # stopped by Ctrl-C, SIGTERM or a scheduler: nothing finished is lost
         print(f"interrupted: {unfinished} trial(s) did not finish; continue with: {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -174,6 +195,17 @@ def finish(plan: Plan, trials) -> int:
         print(f"{errors} trial(s) errored; their logs are in their trial dirs under {exp}. "
               f"Retry them with: {resume}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def resume_command(exp: Path) -> str:
+    return f"python -m tickets.sweep --resume --name {exp.name} --storage-path {exp.parent}"
+
+
+def finished_trials(exp: Path) -> int:
+    try:
+        return sum((d / artifacts.TICKET_FILE).exists() for d in artifacts.trial_dirs(exp))
+    except OSError:
+        return 0
 
 
 def write_report(exp: Path) -> None:

@@ -135,7 +135,8 @@ def train_imp_chain(config: dict, spec: dict, dense: DenseRefs, board) -> None:
         if level > 0:  # level 1 prunes the dense run's weights, not the baseline's retrained ones
             trained, previous = state.weights, ticket.mask
     # ticket.npz marks a finished trial, as for one-shot trials: the chain's last level.
-    shutil.copyfile(artifacts.level_file(_trial_dir(), total), _trial_dir() / artifacts.TICKET_FILE)
+    with artifacts.atomic(_trial_dir() / artifacts.TICKET_FILE) as tmp:  # never half a ticket
+        shutil.copyfile(artifacts.level_file(_trial_dir(), total), tmp)
 
 
 # ---------------------------------------------------------------------------------------------

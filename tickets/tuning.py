@@ -5,14 +5,15 @@ restored. One-shot grids are Tune's grid search; IMP's controls follow their cha
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray import tune
 
-from tickets import artifacts, chains, grid
+from tickets import artifacts, chains, grid, storage
 from tickets import config as config_lib
 from tickets.dense import DenseRefs
-from tickets.errors import trial_error
+from tickets.errors import last_line, trial_error
 from tickets.session import Resources
 from tickets.trainable import train_imp, train_ticket
 
@@ -60,27 +61,50 @@ class TrialTable(tune.Callback):
         self._row(trial, outcome)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._row(trial, f"error: {trial_error(trial)} (traceback: {Path(trial.path) / artifacts.ERROR_FILE})")
+        error = trial_error(trial)
+        if storage.fault_of(error, Path(trial.path).parent):  # the paragraph at the end says which
+            self._row(trial, "stopped: storage fault")
+        else:
+            self._row(trial, f"error: {error} (traceback: {Path(trial.path) / artifacts.ERROR_FILE})")
 
 
 def _cell(value) -> str:
     return value if isinstance(value, str) else config_lib.show(value)
 
 
-def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources, resume: bool, verbose: bool):
-    """Run (or, with `resume`, continue) the grid in `exp` until it ends; returns Tune's ResultGrid."""
+@dataclass(frozen=True)
+class GridEnd:
+    """How the grid ended: each trial's dir and whether it errored, and the storage fault that
+    stopped it, if one did."""
+
+    trials: list[storage.TrialEnd]
+    fault: storage.Fault | None
+    storage_ok: bool = True  # the experiment dir takes writes again now (after a fault: freed space)
+
+    @property
+    def num_errors(self) -> int:
+        return sum(t.errored for t in self.trials)
+
+
+def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources, resume: bool,
+              verbose: bool) -> GridEnd:
+    """Run (or, with `resume`, continue) the grid in `exp` until it ends, or until its storage fails."""
     imp = spec.pruning.mode == "imp"
     board = chains.level_board(spec, exp, dense.dense_hash, resume) if imp else None
     trainable = make_trainable(spec, dense, res, board)
     # Tune's tables and per-trial boxes are hundreds of lines for a small grid: the table above
     # shows what a user needs; --verbose brings Tune's own back.
     callbacks = (([chains.ChainErrors()] if imp else [])
-                 + ([] if verbose else [TrialTable(grid.table_columns(spec))]))
+                 + ([] if verbose else [TrialTable(grid.table_columns(spec))])
+                 + [storage.StorageWatch(exp, len(grid.trial_points(spec)))])
     if not verbose:  # Tune's newer console output prints its header boxes even at verbose=0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Trials checkpoint every epoch by design (resume loses at most one); Tune warns each time that
     # happens within 5 s, which short epochs do all the time. Users can still set it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if resume:
+        for note in storage.repair_state(exp):
+            print(f"note: {note}")
     if resume and tune.Tuner.can_restore(str(exp)):
         # The RunConfig (trial table, verbosity) and IMP's queue come back from the experiment's saved
         # state; failed chains train again, so their controls wait for them instead of failing.
@@ -103,4 +127,19 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=callbacks, verbose=None if verbose else 0))
-    return tuner.fit()
+    try:
+        results = tuner.fit()
+    except Exception as e:  # the grid ran; reading its results back failed (a file cut short)
+        watch = storage.watching(exp)
+        if watch is None or watch.ended is None:
+            raise
+        print(f"note: Tune could not read its results back ({last_line(e)}); the trials' own files are used")
+        return _ended(exp, watch)
+    watch = storage.watching(exp)
+    if watch is None or watch.ended is None:  # restored from a state saved before the watch existed
+        return GridEnd([storage.TrialEnd(Path(r.path), r.error is not None) for r in results], None)
+    return _ended(exp, watch)
+
+
+def _ended(exp: Path, watch: storage.StorageWatch) -> GridEnd:
+    return GridEnd(watch.ended, watch.fault, watch.healthy())

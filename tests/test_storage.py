@@ -1,0 +1,95 @@
+"""What the driver makes of its storage: which errors are storage faults, the probe, the free-space
+warning (the faults made for real on a sweep are in test_reliability)."""
+
+import errno
+import os
+import pickle
+from types import SimpleNamespace
+
+from tickets import artifacts, storage
+
+
+def test_storage_faults_are_told_from_other_errors(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    full = storage.fault_of("OSError: [Errno 28] No space left on device: '/anywhere/x.npz'", exp)
+    assert (full.errno, full.strerror, str(full.path)) == (errno.ENOSPC, "No space left on device", "/anywhere/x.npz")
+    assert full.free_bytes is not None and "MiB free" in full.describe()
+    # Permission denied: a fault in the experiment, bad input elsewhere (a data file).
+    assert storage.fault_of(f"PermissionError: [Errno 13] Permission denied: '{exp}/t/metrics.jsonl'", exp)
+    assert storage.fault_of("PermissionError: [Errno 13] Permission denied: '/data/cifar10/train.parquet'", exp) is None
+    assert storage.fault_of("ValueError: bad value", exp) is None
+    # Chained and wrapped exceptions are followed to the OSError.
+    try:
+        try:
+            raise OSError(errno.EROFS, "Read-only file system", str(exp / "dense" / "step_0.npz"))
+        except OSError as e:
+            raise RuntimeError("the dense run failed") from e
+    except RuntimeError as e:
+        assert storage.fault_of(e, exp).errno == errno.EROFS
+    # A missing file is a fault only where the experiment dir itself is gone.
+    missing = f"FileNotFoundError: [Errno 2] No such file or directory: '{exp}/t/metrics.jsonl'"
+    assert storage.fault_of(missing, exp) is None
+    os.rmdir(exp)
+    assert storage.fault_of(missing, exp).errno == errno.ENOENT
+
+
+def test_the_probe_finds_a_removed_or_replaced_experiment_dir(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    held = storage.hold(exp)
+    try:
+        assert storage.probe(exp, held) is None and list(exp.iterdir()) == []  # the probe file is removed
+        exp.rmdir()
+        assert "gone" in storage.probe(exp, held).strerror
+        exp.mkdir()  # another dir where it was (a mount point once unmounted, a recreated dir)
+        assert "gone" in storage.probe(exp, held).strerror
+        assert storage.probe(exp) is None  # without a handle, any dir there will do
+    finally:
+        os.close(held)
+
+
+def test_free_space_warning_once_when_the_remaining_trials_would_not_fit(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    done = []
+    for name in ("a", "b"):
+        trial = exp / name
+        trial.mkdir(parents=True)
+        (trial / artifacts.TICKET_FILE).write_bytes(b"x")
+        with open(trial / "checkpoint.npz", "wb") as f:  # sparse: large in size, nothing on disk
+            f.truncate(storage.free_bytes(tmp_path) // 2)
+        done.append(SimpleNamespace(path=str(trial)))
+    pending = [SimpleNamespace(path=str(exp / "c"))]
+    watch = storage.StorageWatch(exp, total_trials=5)
+    watch.on_trial_complete(0, done + pending, done[-1])
+    watch.on_trial_complete(0, done + pending, done[-1])
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1 and "the 3 remaining trial(s) are expected to write about" in out, out
+    quiet = storage.StorageWatch(exp, total_trials=2)  # none left
+    quiet.on_trial_complete(0, done, done[-1])
+    assert capsys.readouterr().out == ""
+
+
+def test_a_cut_short_state_is_put_back_from_its_copies_and_later_trial_dirs_set_aside(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    state = exp / "experiment_state-1.json"
+    searcher = exp / "basic-variant-state-1.json"  # Tune's searcher state: a pickle, whatever its suffix
+    state.write_text('{"trial_data": [["{\\"trial_id\\": \\"ab_00000\\"}", "{}"]]}')
+    searcher.write_bytes(pickle.dumps({"generated": 1}))
+    for name in ("train_ab_00000_0_x", "train_ab_00001_1_y"):
+        (exp / name).mkdir()
+        (exp / name / artifacts.PARAMS_FILE).write_text("{}")
+    storage.keep_state(exp)  # every file whole: copied
+    assert storage.repair_state(exp) == []  # nothing to repair
+    state.write_text('{"trial_data": [["{\\"trial_id\\": \\"ab_00000\\"}", "{}"], ["{\\"trial_id\\": \\"ab_0')  # cut
+    storage.keep_state(exp)  # not whole: the copies stay as they were
+    notes = storage.repair_state(exp)
+    assert "cut short (experiment_state-1.json): using its copy" in notes[0], notes
+    assert storage.whole(state) and storage.whole(searcher)
+    assert "trial_data" in state.read_text() and "ab_00001" not in state.read_text()
+    # The trial dir Tune started after the copy was taken is set aside: its grid point trains again.
+    assert (exp / ".tickets-orphans" / "train_ab_00001_1_y").is_dir() and (exp / "train_ab_00000_0_x").is_dir()
+    assert any("train_ab_00001_1_y started after that copy" in n for n in notes), notes
+    searcher.write_bytes(pickle.dumps({"generated": 2})[:-3])
+    assert not storage.whole(searcher)

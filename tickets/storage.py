@@ -1,0 +1,357 @@
+"""The experiment's storage while a sweep runs: a write that fails there is one condition, not a
+cascade of tracebacks.
+
+The driver probes the experiment dir every few seconds (a small file written, synced and removed)
+and reads every failed trial's error. The first storage fault (no space, quota exceeded, read-only
+file system, the directory removed or unmounted, permissions changed, an I/O error) stops the sweep
+as Ctrl-C does — Tune starts nothing new and saves what it can, running trials keep their last
+checkpoint — and the CLI prints one paragraph and exits `EXIT_STORAGE`. While the storage is
+healthy it warns once when its free space falls below what the remaining trials are expected to
+write, estimated from the finished ones.
+
+Tune saves its experiment state by copying files into the experiment dir, not atomically: a full
+disk leaves them cut short, and Tune then restores a broken grid. So the watch holds a reserve
+(`RESERVE_FILE`, `TICKETS_RESERVE_MB`) that it frees the moment the disk is full, for Tune's last
+save and the results to fit; and it keeps a whole copy of Tune's state files (`STATE_COPIES`), which
+`repair_state` puts back before a `--resume` where a save was cut short all the same.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+
+from tickets import artifacts
+from tickets.errors import one_line
+
+EXIT_STORAGE = 74  # sysexits.h's EX_IOERR: the sweep stopped because its storage failed
+PROBE_EVERY_S = 5.0
+
+# The errors of a storage that cannot take the experiment's writes. Not ENOENT in general (a missing
+# input file is not a storage fault): the probe reports a removed experiment dir itself.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE}
+# These say which storage failed without a path; the others only of a path in the experiment (a
+# data file that cannot be read is bad input, not a storage fault).
+_ANYWHERE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^:']+)(?:: '([^']*)')?")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What failed: the path written to, the errno and its text, the free space there when known."""
+
+    path: Path
+    errno: int
+    strerror: str
+    free_bytes: int | None
+
+    def describe(self) -> str:
+        free = f", {self.free_bytes / 2**20:.0f} MiB free" if self.free_bytes is not None else ""
+        return f"writing to {self.path} failed: [Errno {self.errno}] {self.strerror}{free}"
+
+
+STATE_COPIES = ".tickets-state"  # in the experiment dir: the last whole copy of each of Tune's state files
+RESERVE_FILE = ".tickets-reserve"  # in the experiment dir while a sweep runs: space kept for its last writes
+RESERVE_MB = int(os.environ.get("TICKETS_RESERVE_MB", "64"))
+
+
+def free_bytes(path: Path) -> int | None:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def fault_of(error: BaseException | str, where: Path) -> Fault | None:
+    """The storage fault `error` (an exception, a chained or remote one, or a traceback's text) is,
+    or None when it is none."""
+    seen = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and _storage(error.errno, error.filename, where):
+            path = Path(error.filename) if error.filename else where
+            return Fault(path, error.errno, error.strerror or os.strerror(error.errno), free_bytes(where))
+        cause = getattr(error, "cause", None) or error.__cause__ or error.__context__
+        if cause is None:
+            break
+        error = cause
+    text = error if isinstance(error, str) else str(error)
+    for number, reason, filename in _ERRNO_TEXT.findall(text):
+        if _storage(int(number), filename, where):
+            return Fault(Path(filename) if filename else where, int(number), reason.strip(), free_bytes(where))
+    return None
+
+
+def _storage(number: int | None, filename, where: Path) -> bool:
+    if number in _ANYWHERE:
+        return True
+    if not filename or not Path(os.fsdecode(filename)).absolute().is_relative_to(where.absolute()):
+        return False
+    return number in STORAGE_ERRNOS or (number == errno.ENOENT and not where.is_dir())
+
+
+def hold(exp: Path) -> int | None:
+    """An open handle on the experiment dir, for `probe` to tell it from whatever later takes its
+    place (while it is open, its inode number cannot be reused)."""
+    try:
+        return os.open(exp, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+
+
+def probe(exp: Path, held: int | None = None) -> Fault | None:
+    """Write, sync and remove a small file in `exp`: None when the storage takes it. `held`, a
+    handle from `hold` when the sweep started, tells a removed or unmounted dir from its replacement."""
+    gone = Fault(exp, errno.ENOENT, "the experiment dir is gone (removed or unmounted)", free_bytes(exp))
+    try:
+        now = exp.stat()
+        then = os.fstat(held) if held is not None else now
+    except OSError:
+        return gone
+    if then.st_nlink == 0 or (then.st_dev, then.st_ino) != (now.st_dev, now.st_ino):
+        return gone
+    path = exp / f".tickets-probe-{os.getpid()}"
+    try:
+        with open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return fault_of(e, exp) or Fault(exp, e.errno or 0, e.strerror or str(e), free_bytes(exp))
+    finally:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return None
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    path: Path
+    errored: bool
+
+
+class StorageWatch(tune.Callback):
+    """A Tune callback in the driver: probes the experiment dir, reads failed trials' errors, stops
+    the sweep on the first storage fault (`fault`), and warns once about free space. It also keeps
+    how each trial ended (`ended`), for the CLI to count without Tune's ResultGrid, which reads every
+    failed trial's error pickle back and fails on one a full disk cut short.
+
+    A restored experiment runs the copy of this callback Tune saved with it: that copy registers
+    itself (`setup`), and `watching(exp)` finds it."""
+
+    _live: dict[str, StorageWatch] = {}
+
+    def __init__(self, exp: Path, total_trials: int):
+        self.exp, self.total = exp, total_trials
+        self.fault: Fault | None = None
+        self.ended: list[TrialEnd] | None = None
+        self.warned = False
+        self._last = self._copied = 0.0
+        self.held: int | None = None
+
+    def setup(self, **info):
+        self.fault, self.ended, self.warned, self._last, self._copied = None, None, False, 0.0, 0.0
+        self.held = hold(self.exp)
+        reserve(self.exp)
+        StorageWatch._live[str(self.exp)] = self
+
+    def on_experiment_end(self, trials, **info):
+        self.ended = [TrialEnd(Path(t.path), t.status == "ERROR") for t in trials]
+
+    def healthy(self) -> bool:
+        """Whether the experiment dir takes writes now (after a fault: space freed meanwhile); the
+        handle on the dir is let go."""
+        release_reserve(self.exp)
+        ok = self.fault is None or probe(self.exp, self.held) is None
+        if self.held is not None:
+            os.close(self.held)
+            self.held = None
+        return ok
+
+    def __getstate__(self):  # Tune saves its callbacks with the experiment: not the handle
+        return {**self.__dict__, "held": None}
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.fault is None and time.monotonic() - self._last >= PROBE_EVERY_S:
+            self._last = time.monotonic()
+            found = probe(self.exp, self.held)
+            if found is not None:
+                self._stop(found)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.fault is None and time.monotonic() - self._copied >= PROBE_EVERY_S:
+            self._copied = time.monotonic()
+            try:
+                keep_state(self.exp)
+            except OSError:
+                pass  # the probe reports it
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        try:
+            text = Path(trial.error_file).read_text()
+        except (OSError, TypeError):  # the error file itself could not be written: probe
+            found = probe(self.exp, self.held)
+        else:
+            found = fault_of(one_line(text), self.exp)
+        if found is not None and self.fault is None:
+            self._stop(found)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.warned or self.fault is not None:
+            return
+        done = [Path(t.path) for t in trials if (Path(t.path) / artifacts.TICKET_FILE).exists()]
+        left = self.total - len(done)
+        free = free_bytes(self.exp)
+        if not done or left <= 0 or free is None:
+            return
+        each = sum(_size(d) for d in done) / len(done)
+        if free < each * left:
+            self.warned = True
+            print(f"warning: {self.exp} has {free / 2**20:.0f} MiB free; the {left} remaining trial(s) are expected "
+                  f"to write about {each * left / 2**20:.0f} MiB ({each / 2**20:.1f} MiB each, as the finished ones "
+                  f"did). Free space now, or the sweep stops when it runs out (--resume continues it)", flush=True)
+
+    def _stop(self, fault: Fault) -> None:
+        # The Ctrl-C path: Tune stops scheduling, keeps every trial resumable and saves what it can,
+        # into the space the reserve held.
+        self.fault = fault
+        release_reserve(self.exp)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def reserve(exp: Path) -> None:
+    """Set `RESERVE_MB` aside in `exp` (really allocated), or less where a tenth of the free space is
+    less; nothing where the storage cannot allocate."""
+    size = min(RESERVE_MB * 2**20, (free_bytes(exp) or 0) // 10)
+    if size <= 0:
+        return
+    try:
+        fd = os.open(exp / RESERVE_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError:
+        release_reserve(exp)
+
+
+def release_reserve(exp: Path) -> None:
+    try:
+        (exp / RESERVE_FILE).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _state_files(directory: Path) -> list[Path]:
+    """Tune's saved state: the experiment dir's top-level .json and .pkl files (what Tune reads back)."""
+    return sorted(p for p in directory.iterdir() if p.suffix in (".json", ".pkl") and p.is_file())
+
+
+def whole(path: Path) -> bool:
+    """Whether a state file is whole: a pickle (Tune's searcher state is one, whatever its suffix)
+    that ends with its STOP opcode, or JSON that parses."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if data.startswith(b"\x80"):  # a pickle's PROTO opcode
+        return data.endswith(b".")
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
+def keep_state(exp: Path) -> None:
+    """Copy Tune's state files into `STATE_COPIES` when every one of them is whole (one save's set,
+    so the grid's and the searcher's states agree), each written then renamed."""
+    files = _state_files(exp)
+    if not files or not all(whole(p) for p in files):
+        return
+    copies = exp / STATE_COPIES
+    copies.mkdir(exist_ok=True)
+    for path in files:
+        copy = copies / path.name
+        if not copy.exists() or copy.stat().st_mtime < path.stat().st_mtime:
+            with artifacts.atomic(copy) as tmp:
+                shutil.copy2(path, tmp)
+
+
+def repair_state(exp: Path) -> list[str]:
+    """Before a `--resume`: where one of Tune's state files is cut short, the whole set is put back
+    from its copies (a file without a copy is moved aside, `<name>.broken`), and the trial dirs that
+    Tune started after that copy was taken — it would start their grid points again in new dirs —
+    are moved to `.tickets-orphans/`: their grid points train again, as they trained before (the same
+    seeds, bit-identical on CPU). Returns one line for each thing done."""
+    files = _state_files(exp)
+    broken = [p.name for p in files if not whole(p)]
+    if not broken:
+        return []
+    copies = exp / STATE_COPIES
+    notes = [f"Tune's saved state was cut short ({', '.join(broken)}): "
+             + (f"using its copy from {time.strftime('%H:%M:%S', time.localtime(copies.stat().st_mtime))}"
+                if copies.is_dir() else "no whole copy of it was kept")]
+    for path in files:
+        copy = copies / path.name
+        if whole(copy):
+            with artifacts.atomic(path) as tmp:
+                shutil.copy2(copy, tmp)
+        else:
+            path.replace(path.with_name(path.name + ".broken"))
+            notes.append(f"{path.name} moved aside to {path.name}.broken")
+    known = set()
+    for path in _state_files(exp):
+        if path.name.startswith("experiment_state-"):
+            known |= set(re.findall(r'trial_id\W+(\w+)', path.read_text()))
+    trials = {p.parent for p in [*exp.glob(f"*/{artifacts.PARAMS_FILE}"), *exp.glob(f"*/{artifacts.METRICS_FILE}")]}
+    for trial in sorted(trials - {exp / artifacts.DENSE_DIR}):
+        if not any(f"_{trial_id}_" in trial.name for trial_id in known):
+            orphans = exp / ".tickets-orphans"
+            orphans.mkdir(exist_ok=True)
+            trial.replace(orphans / trial.name)
+            notes.append(f"{trial.name} started after that copy: moved to .tickets-orphans/; its grid point "
+                         f"trains again")
+    return notes
+
+
+def watching(exp: Path) -> StorageWatch | None:
+    """The watch that ran the grid of `exp` in this process (None for an experiment started before
+    there was one, whose saved callbacks lack it)."""
+    return StorageWatch._live.pop(str(exp), None)
+
+
+def _size(directory: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def paragraph(fault: Fault, finished: int, total: int, resume: str, results_written: bool) -> str:
+    """What the CLI prints when a sweep stopped on a storage fault."""
+    results = ("results.parquet has every epoch reported so far" if results_written else
+               "results.parquet could not be updated; every reported epoch is in its trial's metrics.jsonl, "
+               "and --resume rebuilds the file")
+    return (f"storage fault: {fault.describe()}.\n"
+            f"  The sweep stopped: no new trial started, and running trials keep their last checkpoint.\n"
+            f"  Finished results are safe: {finished}/{total} trials finished; {results}.\n"
+            f"  Free space (or restore the directory, its mount or its permissions), then continue with:\n"
+            f"  {resume}")
