@@ -69,3 +69,18 @@ def test_the_heartbeat_keeps_the_lock_fresh_and_an_unreadable_lock_protects_noth
     assert lock.check(tmp_path) is None
     held = lock.DriverLock(tmp_path).acquire()
     held.release()
+
+
+def test_on_this_node_the_process_decides_not_the_heartbeat(tmp_path):
+    me, pid = socket.gethostname(), os.getpid()
+    mine = lock._process_id(pid)
+    if not mine:
+        pytest.skip("no /proc here: the PID alone decides")
+    path = _lock_file(tmp_path, me, pid, age=lock.STALE_S * 10)
+    raw = json.loads(path.read_text())
+    path.write_text(json.dumps({**raw, "process": mine}))
+    os.utime(path, (time.time() - lock.STALE_S * 10,) * 2)
+    with pytest.raises(UsageError, match="another driver"):  # suspended, not dead
+        lock.check(tmp_path)
+    path.write_text(json.dumps({**raw, "process": mine.split("/")[0] + "/1"}))  # the PID, reused
+    assert lock.check(tmp_path).pid == pid

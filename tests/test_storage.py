@@ -19,6 +19,10 @@ def test_storage_faults_are_told_from_other_errors(tmp_path):
     assert storage.fault_of(f"PermissionError: [Errno 13] Permission denied: '{exp}/t/metrics.jsonl'", exp)
     assert storage.fault_of("PermissionError: [Errno 13] Permission denied: '/data/cifar10/train.parquet'", exp) is None
     assert storage.fault_of("ValueError: bad value", exp) is None
+    # pyarrow's wording (Tune's checkpoint uploads and state syncs): the path in quotes, no colon.
+    arrow = storage.fault_of(f"OSError: [Errno 13] Failed to open local file '{exp}/t/checkpoint_000001/state.npz'. "
+                             f"Detail: [errno 13] Permission denied", exp)
+    assert arrow.errno == errno.EACCES and str(arrow.path).startswith(str(exp)), arrow
     # Chained and wrapped exceptions are followed to the OSError.
     try:
         try:
@@ -91,5 +95,7 @@ def test_a_cut_short_state_is_put_back_from_its_copies_and_later_trial_dirs_set_
     # The trial dir Tune started after the copy was taken is set aside: its grid point trains again.
     assert (exp / ".tickets-orphans" / "train_ab_00001_1_y").is_dir() and (exp / "train_ab_00000_0_x").is_dir()
     assert any("train_ab_00001_1_y started after that copy" in n for n in notes), notes
-    searcher.write_bytes(pickle.dumps({"generated": 2})[:-3])
-    assert not storage.whole(searcher)
+    data = pickle.dumps({"generated": 2, "names": ["a." * 8, "b"]})
+    for cut in range(1, len(data)):  # cut anywhere, even just after a "." inside a string
+        searcher.write_bytes(data[:cut])
+        assert not storage.whole(searcher), cut

@@ -5,8 +5,9 @@ second terminal) would both train the same trials into the same trial dirs. The 
 experiment holds this file and refreshes its modification time every `HEARTBEAT_S` seconds from a
 thread; another driver, on this node or on another one sharing the file system, is refused while the
 holder is alive. A driver that died without cleaning up (SIGKILL, a lost node, a time limit) must not
-lock the experiment forever: on this node its PID is gone, on another its heartbeat stops, and after
-`STALE_S` seconds without one the next `--resume` takes the experiment over.
+lock the experiment forever: on this node its process is gone (its PID, with its start time, so a
+reused PID does not count), on another its heartbeat stops, and after `STALE_S` seconds without one
+the next `--resume` takes the experiment over; the driver it was taken from stops itself.
 
 The file is created whole or not at all (`os.link` of a finished temporary file fails if the lock
 exists, also on NFS), and a stale lock is moved aside by one `rename`, which only one of two racing
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -42,35 +45,62 @@ class Holder:
     since: float  # when that driver took the lock (epoch seconds)
     token: str
     age: float  # seconds since the last heartbeat
+    process: str = ""  # this node's boot and the process's start (`_process_id`), where known
 
     def describe(self) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"host {self.host}, PID {self.pid}, since {started}, last heartbeat {self.age:.0f} s ago"
 
     def alive(self) -> bool:
-        """On this node a driver is alive while its PID is (and it keeps its heartbeat: a reused PID
-        does not); on another node, while its heartbeat is fresh."""
-        if self.age > STALE_S:
+        """On this node (same host, same boot), a driver is alive while its process is — the same
+        PID started at the same time, however late its heartbeat (a suspended driver is alive); on
+        another node, while its heartbeat is fresh."""
+        if self.host == socket.gethostname() and self.process and self.process.split("/")[0] == _boot():
+            return _process_id(self.pid) == self.process
+        if self.host == socket.gethostname() and not _pid_alive(self.pid):
             return False
-        if self.host != socket.gethostname():
-            return True
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # another user's process: alive
-            pass
-        return True
+        return self.age <= STALE_S
+
+
+def _boot() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_id(pid: int) -> str:
+    """"<boot id>/<start time>" of process `pid` on this node (Linux), "" where unknown or gone: a PID
+    reused by another process has another start time."""
+    boot = _boot()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+    return f"{boot}/{fields[19]}" if boot else ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def holder(exp: Path) -> Holder | None:
     """The experiment's lock holder, or None when there is no lock (or only an unreadable one: a
     lock is written whole, so an unreadable file was left by something else and protects nothing)."""
-    path = exp / LOCK_FILE
     try:
-        age = time.time() - path.stat().st_mtime
-        raw = json.loads(path.read_text())
-        return Holder(str(raw["host"]), int(raw["pid"]), float(raw["since"]), str(raw["token"]), max(age, 0.0))
+        # Opened first: on NFS, opening revalidates the attributes a bare stat may serve from cache.
+        with open(exp / LOCK_FILE) as f:
+            age = time.time() - os.fstat(f.fileno()).st_mtime
+            raw = json.loads(f.read())
+        return Holder(str(raw["host"]), int(raw["pid"]), float(raw["since"]), str(raw["token"]), max(age, 0.0),
+                      str(raw.get("process", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -98,7 +128,8 @@ class DriverLock:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> DriverLock:
-        mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "token": self.token}
+        mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "token": self.token,
+                "process": _process_id(os.getpid())}
         tmp = self.exp / f".{LOCK_FILE}.{self.token}"
         tmp.write_text(json.dumps(mine) + "\n")
         try:
@@ -135,17 +166,19 @@ class DriverLock:
         self.taken_over = dead
 
     def _beat(self) -> None:
-        warned = False
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                if holder_token(self.path) == self.token:
+                token = holder_token(self.path)
+                if token == self.token:
                     os.utime(self.path)
-                elif not warned:
-                    warned = True
-                    print(f"warning: {self.path} is no longer this driver's: another driver took the experiment "
-                          f"over (this one missed its heartbeats for {STALE_S:.0f} s)", flush=True)
+                    continue
             except OSError:
-                pass  # the storage is failing: the sweep reports that where it writes results
+                continue  # the storage is failing: the sweep's storage watch reports it
+            if token is not None:  # another driver's lock: two drivers must not train the same trials
+                print(f"error: {self.path} is another driver's now (it took the experiment over after this one "
+                      f"missed its heartbeats for {STALE_S:.0f} s): stopping this one", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGINT)
+                return
 
     def release(self) -> None:
         self._stop.set()

@@ -145,9 +145,13 @@ def _keep_in_ray_log(ctx, verbose: bool) -> None:
     if verbose or not session:
         return
     handler = logging.FileHandler(Path(session) / "logs" / "tickets-driver.log")
+    handler.set_name("tickets-driver")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
     for name in _DRIVER_LOGGERS:
         logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if h.get_name() == "tickets-driver"]:  # an earlier sweep's
+            logger.removeHandler(old)
+            old.close()
         logger.addHandler(handler)
         logger.propagate = False
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickletools
 import re
 import shutil
 import signal
@@ -31,7 +32,6 @@ from pathlib import Path
 from ray import tune
 
 from tickets import artifacts
-from tickets.errors import one_line
 
 EXIT_STORAGE = 74  # sysexits.h's EX_IOERR: the sweep stopped because its storage failed
 PROBE_EVERY_S = 5.0
@@ -42,7 +42,8 @@ STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 # These say which storage failed without a path; the others only of a path in the experiment (a
 # data file that cannot be read is bad input, not a storage fault).
 _ANYWHERE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^:']+)(?:: '([^']*)')?")
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\]", re.IGNORECASE)
+_QUOTED_PATH = re.compile(r"'(/[^'\n]*)'")
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,11 @@ RESERVE_MB = int(os.environ.get("TICKETS_RESERVE_MB", "64"))
 
 
 def free_bytes(path: Path) -> int | None:
-    while not path.exists() and path != path.parent:
-        path = path.parent
+    """Free space of the file system holding `path` (its nearest existing ancestor); None when the
+    storage cannot tell (a stale handle, no permission)."""
     try:
+        while not path.exists() and path != path.parent:
+            path = path.parent
         return shutil.disk_usage(path).free
     except OSError:
         return None
@@ -80,16 +83,22 @@ def fault_of(error: BaseException | str, where: Path) -> Fault | None:
     while isinstance(error, BaseException) and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and _storage(error.errno, error.filename, where):
-            path = Path(error.filename) if error.filename else where
-            return Fault(path, error.errno, error.strerror or os.strerror(error.errno), free_bytes(where))
+            path = Path(os.fsdecode(error.filename)) if error.filename else where
+            return Fault(path, error.errno, error.strerror or os.strerror(error.errno), free_bytes(path))
         cause = getattr(error, "cause", None) or error.__cause__ or error.__context__
         if cause is None:
             break
         error = cause
     text = error if isinstance(error, str) else str(error)
-    for number, reason, filename in _ERRNO_TEXT.findall(text):
-        if _storage(int(number), filename, where):
-            return Fault(Path(filename) if filename else where, int(number), reason.strip(), free_bytes(where))
+    for line in text.splitlines() or [text]:
+        for number in _ERRNO_TEXT.findall(line):
+            # The path: Python's "…: '/path'", or pyarrow's "Failed to open local file '/path'".
+            quoted = _QUOTED_PATH.search(line)
+            filename = quoted.group(1) if quoted else None
+            if _storage(int(number), filename, where):
+                path = Path(filename) if filename else where
+                # The system's words for it: pyarrow's own ("Error writing bytes to file") say less.
+                return Fault(path, int(number), os.strerror(int(number)), free_bytes(path))
     return None
 
 
@@ -98,7 +107,12 @@ def _storage(number: int | None, filename, where: Path) -> bool:
         return True
     if not filename or not Path(os.fsdecode(filename)).absolute().is_relative_to(where.absolute()):
         return False
-    return number in STORAGE_ERRNOS or (number == errno.ENOENT and not where.is_dir())
+    if number in STORAGE_ERRNOS:
+        return True
+    try:
+        return number == errno.ENOENT and not where.is_dir()
+    except OSError:  # the experiment dir cannot even be looked at
+        return True
 
 
 def hold(exp: Path) -> int | None:
@@ -113,14 +127,16 @@ def hold(exp: Path) -> int | None:
 def probe(exp: Path, held: int | None = None) -> Fault | None:
     """Write, sync and remove a small file in `exp`: None when the storage takes it. `held`, a
     handle from `hold` when the sweep started, tells a removed or unmounted dir from its replacement."""
-    gone = Fault(exp, errno.ENOENT, "the experiment dir is gone (removed or unmounted)", free_bytes(exp))
     try:
         now = exp.stat()
         then = os.fstat(held) if held is not None else now
-    except OSError:
-        return gone
-    if then.st_nlink == 0 or (then.st_dev, then.st_ino) != (now.st_dev, now.st_ino):
-        return gone
+        moved = then.st_nlink == 0 or (then.st_dev, then.st_ino) != (now.st_dev, now.st_ino)
+    except FileNotFoundError:
+        moved = True
+    except OSError as e:  # a stale handle, no permission on a parent
+        return Fault(exp, e.errno or 0, e.strerror or str(e), None)
+    if moved:
+        return Fault(exp, errno.ENOENT, "the experiment dir is gone (removed or unmounted)", free_bytes(exp))
     path = exp / f".tickets-probe-{os.getpid()}"
     try:
         with open(path, "wb") as f:
@@ -153,6 +169,7 @@ class StorageWatch(tune.Callback):
     itself (`setup`), and `watching(exp)` finds it."""
 
     _live: dict[str, StorageWatch] = {}
+    _expected: tuple[Path, int] | None = None  # what `expect` says this process's next grid is
 
     def __init__(self, exp: Path, total_trials: int):
         self.exp, self.total = exp, total_trials
@@ -162,7 +179,15 @@ class StorageWatch(tune.Callback):
         self._last = self._copied = 0.0
         self.held: int | None = None
 
+    @classmethod
+    def expect(cls, exp: Path, total_trials: int) -> None:
+        """The grid about to run: a watch Tune restores with a moved experiment still holds its old
+        path, and takes this one instead."""
+        cls._expected = (exp, total_trials)
+
     def setup(self, **info):
+        if StorageWatch._expected is not None:
+            (self.exp, self.total), StorageWatch._expected = StorageWatch._expected, None
         self.fault, self.ended, self.warned, self._last, self._copied = None, None, False, 0.0, 0.0
         self.held = hold(self.exp)
         reserve(self.exp)
@@ -200,14 +225,20 @@ class StorageWatch(tune.Callback):
                 pass  # the probe reports it
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if self.fault is not None:
+            return
         try:
             text = Path(trial.error_file).read_text()
         except (OSError, TypeError):  # the error file itself could not be written: probe
             found = probe(self.exp, self.held)
-        else:
-            found = fault_of(one_line(text), self.exp)
-        if found is not None and self.fault is None:
+        else:  # the exception's own lines, at the end of the traceback
+            found = fault_of("\n".join(text.splitlines()[-5:]), self.exp)
+        if found is not None:
             self._stop(found)
+
+    # A trial Tune will retry (resources.max_failures) failed all the same: on a full disk, its
+    # retries would fail too.
+    on_trial_recover = on_trial_error
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.warned or self.fault is not None:
@@ -267,8 +298,14 @@ def whole(path: Path) -> bool:
         data = path.read_bytes()
     except OSError:
         return False
-    if data.startswith(b"\x80"):  # a pickle's PROTO opcode
-        return data.endswith(b".")
+    if data.startswith(b"\x80"):  # a pickle's PROTO opcode: read to its STOP, which must end the file
+        try:
+            last = None
+            for last in pickletools.genops(data):
+                pass
+        except Exception:
+            return False
+        return last is not None and last[0].name == "STOP" and last[2] == len(data) - 1
     try:
         json.loads(data)
     except ValueError:
@@ -305,20 +342,25 @@ def repair_state(exp: Path) -> list[str]:
     notes = [f"Tune's saved state was cut short ({', '.join(broken)}): "
              + (f"using its copy from {time.strftime('%H:%M:%S', time.localtime(copies.stat().st_mtime))}"
                 if copies.is_dir() else "no whole copy of it was kept")]
+    restored = False
     for path in files:
         copy = copies / path.name
         if whole(copy):
             with artifacts.atomic(path) as tmp:
                 shutil.copy2(copy, tmp)
-        else:
+            restored = restored or path.name.startswith("experiment_state-")
+        elif not whole(path):
             path.replace(path.with_name(path.name + ".broken"))
             notes.append(f"{path.name} moved aside to {path.name}.broken")
+    if not restored:  # Tune restores what it can from the other files; no trial dir is touched
+        return notes
     known = set()
     for path in _state_files(exp):
         if path.name.startswith("experiment_state-"):
             known |= set(re.findall(r'trial_id\W+(\w+)', path.read_text()))
     trials = {p.parent for p in [*exp.glob(f"*/{artifacts.PARAMS_FILE}"), *exp.glob(f"*/{artifacts.METRICS_FILE}")]}
     for trial in sorted(trials - {exp / artifacts.DENSE_DIR}):
+        # Finished ones too: Tune starts their grid points again in new dirs, which would count twice.
         if not any(f"_{trial_id}_" in trial.name for trial_id in known):
             orphans = exp / ".tickets-orphans"
             orphans.mkdir(exist_ok=True)

@@ -5,6 +5,7 @@ restored. One-shot grids are Tune's grid search; IMP's controls follow their cha
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,9 +95,11 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
     trainable = make_trainable(spec, dense, res, board)
     # Tune's tables and per-trial boxes are hundreds of lines for a small grid: the table above
     # shows what a user needs; --verbose brings Tune's own back.
+    total = len(grid.trial_points(spec))
     callbacks = (([chains.ChainErrors()] if imp else [])
                  + ([] if verbose else [TrialTable(grid.table_columns(spec))])
-                 + [storage.StorageWatch(exp, len(grid.trial_points(spec)))])
+                 + [storage.StorageWatch(exp, total)])
+    storage.StorageWatch.expect(exp, total)  # also for the copy a restored experiment brings back
     if not verbose:  # Tune's newer console output prints its header boxes even at verbose=0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Trials checkpoint every epoch by design (resume loses at most one); Tune warns each time that
@@ -129,9 +132,12 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
                 callbacks=callbacks, verbose=None if verbose else 0))
     try:
         results = tuner.fit()
-    except Exception as e:  # the grid ran; reading its results back failed (a file cut short)
+    except Exception as e:
         watch = storage.watching(exp)
-        if watch is None or watch.ended is None:
+        if watch is not None:
+            watch.healthy()  # lets go of the reserve and the dir
+        # Only where the grid ran and reading its results back failed (an error pickle cut short).
+        if watch is None or watch.ended is None or not _reading_results(e):
             raise
         print(f"note: Tune could not read its results back ({last_line(e)}); the trials' own files are used")
         return _ended(exp, watch)
@@ -139,6 +145,11 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
     if watch is None or watch.ended is None:  # restored from a state saved before the watch existed
         return GridEnd([storage.TrialEnd(Path(r.path), r.error is not None) for r in results], None)
     return _ended(exp, watch)
+
+
+def _reading_results(error: BaseException) -> bool:
+    files = [frame.filename for frame in traceback.extract_tb(error.__traceback__)]
+    return any(f.endswith(("result_grid.py", "experiment_analysis.py")) for f in files)
 
 
 def _ended(exp: Path, watch: storage.StorageWatch) -> GridEnd:
