@@ -35,7 +35,9 @@ def test_storage_faults_are_told_from_other_errors(tmp_path):
     missing = f"FileNotFoundError: [Errno 2] No such file or directory: '{exp}/t/metrics.jsonl'"
     assert storage.fault_of(missing, exp) is None
     os.rmdir(exp)
-    assert storage.fault_of(missing, exp).errno == errno.ENOENT
+    gone = storage.fault_of(missing, exp)
+    assert (gone.errno, gone.path, gone.strerror) == (errno.ENOENT, exp, storage.GONE)
+    assert "safe where they were written" in storage.paragraph(gone, 0, 4, "python -m tickets.sweep --resume", False)
 
 
 def test_the_probe_finds_a_removed_or_replaced_experiment_dir(tmp_path):

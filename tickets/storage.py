@@ -84,7 +84,7 @@ def fault_of(error: BaseException | str, where: Path) -> Fault | None:
         seen.add(id(error))
         if isinstance(error, OSError) and _storage(error.errno, error.filename, where):
             path = Path(os.fsdecode(error.filename)) if error.filename else where
-            return Fault(path, error.errno, error.strerror or os.strerror(error.errno), free_bytes(path))
+            return _fault(path, error.errno, error.strerror or os.strerror(error.errno), where)
         cause = getattr(error, "cause", None) or error.__cause__ or error.__context__
         if cause is None:
             break
@@ -98,8 +98,17 @@ def fault_of(error: BaseException | str, where: Path) -> Fault | None:
             if _storage(int(number), filename, where):
                 path = Path(filename) if filename else where
                 # The system's words for it: pyarrow's own ("Error writing bytes to file") say less.
-                return Fault(path, int(number), os.strerror(int(number)), free_bytes(path))
+                return _fault(path, int(number), os.strerror(int(number)), where)
     return None
+
+
+GONE = "the experiment dir is gone (removed or unmounted)"
+
+
+def _fault(path: Path, number: int, reason: str, where: Path) -> Fault:
+    if number == errno.ENOENT:  # only a storage fault where the experiment dir itself is gone
+        return Fault(where, number, GONE, None)
+    return Fault(path, number, reason, free_bytes(path))
 
 
 def _storage(number: int | None, filename, where: Path) -> bool:
@@ -135,8 +144,8 @@ def probe(exp: Path, held: int | None = None) -> Fault | None:
         moved = True
     except OSError as e:  # a stale handle, no permission on a parent
         return Fault(exp, e.errno or 0, e.strerror or str(e), None)
-    if moved:
-        return Fault(exp, errno.ENOENT, "the experiment dir is gone (removed or unmounted)", free_bytes(exp))
+    if moved:  # the free space where it was says nothing
+        return Fault(exp, errno.ENOENT, GONE, None)
     path = exp / f".tickets-probe-{os.getpid()}"
     try:
         with open(path, "wb") as f:
@@ -392,8 +401,11 @@ def paragraph(fault: Fault, finished: int, total: int, resume: str, results_writ
     results = ("results.parquet has every epoch reported so far" if results_written else
                "results.parquet could not be updated; every reported epoch is in its trial's metrics.jsonl, "
                "and --resume rebuilds the file")
+    safe = (f"Finished results are safe: {finished}/{total} trials finished; {results}" if fault.strerror != GONE else
+            "Finished results are safe where they were written (every reported epoch in its trial's "
+            "metrics.jsonl), once the directory or its mount is back")
     return (f"storage fault: {fault.describe()}.\n"
             f"  The sweep stopped: no new trial started, and running trials keep their last checkpoint.\n"
-            f"  Finished results are safe: {finished}/{total} trials finished; {results}.\n"
+            f"  {safe}.\n"
             f"  Free space (or restore the directory, its mount or its permissions), then continue with:\n"
             f"  {resume}")
