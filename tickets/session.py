@@ -137,6 +137,8 @@ def init_local(num_cpus: int | None, num_gpus: int | None, dashboard: bool, **op
 # and every failed save of the experiment state a traceback of its own, where the CLI prints one
 # paragraph (`storage`), and Ray prints each stopped trial's error again as "Unhandled error"; on
 # --resume, ExperimentAnalysis warns about the trials that had not started.
+# These are logger names, not APIs: Tune's syncer and checkpoint upload log under ray.train's and
+# ray.air's internals even for a ray.tune-only program like this one.
 _DRIVER_LOGGERS = ("ray.tune", "ray.train", "ray.air", "ray._private.worker")
 
 

@@ -174,11 +174,11 @@ class StorageWatch(tune.Callback):
     how each trial ended (`ended`), for the CLI to count without Tune's ResultGrid, which reads every
     failed trial's error pickle back and fails on one a full disk cut short.
 
-    A restored experiment runs the copy of this callback Tune saved with it: that copy registers
-    itself (`setup`), and `watching(exp)` finds it."""
+    A restored experiment runs the copy of this callback Tune saved with it: that copy takes the
+    current experiment (`expect`) when Tune sets it up, and `watching()` finds it."""
 
-    _live: dict[str, StorageWatch] = {}
-    _expected: tuple[Path, int] | None = None  # what `expect` says this process's next grid is
+    _expected: tuple[Path, int] | None = None  # the grid `expect` says runs next in this process
+    _current: StorageWatch | None = None  # the watch Tune set up last in this process
 
     def __init__(self, exp: Path, total_trials: int):
         self.exp, self.total = exp, total_trials
@@ -187,6 +187,7 @@ class StorageWatch(tune.Callback):
         self.warned = False
         self._last = self._copied = 0.0
         self.held: int | None = None
+        self._sizes: dict[Path, int] = {}  # finished trials' dirs: their size in bytes
 
     @classmethod
     def expect(cls, exp: Path, total_trials: int) -> None:
@@ -198,9 +199,10 @@ class StorageWatch(tune.Callback):
         if StorageWatch._expected is not None:
             (self.exp, self.total), StorageWatch._expected = StorageWatch._expected, None
         self.fault, self.ended, self.warned, self._last, self._copied = None, None, False, 0.0, 0.0
+        self._sizes = {}
         self.held = hold(self.exp)
         reserve(self.exp)
-        StorageWatch._live[str(self.exp)] = self
+        StorageWatch._current = self
 
     def on_experiment_end(self, trials, **info):
         self.ended = [TrialEnd(Path(t.path), t.status == "ERROR") for t in trials]
@@ -252,12 +254,14 @@ class StorageWatch(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.warned or self.fault is not None:
             return
-        done = [Path(t.path) for t in trials if (Path(t.path) / artifacts.TICKET_FILE).exists()]
-        left = self.total - len(done)
+        done = Path(trial.path)
+        if (done / artifacts.TICKET_FILE).exists() and done not in self._sizes:
+            self._sizes[done] = _size(done)  # once per trial: a finished trial's dir no longer grows
+        left = self.total - sum((Path(t.path) / artifacts.TICKET_FILE).exists() for t in trials)
         free = free_bytes(self.exp)
-        if not done or left <= 0 or free is None:
+        if not self._sizes or left <= 0 or free is None:
             return
-        each = sum(_size(d) for d in done) / len(done)
+        each = sum(self._sizes.values()) / len(self._sizes)
         if free < each * left:
             self.warned = True
             print(f"warning: {self.exp} has {free / 2**20:.0f} MiB free; the {left} remaining trial(s) are expected "
@@ -325,16 +329,17 @@ def whole(path: Path) -> bool:
 def keep_state(exp: Path) -> None:
     """Copy Tune's state files into `STATE_COPIES` when every one of them is whole (one save's set,
     so the grid's and the searcher's states agree), each written then renamed."""
-    files = _state_files(exp)
-    if not files or not all(whole(p) for p in files):
-        return
     copies = exp / STATE_COPIES
+    files = _state_files(exp)
+    changed = [p for p in files if not (copies / p.name).exists()
+               or (copies / p.name).stat().st_mtime < p.stat().st_mtime]
+    # Read and parsed only when Tune saved again: its state grows with the grid.
+    if not changed or not all(whole(p) for p in files):
+        return
     copies.mkdir(exist_ok=True)
-    for path in files:
-        copy = copies / path.name
-        if not copy.exists() or copy.stat().st_mtime < path.stat().st_mtime:
-            with artifacts.atomic(copy) as tmp:
-                shutil.copy2(path, tmp)
+    for path in changed:
+        with artifacts.atomic(copies / path.name) as tmp:
+            shutil.copy2(path, tmp)
 
 
 def repair_state(exp: Path) -> list[str]:
@@ -379,10 +384,11 @@ def repair_state(exp: Path) -> list[str]:
     return notes
 
 
-def watching(exp: Path) -> StorageWatch | None:
-    """The watch that ran the grid of `exp` in this process (None for an experiment started before
-    there was one, whose saved callbacks lack it)."""
-    return StorageWatch._live.pop(str(exp), None)
+def watching() -> StorageWatch | None:
+    """The watch of the grid this process ran last, once (None for an experiment started before there
+    was one, whose saved callbacks lack it)."""
+    watch, StorageWatch._current = StorageWatch._current, None
+    return watch
 
 
 def _size(directory: Path) -> int:

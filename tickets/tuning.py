@@ -133,18 +133,18 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
     try:
         results = tuner.fit()
     except Exception as e:
-        watch = storage.watching(exp)
-        if watch is not None:
-            watch.healthy()  # lets go of the reserve and the dir
+        watch = storage.watching()
+        ok = watch.healthy() if watch is not None else True  # lets go of the reserve and the dir
         # Only where the grid ran and reading its results back failed (an error pickle cut short).
         if watch is None or watch.ended is None or not _reading_results(e):
             raise
         print(f"note: Tune could not read its results back ({last_line(e)}); the trials' own files are used")
-        return _ended(exp, watch)
-    watch = storage.watching(exp)
+        return GridEnd(watch.ended, watch.fault, ok)
+    watch = storage.watching()
+    ok = watch.healthy() if watch is not None else True
     if watch is None or watch.ended is None:  # restored from a state saved before the watch existed
-        return GridEnd([storage.TrialEnd(Path(r.path), r.error is not None) for r in results], None)
-    return _ended(exp, watch)
+        return GridEnd([storage.TrialEnd(Path(r.path), r.error is not None) for r in results], None, ok)
+    return GridEnd(watch.ended, watch.fault, ok)
 
 
 def _reading_results(error: BaseException) -> bool:
@@ -152,5 +152,3 @@ def _reading_results(error: BaseException) -> bool:
     return any(f.endswith(("result_grid.py", "experiment_analysis.py")) for f in files)
 
 
-def _ended(exp: Path, watch: storage.StorageWatch) -> GridEnd:
-    return GridEnd(watch.ended, watch.fault, watch.healthy())
