@@ -6,6 +6,8 @@ import os
 import pickle
 from types import SimpleNamespace
 
+import numpy as np
+
 from tickets import artifacts, storage
 
 
@@ -101,3 +103,42 @@ def test_a_cut_short_state_is_put_back_from_its_copies_and_later_trial_dirs_set_
     for cut in range(1, len(data)):  # cut anywhere, even just after a "." inside a string
         searcher.write_bytes(data[:cut])
         assert not storage.whole(searcher), cut
+
+
+def test_without_a_whole_copy_the_grid_starts_again_with_every_trial_dir_set_aside(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "experiment_state-1.json").write_text('{"trial_data": [["{\\"trial_id\\": \\"ab_0')  # the first save, cut
+    (exp / "tuner.pkl").write_bytes(pickle.dumps({"whole": True}))
+    for name in ("train_ab_00000_0_x", "train_ab_00001_1_y"):
+        (exp / name).mkdir()
+        artifacts.append_metrics(exp / name, {"epoch": 1})
+    (exp / "train_ab_00000_0_x" / artifacts.TICKET_FILE).write_bytes(b"finished")
+    notes = storage.repair_state(exp)
+    assert "no whole copy of it was kept: the grid starts again" in notes[0], notes
+    # Tune finds nothing to restore; nothing is deleted, nothing is read twice.
+    assert sorted(p.name for p in exp.iterdir() if p.is_file()) == ["experiment_state-1.json.broken", "tuner.pkl.broken"]
+    assert sorted(p.name for p in (exp / storage.ORPHANS).iterdir()) == ["train_ab_00000_0_x", "train_ab_00001_1_y"]
+    assert artifacts.trial_dirs(exp) == []
+    assert storage.repair_state(exp) == []
+
+
+def test_a_checkpoint_that_cannot_be_read_is_named_with_where_its_trial_continues(tmp_path):
+    exp = tmp_path / "exp"
+    trial = exp / "train_ab_00000_0_x"
+    trial.mkdir(parents=True)
+    artifacts.append_metrics(trial, {"epoch": 1})
+    weights, mask = {"w": np.ones(3, np.float32)}, {"w": np.ones(3, bool)}
+    for n in (0, 1):
+        (trial / f"checkpoint_00000{n}").mkdir()
+        artifacts.save_state(trial / f"checkpoint_00000{n}", n, weights, [], mask, {})
+    assert storage.repair_state(exp) == []
+    (trial / "checkpoint_000001" / "weights.npz").write_bytes(b"PK\x03\x04 cut")  # a full disk's half file
+    (note,) = storage.repair_state(exp)
+    assert "checkpoint_000001/weights.npz: cannot be read" in note and note.endswith("continues from checkpoint_000000")
+    assert artifacts.earlier_checkpoints(trial / "checkpoint_000001") == [trial / "checkpoint_000000"]
+    (trial / "checkpoint_000000" / "state.json").write_text('{"step": ')
+    (note,) = storage.repair_state(exp)
+    assert note.endswith(f"{trial.name} trains again from its start"), note
+    (trial / artifacts.TICKET_FILE).write_bytes(b"finished")  # a finished trial restores nothing
+    assert storage.repair_state(exp) == []

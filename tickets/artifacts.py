@@ -180,6 +180,21 @@ def save_state(directory: Path, step: int, weights: dict, optimizer: list, mask:
     (directory / "state.json").write_text(json.dumps({"step": step, "early_stop": early_stop}))
 
 
+def earlier_checkpoints(checkpoint: Path) -> list[Path]:
+    """The checkpoints its trial saved before `checkpoint` (Tune numbers them in order), newest first."""
+    return sorted((p for p in checkpoint.parent.glob("checkpoint_*") if p.name < checkpoint.name), reverse=True)
+
+
+def readable_state(checkpoints: list[Path]) -> tuple[dict | None, Path | None]:
+    """The first of `checkpoints` that can be read, and its state: (None, None) when none can."""
+    for checkpoint in checkpoints:
+        try:
+            return load_state(checkpoint), checkpoint
+        except ArtifactError:
+            continue
+    return None, None
+
+
 def load_state(directory: Path) -> dict:
     try:
         meta = json.loads((directory / "state.json").read_text())

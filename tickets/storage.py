@@ -60,6 +60,7 @@ class Fault:
         return f"writing to {self.path} failed: [Errno {self.errno}] {self.strerror}{free}"
 
 
+ORPHANS = ".tickets-orphans"  # trial dirs a repaired state no longer knows: kept, never read
 STATE_COPIES = ".tickets-state"  # in the experiment dir: the last whole copy of each of Tune's state files
 RESERVE_FILE = ".tickets-reserve"  # in the experiment dir while a sweep runs: space kept for its last writes
 RESERVE_MB = int(os.environ.get("TICKETS_RESERVE_MB", "64"))
@@ -343,44 +344,72 @@ def keep_state(exp: Path) -> None:
 
 
 def repair_state(exp: Path) -> list[str]:
-    """Before a `--resume`: where one of Tune's state files is cut short, the whole set is put back
-    from its copies (a file without a copy is moved aside, `<name>.broken`), and the trial dirs that
-    Tune started after that copy was taken — it would start their grid points again in new dirs —
-    are moved to `.tickets-orphans/`: their grid points train again, as they trained before (the same
-    seeds, bit-identical on CPU). Returns one line for each thing done."""
+    """Before a `--resume`: Tune's state and the trials' checkpoints, where a save was cut short.
+    Returns one line for each thing found or done."""
+    return _repair_tune_state(exp) + _unreadable_checkpoints(exp)
+
+
+def _repair_tune_state(exp: Path) -> list[str]:
+    """Where one of Tune's state files is cut short, the whole set is put back from its copies, and
+    the trial dirs that Tune started after that copy was taken — it would start their grid points
+    again in new dirs — are moved to `.tickets-orphans/`: their grid points train again, as they
+    trained before (the same seeds, bit-identical on CPU).
+
+    Without a whole copy (the first save was cut short) Tune cannot restore the grid, nor know which
+    points it started: its state is moved aside (`<name>.broken`), every trial dir to the orphans, and
+    the grid starts again. Nothing is deleted."""
     files = _state_files(exp)
     broken = [p.name for p in files if not whole(p)]
     if not broken:
         return []
     copies = exp / STATE_COPIES
-    notes = [f"Tune's saved state was cut short ({', '.join(broken)}): "
-             + (f"using its copy from {time.strftime('%H:%M:%S', time.localtime(copies.stat().st_mtime))}"
-                if copies.is_dir() else "no whole copy of it was kept")]
-    restored = False
-    for path in files:
-        copy = copies / path.name
-        if whole(copy):
-            with artifacts.atomic(path) as tmp:
-                shutil.copy2(copy, tmp)
-            restored = restored or path.name.startswith("experiment_state-")
-        elif not whole(path):
+    if all(whole(copies / name) for name in broken):
+        notes = [f"Tune's saved state was cut short ({', '.join(broken)}): using its copy from "
+                 f"{time.strftime('%H:%M:%S', time.localtime(copies.stat().st_mtime))}"]
+        for path in files:
+            if whole(copies / path.name):
+                with artifacts.atomic(path) as tmp:
+                    shutil.copy2(copies / path.name, tmp)
+        known = set()
+        for path in _state_files(exp):
+            if path.name.startswith("experiment_state-"):
+                known |= set(re.findall(r'trial_id\W+(\w+)', path.read_text()))
+        why = "started after that copy"
+    else:
+        notes = [f"Tune's saved state was cut short ({', '.join(broken)}) and no whole copy of it was kept: "
+                 "the grid starts again"]
+        for path in files:
             path.replace(path.with_name(path.name + ".broken"))
-            notes.append(f"{path.name} moved aside to {path.name}.broken")
-    if not restored:  # Tune restores what it can from the other files; no trial dir is touched
-        return notes
-    known = set()
-    for path in _state_files(exp):
-        if path.name.startswith("experiment_state-"):
-            known |= set(re.findall(r'trial_id\W+(\w+)', path.read_text()))
+        shutil.rmtree(copies, ignore_errors=True)  # copies of files cut short before: of no use now
+        notes.append(f"{', '.join(p.name for p in files)} moved aside to <name>.broken")
+        known, why = set(), "not in a saved state"
     trials = {p.parent for p in [*exp.glob(f"*/{artifacts.PARAMS_FILE}"), *exp.glob(f"*/{artifacts.METRICS_FILE}")]}
     for trial in sorted(trials - {exp / artifacts.DENSE_DIR}):
         # Finished ones too: Tune starts their grid points again in new dirs, which would count twice.
         if not any(f"_{trial_id}_" in trial.name for trial_id in known):
-            orphans = exp / ".tickets-orphans"
+            orphans = exp / ORPHANS
             orphans.mkdir(exist_ok=True)
             trial.replace(orphans / trial.name)
-            notes.append(f"{trial.name} started after that copy: moved to .tickets-orphans/; its grid point "
-                         f"trains again")
+            notes.append(f"{trial.name} {why}: moved to {ORPHANS}/; its grid point trains again")
+    return notes
+
+
+def _unreadable_checkpoints(exp: Path) -> list[str]:
+    """An unfinished trial whose last checkpoint cannot be read continues from the one before it, or
+    from its start (`tickets.trainable`): said here, where the user reads it."""
+    notes = []
+    for trial in artifacts.trial_dirs(exp):
+        saved = sorted(trial.glob("checkpoint_*"))
+        if (trial / artifacts.TICKET_FILE).exists() or not saved:
+            continue
+        try:
+            artifacts.load_state(saved[-1])
+            continue
+        except artifacts.ArtifactError as e:
+            broken = e
+        _, older = artifacts.readable_state(artifacts.earlier_checkpoints(saved[-1]))
+        then = f"continues from {older.name}" if older else "trains again from its start"
+        notes.append(f"{broken}; {trial.name} {then}")
     return notes
 
 
@@ -402,16 +431,18 @@ def _size(directory: Path) -> int:
     return total
 
 
-def paragraph(fault: Fault, finished: int, total: int, resume: str, results_written: bool) -> str:
-    """What the CLI prints when a sweep stopped on a storage fault."""
+def paragraph(fault: Fault, finished: int, total: int, resume: str, results_written: bool, logs: str = "") -> str:
+    """What the CLI prints when a sweep stopped on a storage fault (`logs`: Ray's log dir, where the
+    tracebacks went)."""
     results = ("results.parquet has every epoch reported so far" if results_written else
                "results.parquet could not be updated; every reported epoch is in its trial's metrics.jsonl, "
                "and --resume rebuilds the file")
     safe = (f"Finished results are safe: {finished}/{total} trials finished; {results}" if fault.strerror != GONE else
             "Finished results are safe where they were written (every reported epoch in its trial's "
             "metrics.jsonl), once the directory or its mount is back")
+    where = f" The errors in full are in Ray's logs: {logs}" if logs else ""
     return (f"storage fault: {fault.describe()}.\n"
-            f"  The sweep stopped: no new trial started, and running trials keep their last checkpoint.\n"
+            f"  The sweep stopped: no new trial started, and running trials keep their last checkpoint.{where}\n"
             f"  {safe}.\n"
             f"  Free space (or restore the directory, its mount or its permissions), then continue with:\n"
             f"  {resume}")

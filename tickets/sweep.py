@@ -137,13 +137,13 @@ def run(plan: Plan) -> int:
         failed = beside.join() if beside else None
         if failed is not None:
             print(f"error: the dense run failed: {last_line(failed)}", file=sys.stderr)
-        code = finish(plan, trials)
+        code = finish(plan, trials, logs)
         return 1 if failed is not None and code == 0 else code
     except Exception as e:  # the dense run's or Ray's writes can meet a failing storage too
         fault = storage.fault_of(e, exp)
         if fault is None:
             raise
-        print(storage.paragraph(fault, finished_trials(exp), len(trial_points(spec)), resume_command(exp), False),
+        print(storage.paragraph(fault, finished_trials(exp), len(trial_points(spec)), resume_command(exp), False, logs),
               file=sys.stderr)
         return storage.EXIT_STORAGE
     finally:
@@ -158,8 +158,9 @@ def run(plan: Plan) -> int:
                 exp.rmdir()
 
 
-def finish(plan: Plan, trials: GridEnd) -> int:
-    """Results, warnings, report and the exit code, once the grid has stopped (finished or not)."""
+def finish(plan: Plan, trials: GridEnd, logs: str = "") -> int:
+    """Results, warnings, report and the exit code, once the grid has stopped (finished or not);
+    `logs`, Ray's log dir, is named after a storage fault."""
     exp = plan.exp
     fault, results = trials.fault, None
     try:
@@ -175,7 +176,8 @@ def finish(plan: Plan, trials: GridEnd) -> int:
     finished = sum(not t.errored and (t.path / artifacts.TICKET_FILE).exists() for t in trials.trials)
     total = len(trial_points(plan.spec))
     if fault is not None:  # one paragraph, not each trial's traceback; the results so far are safe
-        print(storage.paragraph(fault, finished, total, resume_command(exp), results is not None), file=sys.stderr)
+        print(storage.paragraph(fault, finished, total, resume_command(exp), results is not None, logs),
+              file=sys.stderr)
         return storage.EXIT_STORAGE
     unfinished = total - finished - errors
     print(f"\n{finished}/{total} trials finished; results: {results}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -190,12 +191,24 @@ def _sources(t, dense: DenseRefs, chain_mask: dict | None) -> dict:
 
 
 def _restore() -> dict | None:
-    """This trial's last checkpoint (`artifacts.load_state`), or None on a fresh start."""
+    """This trial's last checkpoint (`artifacts.load_state`), or None on a fresh start.
+
+    One that cannot be read (cut short by a full disk, damaged) gives way to the one before it, else
+    to the trial's start: the epochs after it train again, bit-identically on CPU, and their rows
+    replace the ones reported before (`tickets.analysis` keeps an epoch's last report). The driver
+    names it on `--resume` (`storage.repair_state`)."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        return artifacts.load_state(Path(d))
+        try:
+            return artifacts.load_state(Path(d))
+        except artifacts.ArtifactError as e:
+            broken = e
+    state, older = artifacts.readable_state(artifacts.earlier_checkpoints(Path(checkpoint.path)))
+    print(f"note: {broken}; " + (f"continuing from {older.name}" if older else "training again from the start"),
+          file=sys.stderr)
+    return state
 
 
 def _report(metrics: dict, state, mask: dict) -> None:
