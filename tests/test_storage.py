@@ -2,6 +2,7 @@
 warning (the faults made for real on a sweep are in test_reliability)."""
 
 import errno
+import json
 import os
 import pickle
 from types import SimpleNamespace
@@ -98,7 +99,7 @@ def test_a_cut_short_state_is_put_back_from_its_copies_and_later_trial_dirs_set_
     assert "trial_data" in state.read_text() and "ab_00001" not in state.read_text()
     # The trial dir Tune started after the copy was taken is set aside: its grid point trains again.
     assert (exp / ".tickets-orphans" / "train_ab_00001_1_y").is_dir() and (exp / "train_ab_00000_0_x").is_dir()
-    assert any("train_ab_00001_1_y started after that copy" in n for n in notes), notes
+    assert any("train_ab_00001_1_y is not in that save" in n for n in notes), notes
     data = pickle.dumps({"generated": 2, "names": ["a." * 8, "b"]})
     for cut in range(1, len(data)):  # cut anywhere, even just after a "." inside a string
         searcher.write_bytes(data[:cut])
@@ -141,4 +142,46 @@ def test_a_checkpoint_that_cannot_be_read_is_named_with_where_its_trial_continue
     (note,) = storage.repair_state(exp)
     assert note.endswith(f"{trial.name} trains again from its start"), note
     (trial / artifacts.TICKET_FILE).write_bytes(b"finished")  # a finished trial restores nothing
+    assert storage.repair_state(exp) == []
+
+
+def test_a_later_session_cut_short_without_a_copy_gives_way_to_the_last_whole_save_before_it(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    a, b = "2026-12-07_16-22-40", "2026-12-07_16-30-01"  # Tune names each driver's files by its start
+    (exp / f"experiment_state-{a}.json").write_text('{"trial_data": [["{\\"trial_id\\": \\"ab_00000\\"}", "{}"]]}')
+    (exp / f"basic-variant-state-{a}.json").write_bytes(pickle.dumps({"generated": 1}))
+    (exp / "tuner.pkl").write_bytes(pickle.dumps({"whole": True}))
+    for name in ("train_ab_00000_0_x", "train_ab_00001_1_y"):
+        (exp / name).mkdir()
+        artifacts.append_metrics(exp / name, {"epoch": 1})
+    storage.keep_state(exp)
+    # A resumed driver's session: its first save cut short, before any copy of it.
+    (exp / f"experiment_state-{b}.json").write_text('{"trial_data": [["{\\"trial_id\\": \\"ab_0')
+    (exp / f"basic-variant-state-{b}.json").write_bytes(pickle.dumps({"generated": 2}))
+    notes = storage.repair_state(exp)
+    assert f"Tune continues from the save before (experiment_state-{a}.json)" in notes[0], notes
+    assert sorted(p.name for p in exp.iterdir() if p.is_file()) == [
+        f"basic-variant-state-{a}.json", f"basic-variant-state-{b}.json.broken", f"experiment_state-{a}.json",
+        f"experiment_state-{b}.json.broken", "tuner.pkl"]
+    assert (exp / storage.STATE_COPIES / f"experiment_state-{a}.json").is_file()  # never deleted
+    assert [t.name for t in artifacts.trial_dirs(exp)] == ["train_ab_00000_0_x"]
+    assert (exp / storage.ORPHANS / "train_ab_00001_1_y").is_dir()
+
+
+def test_a_checkpoint_tune_deleted_since_its_save_is_put_back_from_the_newest_one(tmp_path):
+    exp = tmp_path / "exp"
+    trial = exp / "train_ab_00000_0_x"
+    trial.mkdir(parents=True)
+    artifacts.append_metrics(trial, {"epoch": 1})
+    meta = json.dumps({"checkpoint_manager": f"{trial}/checkpoint_000001"})
+    (exp / "experiment_state-2026-12-07_16-22-40.json").write_text(
+        json.dumps({"trial_data": [[json.dumps({"trial_id": "ab_00000"}), meta]]}))
+    weights, mask = {"w": np.ones(3, np.float32)}, {"w": np.ones(3, bool)}
+    for n in (2, 3):  # Tune kept two, and deleted checkpoint_000001 that its (older) save names
+        (trial / f"checkpoint_00000{n}").mkdir()
+        artifacts.save_state(trial / f"checkpoint_00000{n}", n, weights, [], mask, {})
+    (note,) = storage.repair_state(exp)
+    assert "checkpoint_000001, where Tune's save resumes it, is gone; put back from checkpoint_000003" in note
+    assert artifacts.load_state(trial / "checkpoint_000001")["step"] == 3
     assert storage.repair_state(exp) == []

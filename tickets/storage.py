@@ -60,6 +60,7 @@ class Fault:
         return f"writing to {self.path} failed: [Errno {self.errno}] {self.strerror}{free}"
 
 
+_SESSION = re.compile(r"-(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.")  # Tune's session in a state file's name
 ORPHANS = ".tickets-orphans"  # trial dirs a repaired state no longer knows: kept, never read
 STATE_COPIES = ".tickets-state"  # in the experiment dir: the last whole copy of each of Tune's state files
 RESERVE_FILE = ".tickets-reserve"  # in the experiment dir while a sweep runs: space kept for its last writes
@@ -346,43 +347,44 @@ def keep_state(exp: Path) -> None:
 def repair_state(exp: Path) -> list[str]:
     """Before a `--resume`: Tune's state and the trials' checkpoints, where a save was cut short.
     Returns one line for each thing found or done."""
-    return _repair_tune_state(exp) + _unreadable_checkpoints(exp)
+    return _repair_tune_state(exp) + _checkpoints(exp)
 
 
 def _repair_tune_state(exp: Path) -> list[str]:
-    """Where one of Tune's state files is cut short, the whole set is put back from its copies, and
-    the trial dirs that Tune started after that copy was taken — it would start their grid points
-    again in new dirs — are moved to `.tickets-orphans/`: their grid points train again, as they
-    trained before (the same seeds, bit-identical on CPU).
-
-    Without a whole copy (the first save was cut short) Tune cannot restore the grid, nor know which
-    points it started: its state is moved aside (`<name>.broken`), every trial dir to the orphans, and
-    the grid starts again. Nothing is deleted."""
-    files = _state_files(exp)
-    broken = [p.name for p in files if not whole(p)]
+    """Where one of Tune's state files is cut short, it is put back from its whole copy. Where it
+    has none (the first save of a driver's session was cut short), every file of that session is
+    moved aside (`<name>.broken`) and Tune restores the last whole save of an earlier session; with
+    none left, or its `tuner.pkl` lost, everything is moved aside and the grid starts again. Trial
+    dirs that the restored save does not know — Tune would start their grid points again in new
+    dirs — move to `ORPHANS`: their grid points train again, as they trained before (the same
+    seeds, bit-identical on CPU). Nothing is deleted."""
+    broken = [p for p in _state_files(exp) if not whole(p)]
     if not broken:
         return []
     copies = exp / STATE_COPIES
-    if all(whole(copies / name) for name in broken):
-        notes = [f"Tune's saved state was cut short ({', '.join(broken)}): using its copy from "
-                 f"{time.strftime('%H:%M:%S', time.localtime(copies.stat().st_mtime))}"]
-        for path in files:
-            if whole(copies / path.name):
-                with artifacts.atomic(path) as tmp:
-                    shutil.copy2(copies / path.name, tmp)
-        known = set()
-        for path in _state_files(exp):
-            if path.name.startswith("experiment_state-"):
-                known |= set(re.findall(r'trial_id\W+(\w+)', path.read_text()))
-        why = "started after that copy"
-    else:
-        notes = [f"Tune's saved state was cut short ({', '.join(broken)}) and no whole copy of it was kept: "
-                 "the grid starts again"]
-        for path in files:
+    notes, lost = [], set()  # the sessions (None: no session, tuner.pkl) without a whole copy
+    restored = [p.name for p in broken if whole(copies / p.name)]
+    for path in broken:
+        if path.name in restored:
+            with artifacts.atomic(path) as tmp:
+                shutil.copy2(copies / path.name, tmp)
+        else:
+            lost.add(_session(path.name))
+    if restored:
+        taken = time.strftime('%H:%M:%S', time.localtime(max((copies / n).stat().st_mtime for n in restored)))
+        notes.append(f"Tune's saved state was cut short ({', '.join(restored)}): using its copy from {taken}")
+    # Tune restores its newest experiment state, and the newest searcher state, each by name.
+    saves = [p for p in _state_files(exp) if p.name.startswith("experiment_state-") and _session(p.name) not in lost]
+    fresh = bool(lost) and (None in lost or not saves)
+    if lost:
+        aside = [p for p in _state_files(exp) if fresh or _session(p.name) in lost]
+        for path in aside:
             path.replace(path.with_name(path.name + ".broken"))
-        shutil.rmtree(copies, ignore_errors=True)  # copies of files cut short before: of no use now
-        notes.append(f"{', '.join(p.name for p in files)} moved aside to <name>.broken")
-        known, why = set(), "not in a saved state"
+        names = ", ".join(p.name for p in broken if p.name not in restored)
+        then = "the grid starts again" if fresh else f"Tune continues from the save before ({max(saves).name})"
+        notes.append(f"Tune's saved state was cut short ({names}) and no whole copy of it was kept: {then}; "
+                     f"{len(aside)} state file(s) moved aside to <name>.broken")
+    known = set() if fresh else set(re.findall(r'trial_id\W+(\w+)', max(saves).read_text()))
     trials = {p.parent for p in [*exp.glob(f"*/{artifacts.PARAMS_FILE}"), *exp.glob(f"*/{artifacts.METRICS_FILE}")]}
     for trial in sorted(trials - {exp / artifacts.DENSE_DIR}):
         # Finished ones too: Tune starts their grid points again in new dirs, which would count twice.
@@ -390,17 +392,53 @@ def _repair_tune_state(exp: Path) -> list[str]:
             orphans = exp / ORPHANS
             orphans.mkdir(exist_ok=True)
             trial.replace(orphans / trial.name)
-            notes.append(f"{trial.name} {why}: moved to {ORPHANS}/; its grid point trains again")
+            notes.append(f"{trial.name} is not in that save: moved to {ORPHANS}/; its grid point trains again")
     return notes
 
 
-def _unreadable_checkpoints(exp: Path) -> list[str]:
-    """An unfinished trial whose last checkpoint cannot be read continues from the one before it, or
-    from its start (`tickets.trainable`): said here, where the user reads it."""
+def _session(name: str) -> str | None:
+    """The driver session a state file belongs to (`experiment_state-<session>.json`); None for
+    the files every session shares (`tuner.pkl`)."""
+    found = _SESSION.search(name)
+    return found.group(1) if found else None
+
+
+def _checkpoints(exp: Path) -> list[str]:
+    """Each unfinished trial continues from the checkpoint Tune's newest save names, which Tune
+    may have deleted since (it keeps two: a save restored from its copy, or one from before the
+    driver died, can name an older one), and Ray then fails the trial before it starts. A missing
+    one is put back from the trial's newest readable checkpoint (the trial continues from there:
+    its step is in the checkpoint), else left empty (the trial trains again from its start).
+    An unreadable one gives way to the one before it (`tickets.trainable`). One line each."""
     notes = []
+    saves = [p for p in _state_files(exp) if p.name.startswith("experiment_state-")]
+    registered = {}
+    if saves:
+        try:
+            for config, meta in json.loads(max(saves).read_text())["trial_data"]:
+                names = re.findall(r"checkpoint_\d{6}", meta)
+                ids = re.findall(r'trial_id\W+(\w+)', config)
+                if names and ids:
+                    registered[ids[0]] = max(names)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # Tune reports its own state
     for trial in artifacts.trial_dirs(exp):
         saved = sorted(trial.glob("checkpoint_*"))
-        if (trial / artifacts.TICKET_FILE).exists() or not saved:
+        if (trial / artifacts.TICKET_FILE).exists():
+            continue
+        name = next((n for t, n in registered.items() if f"_{t}_" in trial.name), None)
+        if name is not None and not (trial / name).is_dir():
+            _, newest = artifacts.readable_state(sorted(saved, reverse=True))
+            if newest is not None:
+                shutil.copytree(newest, trial / name)
+                notes.append(f"{trial.name}: {name}, where Tune's save resumes it, is gone; put back from "
+                             f"{newest.name}, where the trial continues")
+            else:
+                (trial / name).mkdir()
+                notes.append(f"{trial.name}: {name}, where Tune's save resumes it, is gone and no other "
+                             f"checkpoint can be read: the trial trains again from its start")
+            continue
+        if not saved:
             continue
         try:
             artifacts.load_state(saved[-1])

@@ -91,6 +91,9 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
               verbose: bool) -> GridEnd:
     """Run (or, with `resume`, continue) the grid in `exp` until it ends, or until its storage fails."""
     imp = spec.pruning.mode == "imp"
+    if resume:  # before the level board reads the chains' dirs: some may be set aside
+        for note in storage.repair_state(exp):
+            print(f"note: {note}")
     board = chains.level_board(spec, exp, dense.dense_hash, resume) if imp else None
     trainable = make_trainable(spec, dense, res, board)
     # Tune's tables and per-trial boxes are hundreds of lines for a small grid: the table above
@@ -105,9 +108,6 @@ def run_tuner(spec: config_lib.Spec, exp: Path, dense: DenseRefs, res: Resources
     # Trials checkpoint every epoch by design (resume loses at most one); Tune warns each time that
     # happens within 5 s, which short epochs do all the time. Users can still set it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if resume:
-        for note in storage.repair_state(exp):
-            print(f"note: {note}")
     if resume and tune.Tuner.can_restore(str(exp)):
         # The RunConfig (trial table, verbosity) and IMP's queue come back from the experiment's saved
         # state; failed chains train again, so their controls wait for them instead of failing.
