@@ -7,7 +7,7 @@ import operator
 from dataclasses import dataclass
 from typing import Callable
 
-from benchmarks import pipeline, scheduler, sweeps, training
+from benchmarks import peer, pipeline, scheduler, sweeps, training
 from benchmarks.bench import Bench
 
 OPS = {">=": operator.ge, "==": operator.eq, "<": operator.lt, "<=": operator.le}
@@ -135,6 +135,14 @@ def _cores(fig: dict) -> str:
             f"{fig['per_core_images_per_s']:.0f} img/s per core")
 
 
+def _peer(fig: dict) -> str:
+    def run(r: dict) -> str:
+        rates = ", ".join(f"{side} {rate:.0f}" for side, rate in r["images_per_s"].items())
+        return f"{r['arch']} {r['threads']} thread(s): {rates} img/s ({r['ratio']:.2f}x)"
+
+    return "; ".join(run(r) for r in fig["runs"]) + " (median of interleaved rounds; xla: tickets' step under XLA)"
+
+
 FIGURES = {f.number: f for f in (
     Figure(1, "masked / dense step", Goal(">=", 0.95), training.throughput, _step,
            "MobileNetV2 (width 0.35, 32 px) training images/s masked over dense, the worst sparsity"),
@@ -167,6 +175,10 @@ FIGURES = {f.number: f for f in (
     Figure(12, "cores per GPU trial", Goal("<=", 8), pipeline.cores_per_gpu_trial, _cores,
            "CPU cores one GPU trial's pipeline needs: MobileNetV2 (width 1.0, 224 px, mixed precision) GPU "
            "images/s over figure 10's per-core rate"),
+    Figure(13, "tickets / PyTorch step", Goal(">=", 1.0), peer.peer_step, _peer,
+           "masked training images/s of tickets' step (a preset's model, a 90 % ticket's masks) over the same "
+           "network and masks in a plain PyTorch loop, same batch, threads and precision; the worse of "
+           "MobileNetV2 and Conv-2"),
 )}
 
 

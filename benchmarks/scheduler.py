@@ -3,6 +3,7 @@ MobileNetV2 snapshot (`tune.with_parameters`, as the sweep's trials fetch the de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -29,6 +30,10 @@ def scheduler_scale(bench: Bench) -> dict:
     snapshot = models.get_weights(models.build(ModelSpec(width=0.35), (32, 32, 3), 10, seed=0))
     session.init_local(os.cpu_count(), None, dashboard=False, log_to_driver=False)
     try:
+        # Tune's TensorBoard logger imports tensorboardX, which imports PyTorch where it is installed
+        # (a bench extra): +250 MB once, not per trial. Imported first, so the growth is the grid's.
+        with contextlib.suppress(ImportError):
+            import tensorboardX  # noqa: F401
         before = _rss_mb()
         tuner = tune.Tuner(tune.with_resources(tune.with_parameters(noop_trial, snapshot=snapshot), {"cpu": 1}),
                            param_space={"point": tune.grid_search(list(range(points)))},

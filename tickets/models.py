@@ -161,6 +161,11 @@ def _kernel_inputs(model: keras.Model) -> dict[str, list[str]]:
     return out
 
 
+def inbound(layer_config: dict) -> list[str]:
+    """The names of the layers feeding a layer, from its entry in a functional model's config."""
+    return _parents(layer_config["inbound_nodes"])
+
+
 def _parents(node) -> list[str]:
     if isinstance(node, dict):
         if "keras_history" in node:

@@ -92,11 +92,11 @@ def make_optimizer(spec: DenseSpec, steps_per_epoch: int, schedule: Schedule | N
     return keras.optimizers.Adam(lr, weight_decay=o.weight_decay or None)
 
 
-def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer, jit_compile: bool | None = None) -> None:
     # XLA on CPU is not bit-reproducible across builds and gains little for these nets.
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  jit_compile="auto" if runtime_lib.on_gpu() else False)
+                  jit_compile=("auto" if runtime_lib.on_gpu() else False) if jit_compile is None else jit_compile)
     # Every variable exists before the first step: TensorFlow traces a step that creates variables
     # twice (MobileNetV2 on a CPU: about 8 s more per process). Hence the metric as an object, not
     # the string "accuracy" (whose variables Keras makes inside the step), and the optimizer built
