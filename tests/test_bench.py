@@ -82,7 +82,7 @@ def test_bench_tiny_runs_the_other_figures(tmp_path):
 def test_bench_rejects_unknown_figures(tmp_path):
     proc = cli(["--only", "14"], module="benchmarks", stderr=subprocess.PIPE, cwd=ROOT)
     _, stderr = proc.communicate()
-    assert proc.returncode == 2 and "error: --only: '13' names figures outside 1..12" in stderr
+    assert proc.returncode == 2 and "error: --only: '14' names figures outside 1..13" in stderr
 
 
 def test_the_docs_figure_table_is_the_one_the_figures_generate():
