@@ -195,6 +195,16 @@ def readable_state(checkpoints: list[Path]) -> tuple[dict | None, Path | None]:
     return None, None
 
 
+def state_or_earlier(checkpoint: Path) -> tuple[dict | None, Path | None, ArtifactError | None]:
+    """A trial checkpoint's state, the checkpoint it came from, and None; where it cannot be read,
+    the state of the newest readable checkpoint its trial saved before it (None, None: none can),
+    and why it could not."""
+    try:
+        return load_state(checkpoint), checkpoint, None
+    except ArtifactError as e:
+        return (*readable_state(earlier_checkpoints(checkpoint)), e)
+
+
 def load_state(directory: Path) -> dict:
     try:
         meta = json.loads((directory / "state.json").read_text())

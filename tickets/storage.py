@@ -438,16 +438,10 @@ def _checkpoints(exp: Path) -> list[str]:
                 notes.append(f"{trial.name}: {name}, where Tune's save resumes it, is gone and no other "
                              f"checkpoint can be read: the trial trains again from its start")
             continue
-        if not saved:
-            continue
-        try:
-            artifacts.load_state(saved[-1])
-            continue
-        except artifacts.ArtifactError as e:
-            broken = e
-        _, older = artifacts.readable_state(artifacts.earlier_checkpoints(saved[-1]))
-        then = f"continues from {older.name}" if older else "trains again from its start"
-        notes.append(f"{broken}; {trial.name} {then}")
+        _, used, broken = artifacts.state_or_earlier(saved[-1]) if saved else (None, None, None)
+        if broken is not None:  # what `tickets.trainable` will do, said where the user reads it
+            then = f"continues from {used.name}" if used else "trains again from its start"
+            notes.append(f"{broken}; {trial.name} {then}")
     return notes
 
 

@@ -200,14 +200,11 @@ def _restore() -> dict | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as d:
-        try:
-            return artifacts.load_state(Path(d))
-        except artifacts.ArtifactError as e:
-            broken = e
-    state, older = artifacts.readable_state(artifacts.earlier_checkpoints(Path(checkpoint.path)))
-    print(f"note: {broken}; " + (f"continuing from {older.name}" if older else "training again from the start"),
-          file=sys.stderr)
+    # The storage path is a local (or shared) directory: the checkpoint is read where it lies.
+    state, used, broken = artifacts.state_or_earlier(Path(checkpoint.path))
+    if broken is not None:
+        print(f"note: {broken}; " + (f"continuing from {used.name}" if used else "training again from the start"),
+              file=sys.stderr)
     return state
 
 
