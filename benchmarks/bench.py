@@ -38,7 +38,7 @@ SIZES = {
         loop=dict(train=1000, test=500, epochs=2, sparsity=[0.5, 0.9], rewind=[0, 1], repeats=1),
         replicas=dict(train=1024, epochs=2, strides="cifar"),
         shards=dict(images=(1500, 6000), batches=40),
-        peer=dict(threads=[None], steps=16, rounds=3, sides=["tickets", "xla", "torch"])),
+        peer=dict(threads=[None], steps=16, rounds=3, sides=["tickets", "xla", "bf16", "torch"])),
     "full": dict(
         step=dict(batch=128, steps=40, rounds=3, sparsities=(0.0, 0.8, 0.95)),
         sweep=dict(dense_epochs=3, train=4096, sparsity=[0.5, 0.8, 0.9, 0.95], rewind=[0, 1], repeats=3,

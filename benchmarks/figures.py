@@ -140,7 +140,9 @@ def _peer(fig: dict) -> str:
         rates = ", ".join(f"{side} {rate:.0f}" for side, rate in r["images_per_s"].items())
         return f"{r['arch']} {r['threads']} thread(s): {rates} img/s ({r['ratio']:.2f}x)"
 
-    return "; ".join(run(r) for r in fig["runs"]) + " (median of interleaved rounds; xla: tickets' step under XLA)"
+    notes = {"xla": "xla: tickets' step under XLA", "bf16": "bf16: tickets' step under mixed_bfloat16"}
+    shown = [notes[s] for s in notes if any(s in r["images_per_s"] for r in fig["runs"])]
+    return "; ".join(run(r) for r in fig["runs"]) + f" (median of interleaved rounds{''.join('; ' + n for n in shown)})"
 
 
 FIGURES = {f.number: f for f in (

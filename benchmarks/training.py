@@ -27,7 +27,7 @@ def step_throughput(size: int, batch: int, steps: int, rounds: int, sparsities=(
     """
     import keras
 
-    from tickets import masks, models, training
+    from tickets import masks, models, pipeline, training
     from tickets.config import DenseSpec, ModelSpec
 
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
@@ -45,7 +45,8 @@ def step_throughput(size: int, batch: int, steps: int, rounds: int, sparsities=(
             mask, _ = masks.magnitude_mask({n: w[n] for n in names}, sparsity)
             training.install_mask(model, mask)
         training.compile_model(model, training.make_optimizer(spec, steps))
-        model.fit(x[: batch * 2], y[: batch * 2], batch_size=batch, epochs=1, verbose=0, shuffle=False)  # trace
+        trace = pipeline.in_memory(x[: batch * 2], y[: batch * 2], batch)
+        model.fit(trace, epochs=1, verbose=0, shuffle=False)
         return model
 
     variants = {"dense": build(None), **{f"{s:g}": build(s) for s in sparsities}}
@@ -53,7 +54,7 @@ def step_throughput(size: int, batch: int, steps: int, rounds: int, sparsities=(
     for _ in range(rounds):
         for name, model in variants.items():
             start = time.perf_counter()
-            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+            model.fit(pipeline.in_memory(x, y, batch), epochs=1, verbose=0, shuffle=False)
             best[name] = max(best[name], batch * steps / (time.perf_counter() - start))
     dense = best.pop("dense")
     out = {"image_size": size, "batch": batch, "steps": steps, "rounds": rounds, "mixed_precision": mixed_precision,

@@ -18,6 +18,21 @@ def test_synthetic_is_deterministic_and_balanced():
     assert np.bincount(a.train.labels).tolist() == [20] * 10
 
 
+def test_pipelines_run_without_autotuning_on_their_own_pool():
+    """tf.data's autotuning makes an iterator's deletion wait up to ~2 s (Keras deletes one after
+    every fit and evaluate): every pipeline of a training process is built without it, and with
+    the private pool it is given."""
+    spec = DataSpec(dataset="synthetic", synthetic_size=SubsetSpec(train=40, test=20), batch_size=10)
+    d = data.load(spec, 0)
+    x, y = np.zeros((20, 8, 8, 3), np.float32), np.zeros(20, np.int32)
+    for ds in (pipeline.train_batches(d, spec, seed=0, start_step=0, num_steps=3, threads=2),
+               pipeline.eval_batches(d, d.test, spec, threads=2), pipeline.in_memory(x, y, 10, threads=2)):
+        assert ds.options().autotune.enabled is False
+        assert ds.options().threading.private_threadpool_size == 2
+    assert pipeline.eval_batches(d, d.test, spec).options().threading.private_threadpool_size is None
+    assert [len(b) for b, _ in pipeline.in_memory(x, y, 10)] == [10, 10]
+
+
 @needs_cifar10()
 def test_cifar10_parquet_subset_and_halves():
     spec = DataSpec(dataset="cifar10", path=str(CIFAR10), subset=SubsetSpec(train=1000, test=200))

@@ -72,3 +72,42 @@ def test_cifar_strides_keep_keras_layers_and_end_in_4x4_maps():
     assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)  # only the strides differ
     assert models.layout(cifar)["inputs"]["block_3_expand/kernel"] == ["block_1_project/kernel",
                                                                        "block_2_project/kernel"]
+
+
+def test_batch_norm_is_fused_and_computes_what_keras_does():
+    """MobileNetV2's BatchNormalization layers run TensorFlow's fused kernel (half the CPU step was
+    Keras's composed ops); on a conv -> BN net it gives Keras's outputs, gradients and moving
+    statistics (the biased variance) to float rounding, in training and in inference."""
+    import keras
+    import tensorflow as tf
+
+    from tickets.layers import FusedBatchNormalization
+
+    model = models.build(ModelSpec(width=0.35, strides="cifar"), (32, 32, 3), 10, seed=0)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 52 and all(isinstance(layer, FusedBatchNormalization) for layer in norms)
+    assert all(layer.momentum == models.BN_MOMENTUM for layer in norms)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 4))
+    features = keras.layers.Conv2D(6, 3, padding="same", use_bias=False)(inputs)  # as MobileNetV2
+
+    def net(norm):
+        head = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(norm(features))))
+        return keras.Model(inputs, head)
+
+    fused, plain = net(FusedBatchNormalization(momentum=0.9)), net(keras.layers.BatchNormalization(momentum=0.9))
+    plain.set_weights(fused.get_weights())
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(1.0, 2.0, (16, 8, 8, 4)).astype("float32"), np.arange(16) % 3
+
+    def step(m):
+        with tf.GradientTape() as tape:
+            out = m(x, training=True)
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, out)
+        grads = tape.gradient(loss, m.trainable_variables)
+        return [out, *grads, *m.non_trainable_variables, m(x, training=False)]
+
+    for a, b in zip(step(fused), step(plain)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-5 * max(np.abs(b).max(), 1e-3)

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from tickets.config import ModelSpec
+from tickets.layers import FusedBatchNormalization
 
 BN_MOMENTUM = 0.9
 _PRUNABLE_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
@@ -40,9 +41,8 @@ def build(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int, 
         model = keras.applications.MobileNetV2(
             input_shape=input_shape, alpha=spec.width, weights=None, classes=num_classes,
             classifier_activation=None)
-        if spec.strides == "cifar":
-            keras.utils.set_random_seed(seed)  # the same initial weights as the imagenet strides
-            model = _cifar_strides(model)
+        keras.utils.set_random_seed(seed)  # the rebuilt model draws the same initial weights
+        model = _rebuilt(model, cifar_strides=spec.strides == "cifar")
     elif spec.arch in _CONV_NETS:
         model = _conv_net(spec.arch, input_shape, num_classes)
     elif spec.arch == "lenet_300_100":
@@ -61,14 +61,21 @@ def build(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int, 
     return model
 
 
-def _cifar_strides(model: keras.Model) -> keras.Model:
-    """MobileNetV2 with stride 1 in the stem (`Conv1`) and in `block_1`, the usual CIFAR adaptation
-    (e.g. kuangliu/pytorch-cifar): 32 px inputs end in 4x4 instead of 1x1 feature maps.
+def _rebuilt(model: keras.Model, cifar_strides: bool) -> keras.Model:
+    """Keras's MobileNetV2 rebuilt from its own config, so every layer, name and initializer stays
+    Keras's, with its BatchNormalization layers fused on TensorFlow (`layers.FusedBatchNormalization`).
 
-    Rebuilt from Keras's own config, so every layer, name and initializer stays Keras's. `block_1`
+    With `cifar_strides`, stride 1 in the stem (`Conv1`) and in `block_1`, the usual CIFAR adaptation
+    (e.g. kuangliu/pytorch-cifar): 32 px inputs end in 4x4 instead of 1x1 feature maps. `block_1`
     pads (0, 1) for its stride-2 'valid' depthwise conv; at stride 1 it pads (1, 1) to keep the size.
     """
     config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "BatchNormalization":
+            layer |= {"module": FusedBatchNormalization.__module__, "class_name": FusedBatchNormalization.__name__,
+                      "registered_name": keras.saving.get_registered_name(FusedBatchNormalization)}
+    if not cifar_strides:
+        return keras.Model.from_config(config)
     changed = set()
     for layer in config["layers"]:
         c = layer["config"]

@@ -41,7 +41,7 @@ def decoded(split: Split, size: int) -> Split:
         encoded = (reader.read(split.images[part]) if reader else
                    [Path(f).read_bytes() for f in split.images[part]])
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(encoded, tf.string))
-        ds = ds.map(lambda x: _small(x, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = configured(ds.map(lambda x: _small(x, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
         try:
             pixels[part] = np.concatenate([b.numpy() for b in ds.batch(1024)])
         except tf.errors.InvalidArgumentError as e:
@@ -195,16 +195,29 @@ def train_batches(data: Dataset, spec: DataSpec, seed: int, start_step: int, num
 
     ds = _elements(split, index, element_seeds, windows)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _sized(ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE), threads)
+    return configured(ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE), threads)
 
 
-def _sized(ds, threads: int):
-    """`ds` with a private thread pool of `threads` (its own default, shared by all cores, when 0)."""
-    if not threads:
-        return ds
+def configured(ds, threads: int = 0):
+    """`ds` as every pipeline of a training process runs: a private thread pool of `threads` (its
+    own default, shared by all cores, when 0), and no autotuning.
+
+    Autotuning's model thread makes an iterator's deletion wait for it, 0.8-1.9 s at random (in 2
+    of 30 deletions to 1 in 2; 2 vCPUs): Keras deletes one at the end of every `fit` and `evaluate`,
+    which made whole rounds of a step benchmark a third slower (docs/performance.md, figure 13).
+    Without it the parallel maps run one call per pool thread and `prefetch` keeps its own small
+    buffer: as many images per second here, decoded or streamed (measured 2026-12-07)."""
     options = tf.data.Options()
-    options.threading.private_threadpool_size = threads
+    options.autotune.enabled = False
+    if threads:
+        options.threading.private_threadpool_size = threads
     return ds.with_options(options)
+
+
+def in_memory(x: np.ndarray, y: np.ndarray, batch: int, threads: int = 0):
+    """Arrays already in memory in batches of `batch`, in order, through the same options as a
+    trial's pipelines (the benchmarks time training steps on them)."""
+    return configured(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).prefetch(tf.data.AUTOTUNE), threads)
 
 
 def eval_batches(data: Dataset, split: Split, spec: DataSpec, threads: int = 0):
@@ -221,4 +234,4 @@ def eval_batches(data: Dataset, split: Split, spec: DataSpec, threads: int = 0):
     # Its length stated: unknown to tf.data (the pipeline unbatches), Keras's evaluate reads to the
     # end and then warns "Your input ran out of data; interrupting training", as if batches were lost.
     ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(split) // spec.batch_size)))
-    return _sized(ds.prefetch(tf.data.AUTOTUNE), threads)
+    return configured(ds.prefetch(tf.data.AUTOTUNE), threads)

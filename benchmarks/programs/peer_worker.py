@@ -2,7 +2,7 @@
 trained by tickets (`training.compile_model`, `model.fit`, the runtime a trial gets) or by a plain
 PyTorch loop (the same network translated layer by layer, the same weights and masks).
 
-    peer_worker.py tickets|torch|xla PRESET THREADS SPARSITY
+    peer_worker.py tickets|torch|xla|bf16 PRESET THREADS SPARSITY
 
 Reads `STEPS` lines from stdin, trains that many steps on in-memory random images, and answers
 each with a JSON line: images per second, and the largest absolute weight under the mask (0.0 when
@@ -23,7 +23,7 @@ MAX_STEPS = 64  # a round's steps at most: the images stay in memory
 import numpy as np  # noqa: E402
 
 from tickets import config as config_lib  # noqa: E402
-from tickets import models, pruning, runtime, training  # noqa: E402
+from tickets import models, pipeline, pruning, runtime, training  # noqa: E402
 
 
 def keras_model(spec):
@@ -42,7 +42,8 @@ def main() -> None:
     # Tickets' runtime as a trial gets it (threads, op determinism); torch is told the same threads.
     # Keras ignores `jit_compile` while op determinism is on (not every op has a deterministic XLA
     # kernel): the XLA side turns it off, and its runs are checked bit-identical otherwise.
-    runtime.configure(cpus=THREADS, deterministic=SIDE != "xla")
+    # The bf16 side computes under Keras's mixed_bfloat16 policy (float32 master weights).
+    runtime.configure(cpus=THREADS, deterministic=SIDE != "xla", precision="mixed_bfloat16" if SIDE == "bf16" else "float32")
     model, mask = keras_model(spec)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * MAX_STEPS, 32, 32, 3)).astype("float32")
@@ -74,8 +75,9 @@ def main() -> None:
         variables = {v.path: v for v in model.weights}
         params = model.count_params()
 
-        def step(n):
-            model.fit(xs[: n * batch], ys[: n * batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        def step(n):  # fed as a trial's pipelines are (`model.fit` on arrays would autotune its own)
+            batches = pipeline.in_memory(xs[: n * batch], ys[: n * batch], batch, THREADS)
+            model.fit(batches, epochs=1, verbose=0, shuffle=False)
 
         def held():
             return max(float(np.abs(variables[k].numpy()[~m]).max(initial=0.0)) for k, m in mask.items())

@@ -21,7 +21,7 @@ runtime.configure(threads)
 
 import numpy as np  # noqa: E402
 
-from tickets import config, models, training  # noqa: E402
+from tickets import config, models, pipeline, training  # noqa: E402
 
 spec = config.load(spec_path)
 size, batch, classes = spec.data.image_size, spec.data.batch_size, 10
@@ -30,9 +30,9 @@ x = rng.uniform(-1, 1, (batch * steps, size, size, 3)).astype("float32")
 y = rng.integers(0, classes, batch * steps).astype("int32")
 model = models.build(spec.model, (size, size, 3), classes, seed=0)
 training.compile_model(model, training.make_optimizer(spec.dense, steps))
-model.fit(x[: 2 * batch], y[: 2 * batch], batch_size=batch, verbose=0)  # trace
+model.fit(pipeline.in_memory(x[: 2 * batch], y[: 2 * batch], batch, threads), verbose=0, shuffle=False)  # trace
 print("ready", flush=True)
 for _ in sys.stdin:
     start = time.perf_counter()
-    model.fit(x, y, batch_size=batch, verbose=0, shuffle=False)
+    model.fit(pipeline.in_memory(x, y, batch, threads), verbose=0, shuffle=False)
     print(json.dumps({"images_per_s": len(x) / (time.perf_counter() - start)}), flush=True)
