@@ -27,7 +27,7 @@ def step_throughput(size: int, batch: int, steps: int, rounds: int, sparsities=(
     """
     import keras
 
-    from tickets import masks, models, pipeline, training
+    from tickets import masks, models, training
     from tickets.config import DenseSpec, ModelSpec
 
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
@@ -37,6 +37,18 @@ def step_throughput(size: int, batch: int, steps: int, rounds: int, sparsities=(
     y = rng.integers(0, 10, size=batch * steps).astype("int32")
     spec = DenseSpec(epochs=1)
 
+    def feed(n: int):
+        # On TensorFlow as a trial feeds `fit` (`model.fit` on arrays would autotune a pipeline of its
+        # own, whose deletion can stall a round: docs/performance.md, figure 13), built once, outside
+        # the timed rounds; other backends (JAX on a GPU machine without TensorFlow) take the arrays.
+        if keras.backend.backend() != "tensorflow":
+            return {"x": x[:n], "y": y[:n], "batch_size": batch}
+        from tickets import pipeline
+
+        return {"x": pipeline.in_memory(x[:n], y[:n], batch)}
+
+    trace, epoch = feed(batch * 2), feed(batch * steps)
+
     def build(sparsity):
         model = models.build(ModelSpec(width=width), (size, size, 3), 10, seed=0)
         if sparsity is not None:  # masked: a magnitude mask installed as the training constraint
@@ -45,8 +57,7 @@ def step_throughput(size: int, batch: int, steps: int, rounds: int, sparsities=(
             mask, _ = masks.magnitude_mask({n: w[n] for n in names}, sparsity)
             training.install_mask(model, mask)
         training.compile_model(model, training.make_optimizer(spec, steps))
-        trace = pipeline.in_memory(x[: batch * 2], y[: batch * 2], batch)
-        model.fit(trace, epochs=1, verbose=0, shuffle=False)
+        model.fit(**trace, epochs=1, verbose=0, shuffle=False)
         return model
 
     variants = {"dense": build(None), **{f"{s:g}": build(s) for s in sparsities}}
@@ -54,7 +65,7 @@ def step_throughput(size: int, batch: int, steps: int, rounds: int, sparsities=(
     for _ in range(rounds):
         for name, model in variants.items():
             start = time.perf_counter()
-            model.fit(pipeline.in_memory(x, y, batch), epochs=1, verbose=0, shuffle=False)
+            model.fit(**epoch, epochs=1, verbose=0, shuffle=False)
             best[name] = max(best[name], batch * steps / (time.perf_counter() - start))
     dense = best.pop("dense")
     out = {"image_size": size, "batch": batch, "steps": steps, "rounds": rounds, "mixed_precision": mixed_precision,

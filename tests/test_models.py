@@ -111,3 +111,9 @@ def test_batch_norm_is_fused_and_computes_what_keras_does():
     for a, b in zip(step(fused), step(plain)):
         a, b = np.asarray(a), np.asarray(b)
         assert np.abs(a - b).max() <= 1e-5 * max(np.abs(b).max(), 1e-3)
+    # ... through the fused kernel, not Keras's ops (which the comparison alone would not tell apart).
+    for training in (True, False):
+        graph = tf.function(lambda v, t=training: fused(v, training=t)).get_concrete_function(
+            tf.TensorSpec((None, 8, 8, 4))).graph
+        kinds = {op.type for op in graph.get_operations()}
+        assert "FusedBatchNormV3" in kinds and "Rsqrt" not in kinds

@@ -2,12 +2,14 @@
 
 Keras 3 composes BatchNormalization from a dozen element-wise ops (moments, then scale and shift,
 each with its gradient); on TensorFlow every one is a kernel launch over the whole activation, and
-they took 54 % of MobileNetV2's CPU training step (docs/performance.md, figure 13). TensorFlow's
-fused kernel (`FusedBatchNormV3`, oneDNN's on CPUs, cuDNN's on GPUs) does the same in one op forward
-and one backward: the step ran 1.7-2x faster. Same variables, names and semantics as Keras's layer
-(the moving variance is the biased batch variance, as Keras keeps it); other backends, masked or
-synchronized or renormalised batch norm, inputs that are not NHWC images and float64 (SynFlow's
-copies) take Keras's own path.
+they took 54 % of the op time of MobileNetV2's CPU training step (52 % of the wall step;
+docs/performance.md, figure 13). TensorFlow's fused kernel (`FusedBatchNormV3`, oneDNN's on CPUs,
+cuDNN's on GPUs) does the same in one op forward and one backward: figure 13's MobileNetV2 step ran
+1.44x (2 threads) and 1.62x (1 thread) faster. It rounds differently from Keras's ops, so runs from
+before and after it differ (each stays bit-identical per seed on CPU). Same variables, names and
+semantics as Keras's layer (the moving variance is the biased batch variance, as Keras keeps it);
+other backends, masked or synchronized or renormalised batch norm, inputs that are not NHWC images
+and float64 (SynFlow's copies) take Keras's own path.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 and keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16", "float32"))
 
     def call(self, inputs, training=None, mask=None):
+        # On a GPU, TensorFlow refuses this kernel's gradient in inference mode (SNIP's and GraSP's
+        # copies) while op determinism is on: tickets turns determinism on for CPU processes only.
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf

@@ -4,8 +4,8 @@ the preprocessing of one image, and decoding a split into memory once.
 The order of every epoch is a function of (seed, epoch) (`seeds.epoch_permutation`, or
 `stream.epoch_order` for a streamed split) and every augmentation draws from a stateless seed
 derived from (seed, epoch, position), so a pipeline can start at any step and give the same
-batches as an uninterrupted run. The only module besides `runtime` that touches TensorFlow: it is
-imported where batches are made (a training process, after `runtime.configure`) or images decoded.
+batches as an uninterrupted run. It is imported where batches are made (a training process, after
+`runtime.configure`) or images decoded, never by the driver.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def decoded(split: Split, size: int) -> Split:
         encoded = (reader.read(split.images[part]) if reader else
                    [Path(f).read_bytes() for f in split.images[part]])
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(encoded, tf.string))
-        ds = configured(ds.map(lambda x: _small(x, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+        ds = ds.map(lambda x: _small(x, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         try:
             pixels[part] = np.concatenate([b.numpy() for b in ds.batch(1024)])
         except tf.errors.InvalidArgumentError as e:
@@ -202,11 +202,12 @@ def configured(ds, threads: int = 0):
     """`ds` as every pipeline of a training process runs: a private thread pool of `threads` (its
     own default, shared by all cores, when 0), and no autotuning.
 
-    Autotuning's model thread makes an iterator's deletion wait for it, 0.8-1.9 s at random (in 2
-    of 30 deletions to 1 in 2; 2 vCPUs): Keras deletes one at the end of every `fit` and `evaluate`,
-    which made whole rounds of a step benchmark a third slower (docs/performance.md, figure 13).
-    Without it the parallel maps run one call per pool thread and `prefetch` keeps its own small
-    buffer: as many images per second here, decoded or streamed (measured 2026-12-07)."""
+    With autotuning an iterator's deletion waited 0.8-1.9 s at random (4 of 30 deletions of a plain
+    pipeline, 2 of 6 of a streamed one, 2 vCPUs): Keras deletes one at the end of every `fit` and
+    `evaluate`, which made whole rounds of a step benchmark a third slower (docs/performance.md,
+    figure 13). Without it the parallel maps run one call per pool thread and `prefetch` keeps its
+    own small buffer: as many images per second at 1 and 2 threads, decoded or streamed (measured
+    2026-12-07 on 2 vCPUs; larger hosts not yet)."""
     options = tf.data.Options()
     options.autotune.enabled = False
     if threads:

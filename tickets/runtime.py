@@ -3,8 +3,9 @@
 rewrites (off on CPUs), and which graph it is tracing.
 
 `configure` must run before TensorFlow starts in the process; `RUNTIME` is what it set, read back
-from TensorFlow, so trial rows and the dense manifest record it. Only this module and the `tf.data`
-pipelines touch TensorFlow itself.
+from TensorFlow, so trial rows and the dense manifest record it. Besides this module, TensorFlow
+itself is touched by the `tf.data` pipelines (`pipeline`), the fused BatchNorm kernel (`layers`) and
+SNIP's, GraSP's and SynFlow's gradients (`saliency`).
 """
 
 from __future__ import annotations

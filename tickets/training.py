@@ -30,7 +30,6 @@ from tickets import runtime as runtime_lib
 from tickets.config import DenseSpec, Spec, step_of
 from tickets.data import Dataset, order_label
 from tickets.early_stop import EarlyStop
-from tickets.pipeline import eval_batches, train_batches
 from tickets.ticket import Ticket, Weights, layout
 
 
@@ -159,6 +158,8 @@ def _segments(model: keras.Model, spec: Spec, data: Dataset, seed: int, start: i
     evaluated."""
     if start >= end:  # a run restarted from its last checkpoint: nothing to train or evaluate again
         return
+    from tickets.pipeline import eval_batches, train_batches  # TensorFlow: imported where batches are made
+
     spe = data.steps_per_epoch(spec.data.batch_size)
     boundaries = sorted({s for s in stops if start < s <= end}
                         | {e * spe for e in range(start // spe + 1, end // spe + 1)} | {end})
@@ -311,6 +312,8 @@ def warm_up(spec: Spec, data: Dataset) -> None:
     names = pruning.prunable(spec.pruning, layout(model))
     shapes = {v.path: tuple(v.shape) for v in model.weights}
     install_mask(model, {n: np.ones(shapes[n], dtype=bool) for n in names})
+    from tickets.pipeline import eval_batches, train_batches
+
     threads = runtime_lib.RUNTIME.data_threads
     model.fit(train_batches(data, spec.data, seeds.WARM_UP, 0, 1, threads), epochs=1, steps_per_epoch=1, verbose=0,
               shuffle=False)

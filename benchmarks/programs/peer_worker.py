@@ -64,6 +64,10 @@ def main() -> None:
                 train(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch])
 
         xs, ys = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)
+
+        def prepare(n):  # the tensors in memory are the batches
+            pass
+
         params = sum(p.numel() for p in twin.parameters())
     else:
         training.install_mask(model, mask)
@@ -75,17 +79,25 @@ def main() -> None:
         variables = {v.path: v for v in model.weights}
         params = model.count_params()
 
-        def step(n):  # fed as a trial's pipelines are (`model.fit` on arrays would autotune its own)
-            batches = pipeline.in_memory(xs[: n * batch], ys[: n * batch], batch, THREADS)
-            model.fit(batches, epochs=1, verbose=0, shuffle=False)
+        # Fed as a trial's pipelines are (`model.fit` on arrays would autotune a pipeline of its own),
+        # one dataset per round length, built before its round is timed.
+        feeds = {}
+
+        def prepare(n):
+            feeds.setdefault(n, pipeline.in_memory(xs[: n * batch], ys[: n * batch], batch, THREADS))
+
+        def step(n):
+            model.fit(feeds[n], epochs=1, verbose=0, shuffle=False)
 
         def held():
             return max(float(np.abs(variables[k].numpy()[~m]).max(initial=0.0)) for k, m in mask.items())
 
+    prepare(2)
     step(2)  # trace, allocate
     print(json.dumps({"side": SIDE, "batch": batch, "parameters": int(params), "forward_gap": gap}), flush=True)
     for line in sys.stdin:
         n = min(int(line), MAX_STEPS)
+        prepare(n)
         start = time.perf_counter()
         step(n)
         seconds = time.perf_counter() - start
