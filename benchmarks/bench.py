@@ -29,7 +29,8 @@ SIZES = {
         loop=dict(train=600, test=120, epochs=2, sparsity=[0.9], rewind=[0], repeats=1),
         replicas=dict(train=256, epochs=1, strides="imagenet"),
         shards=dict(images=(200, 800), batches=3),
-        peer=dict(threads=[1], steps=2, rounds=1, sides=["tickets", "torch"])),
+        peer=dict(threads=[1], steps=2, rounds=1, sides=["tickets", "torch"]),
+        deploy=dict(rounds=2, calls=dict(latency=5, throughput=1), warmup=2)),
     "quick": dict(
         step=dict(batch=128, steps=24, rounds=3, sparsities=(0.0, 0.8, 0.95)),
         sweep=dict(dense_epochs=2, train=2048, sparsity=[0.5, 0.9], rewind=[0, 1], repeats=3, naive_points=1),
@@ -38,7 +39,8 @@ SIZES = {
         loop=dict(train=1000, test=500, epochs=2, sparsity=[0.5, 0.9], rewind=[0, 1], repeats=1),
         replicas=dict(train=1024, epochs=2, strides="cifar"),
         shards=dict(images=(1500, 6000), batches=40),
-        peer=dict(threads=[None], steps=16, rounds=3, sides=["tickets", "xla", "bf16", "torch"])),
+        peer=dict(threads=[None], steps=16, rounds=3, sides=["tickets", "xla", "bf16", "torch"]),
+        deploy=dict(rounds=5, calls=dict(latency=100, throughput=5), warmup=10)),
     "full": dict(
         step=dict(batch=128, steps=40, rounds=3, sparsities=(0.0, 0.8, 0.95)),
         sweep=dict(dense_epochs=3, train=4096, sparsity=[0.5, 0.8, 0.9, 0.95], rewind=[0, 1], repeats=3,
@@ -48,7 +50,8 @@ SIZES = {
         loop=dict(train=10000, test=2000, epochs=6, sparsity=[0.5, 0.9], rewind=[0, 1], repeats=3),
         replicas=dict(train=4096, epochs=3, strides="cifar"),
         shards=dict(images=(2000, 8000), batches=60),
-        peer=dict(threads=[None, 1], steps=32, rounds=5, sides=["tickets", "torch"])),
+        peer=dict(threads=[None, 1], steps=32, rounds=5, sides=["tickets", "torch"]),
+        deploy=dict(rounds=7, calls=dict(latency=400, throughput=20), warmup=20)),
 }
 
 _START = time.monotonic()

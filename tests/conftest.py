@@ -31,8 +31,8 @@ SHARED_RUNS = ("smoke_run", "interrupted")
 # from: docs/performance.md, "The test suite's CPU"). Groups not named here (quick ones) follow in
 # file order.
 LONGEST_FIRST = ("test_training", "test_stream", "test_reliability", "bench-sweeps", "bench-others", "test_papers",
-                 "test_imp_transfer", "test_cluster", "interrupted", "test_sweep", "test_analysis", "test_instability",
-                 "smoke_run")
+                 "test_imp_transfer", "test_cluster", "interrupted", "test_sweep", "test_export", "test_analysis",
+                 "test_instability", "smoke_run")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

@@ -7,7 +7,8 @@ The figures run in two halves, each its own `python -m benchmarks --only ...` in
 so the two test processes share them (their measured times: docs/performance.md, "The test suite on
 the slower machine").
 Figures 1-4 and 6 stay together: 4 reads 1's training speed and 3's sweeps, 6 reads 1's training speed
-(in the other half it built and traced figure 1's models again)."""
+(in the other half it built and traced figure 1's models again). Figure 14 (four TFLite conversions,
+two Keras processes) joins that half, the shorter one."""
 
 import json
 import subprocess
@@ -35,7 +36,7 @@ def _bench(tmp_path, figures: list[int]) -> tuple[dict, str]:
 
 @pytest.mark.xdist_group("bench-sweeps")
 def test_bench_tiny_runs_the_sweep_figures(tmp_path):
-    figures, stdout = _bench(tmp_path, [1, 2, 3, 4, 6])
+    figures, stdout = _bench(tmp_path, [1, 2, 3, 4, 6, 14])
     # One dense run per sweep, exactly, whatever the machine.
     assert figures["2"]["measured"] == figures["2"]["dense_runs"] == 1 and figures["2"]["verdict"] == "meets"
     assert figures["2"]["trials"] == 2
@@ -46,6 +47,30 @@ def test_bench_tiny_runs_the_sweep_figures(tmp_path):
     assert all(len(fig3["trial_phase_s"][arm]) == 1 for arm in ("one_at_a_time", "side_by_side"))
     assert figures["4"]["projected"]["trial_s"] > 0 and figures["4"]["fresh_worker_startup_s"] > 0
     assert " 1. masked / dense step" in stdout
+    _deployed_tickets_hold(figures["14"])
+    assert "14. channel ticket batch-1 speed-up" in stdout
+
+
+def _deployed_tickets_hold(fig: dict) -> None:
+    """Figure 14, what does not depend on the machine: the channel tickets are smaller and cheaper,
+    the unstructured ticket's file smaller, and every exported model computes the masked one's logits."""
+    v = fig["variants"]
+    assert set(v) == {"dense", "channel_50", "channel_75", "unstructured_90"}
+    assert v["channel_75"]["params"] < v["channel_50"]["params"] < v["dense"]["params"]
+    assert v["channel_50"]["flops_ratio"] > 1.3 and v["channel_75"]["flops_ratio"] > 2, fig
+    for name, share in (("channel_50", 0.5), ("channel_75", 0.75)):
+        assert abs(v[name]["mask"]["channel_share"] - share) < 1e-3, v[name]["mask"]
+    assert v["unstructured_90"]["tflite_bytes"] < v["dense"]["tflite_bytes"]
+    # LAMP prunes the large late layers hardest: 90 % of the weights is ~3x fewer multiply-adds.
+    assert v["unstructured_90"]["nonzero_flops_ratio"] > 2
+    encodings = fig["unstructured_tflite"]
+    assert encodings["sparse_bytes"] < encodings["dense_encoded_bytes"] and encodings["tensors_stored_sparse"] > 0
+    for name, variant in v.items():
+        assert variant["logit_error"] < 1e-4 and variant["top1_agreement"] == 1.0, name
+        assert variant["litert_logit_error"] < 1e-3, name
+        assert variant["litert"]["latency_ms"] > 0 and variant["keras"]["images_per_s"] > 0, name
+    assert fig["measured"] == v["channel_50"]["speedup"]["litert_latency"]
+    assert fig["keras_threads_read_back"] == {"latency": [1, 1], "throughput": [fig["cpus"], 1]}
 
 
 @pytest.mark.xdist_group("bench-others")
@@ -80,9 +105,9 @@ def test_bench_tiny_runs_the_other_figures(tmp_path):
 
 
 def test_bench_rejects_unknown_figures(tmp_path):
-    proc = cli(["--only", "14"], module="benchmarks", stderr=subprocess.PIPE, cwd=ROOT)
+    proc = cli(["--only", "15"], module="benchmarks", stderr=subprocess.PIPE, cwd=ROOT)
     _, stderr = proc.communicate()
-    assert proc.returncode == 2 and "error: --only: '14' names figures outside 1..13" in stderr
+    assert proc.returncode == 2 and "error: --only: '15' names figures outside 1..14" in stderr
 
 
 def test_the_docs_figure_table_is_the_one_the_figures_generate():

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from helpers import LOCAL, SMALL, cli, run, sets, wait_until
 
-from tickets import analysis, artifacts, config, sweep
+from tickets import analysis, artifacts, config, deployment, sweep
 
 
 def test_imp_controls_train_the_ticket_chains_masks_and_fail_with_it_then_resume(tmp_path):
@@ -92,6 +92,10 @@ def test_imp_controls_train_the_ticket_chains_masks_and_fail_with_it_then_resume
     by_control = s.set_index(["control", "level"]).weights_remaining
     assert all(by_control["random_reinit", k] == by_control["random_prune", k] == by_control["ticket", k]
                for k in (1, 2, 3))
+    # The report's deployment table finds a winning level's ticket in the chain's level file.
+    wins = s[s.control == "ticket"].iloc[[1]]
+    assert deployment.winning_files(exp, wins, imp=True) == {
+        f"ticket, level 2, rewind {wins.rewind_epoch.iloc[0]:g}": artifacts.level_file(chain, 2)}
 
 
 def test_imp_and_sparsity_together_is_bad_input(tmp_path, capsys):

@@ -213,7 +213,7 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5, references: tuple[config_l
     column, words, reference = decided_by(df, match)
     final = complete_runs(trials)
     for name in ("val_accuracy", "early_stop_val_accuracy", "instability", "val_instability", "twin_test_accuracy",
-                 "interpolated_instability", "interpolated_val_instability"):
+                 "interpolated_instability", "interpolated_val_instability", "channels_removed", "flops_left"):
         if name not in final:  # a frame built by hand, without the columns `load` gives
             final = final.assign(**{name: np.nan})
     started = trials.groupby(keys, observed=True, dropna=False)["trial_id"].nunique()
@@ -227,6 +227,7 @@ def summary(df: pd.DataFrame, tolerance: float = 0.5, references: tuple[config_l
         collapsed=("collapsed_layers", lambda c: bool((c.fillna("") != "").any())),
         emptied_branches=("emptied_branches", lambda c: bool((c.fillna("") != "").any())),
         narrowest_live_channels=("narrowest_live_channels", "min"),
+        channels_removed=("channels_removed", "mean"), flops_left=("flops_left", "mean"),
         instability=("instability", "mean"), val_instability=("val_instability", "mean"),
         interpolated_instability=("interpolated_instability", "mean"),
         interpolated_val_instability=("interpolated_val_instability", "mean"),

@@ -52,6 +52,8 @@ ARCH_GROUPS = {
 # per-layer counts, random places) or `reinit` (the same mask, a fresh initialisation). A control is
 # named `METHOD` or `METHOD+ABLATION`; the ticket's ablations keep their papers' names.
 INIT_METHODS = ("magnitude_init", "snip", "grasp", "synflow")
+GRANULARITIES = ("weight", "channel")
+CHANNEL_SCOPES = ("global", "lamp", "layerwise")  # the scopes that rank channels (tickets.channels)
 ABLATIONS = ("shuffle", "reinit")
 TICKET_ABLATIONS = {"random_prune": "shuffle", "random_reinit": "reinit"}
 CONTROLS = ("ticket", "random_reinit", "random_prune", "transfer",
@@ -159,6 +161,9 @@ class PruningSpec:
     # (docs/pruning.md, "Layer collapse and allocation"); global can empty whole layers of MobileNetV2.
     scope: str = "lamp"
     exclude: tuple[str, ...] = ("first_conv", "classifier")
+    # weight: any weights (the papers' tickets) | channel: whole channels, so the ticket exported is a
+    # thinner network (tickets.channels; scope global, lamp or layerwise allocates them).
+    granularity: str = "weight"
     mode: str = "oneshot"  # oneshot: the grid's sparsity (or level) axis | imp: iterative magnitude pruning
     rate: float = 0.2  # imp and search.level: fraction of the remaining weights removed per level
     levels: int | None = None  # imp: number of levels (or derived from target_sparsity)
@@ -284,6 +289,10 @@ class ReportSpec:
     # loss (Frankle & Carbin 2019 report and match early-stopped accuracies). Either is judged on the
     # validation split where there is one, on the test set only without one.
     match: str = "final"
+    # The report's deployment table: the dense network and each winning ticket exported (tickets.export)
+    # and timed in LiteRT on the machine writing the report. A TensorFlow import and a TFLite conversion
+    # per network (seconds each at CIFAR size): on in the paper presets, off in the smoke preset.
+    deployment: bool = False
 
 
 @dataclass(frozen=True)
@@ -312,10 +321,13 @@ class Spec:
 
     def _hashed(self) -> dict[str, Any]:
         """`to_dict` less what changes no number and may change on --resume: where shards are read
-        from, and the near-collapse warning's threshold."""
+        from, the near-collapse warning's threshold (weight tickets') and the report's deployment table."""
         d = self.to_dict()
         d["data"].pop("cache")
-        d["pruning"].pop("min_live_channels")
+        d["report"].pop("deployment")
+        if d["pruning"]["granularity"] == "weight":  # the hashes of specs from before it existed
+            d["pruning"].pop("granularity")
+            d["pruning"].pop("min_live_channels")  # a warning's threshold; for channel tickets, their floor
         return d
 
     def dense_dict(self) -> dict[str, Any]:
@@ -563,6 +575,13 @@ def _check_pruning(spec: Spec) -> None:
     if {"conv", "dense", "classifier"} & set(ARCH_GROUPS[arch]) <= set(p.exclude):
         _fail("pruning.exclude", list(p.exclude), f"leaves no weights of {arch} to prune")
     _one_of("pruning.mode", p.mode, MODES)
+    _one_of("pruning.granularity", p.granularity, GRANULARITIES)
+    if p.granularity == "channel" and p.scope not in CHANNEL_SCOPES:
+        _fail("pruning.scope", p.scope, f"does not allocate channels (pruning.granularity 'channel'): use one of "
+                                        f"{', '.join(CHANNEL_SCOPES)}")
+    if p.granularity == "channel" and p.rates:
+        _fail("pruning.rates", dict(p.rates), "set per-layer rates of weights; pruning.granularity 'channel' removes "
+                                              "whole channels at one rate (pruning.rate)")
     if not 0 < p.rate < 1:
         _fail("pruning.rate", p.rate, "is outside (0, 1)")
     for group, rate in p.rates.items():
@@ -632,6 +651,9 @@ def _check_search(spec: Spec) -> None:
         if method in INIT_METHODS and 0 not in s.rewind_epoch:
             _fail(name, c, f"prunes at initialization and trains from it (rewind epoch 0), which search.rewind_epoch "
                            f"{list(s.rewind_epoch)} lacks: add 0")
+        if method in INIT_METHODS and p.granularity == "channel":
+            _fail(name, c, "prunes at initialization, where channels do not rank: every BatchNorm gamma is 1 "
+                           "and SNIP, GraSP and SynFlow score single weights; use pruning.granularity weight")
     shuffled = [c for c in s.control if split_control(c)[0] in INIT_METHODS and split_control(c)[1] == "shuffle"]
     if len(shuffled) > 1 and p.scope != "global":
         _fail("search.control", shuffled, f"are the same random masks under pruning.scope {p.scope!r}: every method "

@@ -37,7 +37,7 @@ def ones_like(weights: Weights) -> Mask:
     return {name: np.ones(np.shape(w), dtype=bool) for name, w in weights.items()}
 
 
-def _count(total: int, sparsity: float) -> int:
+def prune_count(total: int, sparsity: float) -> int:
     if not 0 <= sparsity < 1:
         raise ValueError(f"Received `sparsity={sparsity}`: must be in [0, 1)")
     # Python's round() is half-to-even, so round(s * N) is the same on every platform.
@@ -152,7 +152,7 @@ def magnitude_mask(weights: Weights, sparsity: float, scope: str = "global",
     sizes = [int(np.size(w)) for w in weights.values()]
     total = sum(sizes)
     pruned = [size - int(old[n].sum()) for n, size in zip(weights, sizes, strict=True)]
-    target = _count(total, sparsity)
+    target = prune_count(total, sparsity)
     if target < sum(pruned):
         raise ValueError(f"Received `sparsity={sparsity}` ({target} weights) below the existing mask's "
                          f"{sum(pruned)} pruned weights")

@@ -146,9 +146,27 @@ def layout(model: keras.Model) -> dict:
     """What pruning needs to know of a model, as plain data (`tickets.pruning.Layout`): its prunable
     kernels in layer order with their shapes, its groups, and which kernels feed each kernel. Stored with the dense run,
     so the driver can check masks without building the model."""
-    kernels = [_kernel(la) for la in _kernel_layers(model)]
+    layers = _kernel_layers(model)
+    kernels = [_kernel(la) for la in layers]
     return {"names": [k.path for k in kernels], "groups": groups(model), "inputs": _kernel_inputs(model),
-            "shapes": {k.path: list(k.shape) for k in kernels}}
+            "shapes": {k.path: list(k.shape) for k in kernels}, "scales": _scales(model),
+            # Output positions (height x width; 1 for a dense layer): a kernel's multiply-adds per image
+            # are its kept weights times these.
+            "positions": {_kernel(la).path: int(np.prod(la.output.shape[1:-1])) for la in layers}}
+
+
+def _scales(model: keras.Model) -> dict[str, str]:
+    """For each kernel whose layer feeds a BatchNormalization directly, that layer's gamma: what
+    scales each of the kernel's output channels (a channel's score, `channels.scores`)."""
+    kernels = {la.name: _kernel(la).path for la in _kernel_layers(model)}
+    out = {}
+    for config in model.get_config()["layers"]:
+        parents = inbound(config)
+        if len(parents) == 1 and parents[0] in kernels:
+            layer = model.get_layer(config["name"])
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.scale:
+                out[kernels[parents[0]]] = layer.gamma.path
+    return out
 
 
 def _kernel_inputs(model: keras.Model) -> dict[str, list[str]]:

@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tickets import artifacts, instability, lock
 from tickets import config as config_lib
 from tickets import data as data_lib
@@ -94,6 +96,11 @@ def check_transfer(spec: config_lib.Spec, storage: Path) -> dict[str, Path]:
     if (theirs.model.arch, theirs.model.width) != (spec.model.arch, spec.model.width):
         raise UsageError(f"transfer.from: {source} used model {theirs.model.arch} (width {theirs.model.width}); "
                          f"this spec uses {spec.model.arch} (width {spec.model.width})")
+    mine, ours = (theirs.pruning.granularity, theirs.pruning.exclude), (spec.pruning.granularity, spec.pruning.exclude)
+    if mine != ours and "channel" in (mine[0], ours[0]):  # random_prune and the thinned channels follow them
+        raise UsageError(f"transfer.from: {source} pruned with granularity {mine[0]!r}, excluding {list(mine[1])}; "
+                         f"this spec with {ours[0]!r}, excluding {list(ours[1])}: channel tickets transfer only "
+                         "between specs that prune the same channels")
     sel = spec.transfer.select
     found = {}
     for point in trial_points(spec):
@@ -144,6 +151,36 @@ def check_rewind_steps(spec: config_lib.Spec, steps_per_epoch: int) -> None:
         if step >= total:
             raise SpecError("search.rewind_epoch", f"{config_lib.show(v)} is step {step} of {total} "
                             f"({steps_per_epoch} per epoch): nothing would be left to train")
+
+
+def check_channels(spec: config_lib.Spec, classes: int) -> None:
+    """Channel tickets: every grid point must be reachable in whole channels above
+    `pruning.min_live_channels`. Builds the model (Keras), for channel specs only."""
+    p = spec.pruning
+    if p.granularity != "channel":
+        return
+    from tickets import channels, models, pruning
+
+    size = spec.data.image_size
+    lay = pruning.Layout.of(models.layout(models.build(spec.model, (size, size, 3), classes, seed=0)))
+    names = pruning.prunable(p, lay)
+    groups = channels.prunable(lay, names)
+    if not groups:
+        raise SpecError("pruning.granularity", f"'channel' finds no removable channels among {spec.model.arch}'s "
+                        f"prunable kernels (pruning.exclude {list(p.exclude)}): docs/pruning.md says which are")
+    removable, _ = channels.most_removable(groups, lay.shapes, p.min_live_channels)
+    most = removable / sum(int(np.prod(lay.shapes[n])) for n in names)
+    asked = ([(f"search.sparsity[{i}]", v, f"{v:g}") for i, v in enumerate(spec.search.sparsity)]
+             + [(f"search.level[{i}]", 1 - (1 - p.rate) ** k, f"{k} (sparsity {1 - (1 - p.rate) ** k:.4f})")
+                for i, k in enumerate(spec.search.level)])
+    if p.mode == "imp":
+        k = p.num_levels()
+        asked.append(("pruning.levels", 1 - (1 - p.rate) ** k, f"{k} (sparsity {1 - (1 - p.rate) ** k:.4f})"))
+    for name, sparsity, shown in asked:
+        if sparsity > most:
+            raise SpecError(name, f"{shown} is beyond whole channels: keeping pruning.min_live_channels "
+                            f"({p.min_live_channels}) in every channel group, they remove at most {most:.4f} of "
+                            f"{spec.model.arch}'s prunable weights")
 
 
 def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster: str) -> None:
@@ -236,6 +273,7 @@ def check_inputs(args: argparse.Namespace) -> Plan:
     info = data_lib.survey(spec.data, spec.seed, download=not args.dry_run)
     spe = info.steps_per_epoch(spec.data.batch_size)
     check_rewind_steps(spec, spe)
+    check_channels(spec, info.num_classes)
     # A finished dense run of this spec in <exp>/dense is reused: one --resume continues, or one copied
     # into a new experiment to run another grid on it. A dry run checks the grid's masks against it.
     on_disk = reusable_dense(spec, exp, spec.record_steps(spe), data_lib.order_label(info.train, spec.data))

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from tickets import grid
+from tickets import channels, grid
 from tickets import masks as masks_lib
 from tickets.config import GROUPS, PruningSpec, Spec
 
@@ -30,13 +30,18 @@ class Layout:
     groups: Mapping[str, tuple[str, ...]]
     inputs: Mapping[str, tuple[str, ...]]
     shapes: Mapping[str, tuple[int, ...]]
+    # The BatchNorm gamma that scales each kernel's outputs, and each kernel's output positions
+    # (None in the manifests of dense runs from before channel pruning).
+    scales: Mapping[str, str] | None = None
+    positions: Mapping[str, int] | None = None
 
     @classmethod
     def of(cls, plain: Mapping) -> Layout:
         """From `models.layout(model)` or its JSON in a dense run's manifest."""
         return cls(tuple(plain["names"]), {g: tuple(plain["groups"].get(g, ())) for g in GROUPS},
                    {n: tuple(v) for n, v in plain["inputs"].items()},
-                   {n: tuple(v) for n, v in plain["shapes"].items()})
+                   {n: tuple(v) for n, v in plain["shapes"].items()},
+                   plain.get("scales"), plain.get("positions"))
 
 
 def prunable(spec: PruningSpec, layout: Layout) -> list[str]:
@@ -60,9 +65,40 @@ def oneshot_mask(spec: PruningSpec, layout: Layout, final: Weights, sparsity: fl
     """The one-shot mask of a grid point, from the final dense weights: exactly round(s·N) weights
     pruned at `sparsity`, or at `level` the per-tensor counts IMP reaches there (`masks.level_mask`)."""
     weights = {n: final[n] for n in prunable(spec, layout)}
+    if spec.granularity == "channel":
+        total = sum(int(np.size(w)) for w in weights.values())
+        target = total - _imp_kept(total, spec.rate, level) if level is not None else masks_lib.prune_count(total, sparsity)
+        return channel_mask(spec, layout, final, target)
     if level is not None:
         return masks_lib.level_mask(weights, level, spec.rate, spec.scope, own_rates(spec, layout))
     return masks_lib.magnitude_mask(weights, sparsity, spec.scope)
+
+
+def _imp_kept(n: int, rate: float, level: int) -> int:
+    for _ in range(level):
+        n -= int(round(rate * n))
+    return n
+
+
+def channel_mask(spec: PruningSpec, layout: Layout, weights: Weights, target: int,
+                 previous: masks_lib.Mask | None = None) -> tuple[masks_lib.Mask, float]:
+    """Whole channels removed (`tickets.channels`) until at least `target` of the prunable weights
+    are pruned, `previous`'s removed channels included; returns the mask and the largest removed
+    channel score."""
+    names = prunable(spec, layout)
+    alive = previous if previous is not None else {n: np.ones(layout.shapes[n], bool) for n in names}
+    groups = channels.prunable(layout, names)
+    if not groups:
+        raise ValueError("Received pruning.granularity 'channel' for a model with no removable channels among "
+                         "the prunable kernels (pruning.exclude)")
+    pruned = sum(int(np.size(alive[n]) - np.count_nonzero(alive[n])) for n in names)
+    return channels.select(weights, groups, layout.shapes, spec.scope, target - pruned, spec.min_live_channels,
+                           {n: alive[n] for n in names})
+
+
+def random_channels(spec: PruningSpec, layout: Layout, mask: masks_lib.Mask, seed: int) -> masks_lib.Mask:
+    """random_prune for channel tickets: as many live channels per group as `mask`, chosen at random."""
+    return channels.shuffled(mask, channels.prunable(layout, prunable(spec, layout)), layout.shapes, seed)
 
 
 def allocation(spec: PruningSpec, layout: Layout, weights: Weights, sparsity: float | None = None,
@@ -87,6 +123,11 @@ def imp_mask(spec: PruningSpec, layout: Layout, trained: Weights,
     """The next IMP level: `pruning.rate` (or a group's own rate) of the survivors of `previous`,
     ranked by the weights the previous level trained to."""
     weights = {n: trained[n] for n in prunable(spec, layout)}
+    if spec.granularity == "channel":
+        alive = sum(int(np.count_nonzero(m)) for m in previous.values()) if previous else sum(
+            int(np.size(w)) for w in weights.values())
+        total = sum(int(np.size(w)) for w in weights.values())
+        return channel_mask(spec, layout, trained, total - alive + int(round(spec.rate * alive)), previous)
     return masks_lib.prune_remaining(weights, spec.rate, previous, spec.scope, own_rates(spec, layout))
 
 
@@ -228,12 +269,18 @@ def check_collapse(spec: Spec, lay: Layout, final: Weights) -> None:
     leaves the network whole; where one cuts it, empties a residual branch or leaves a layer near
     collapse (at most `pruning.min_live_channels` live channels), say where, with the per-layer
     densities on a cut."""
+    if spec.pruning.granularity == "channel" and lay.scales is None:
+        print("masks: not checked before training: the dense run's manifest predates channel tickets (no "
+              "BatchNorm scales); each trial checks the mask it trains")
+        return
     masks = {label: oneshot_mask(spec.pruning, lay, final, **point)[0]
              for label, point in grid.mask_points(spec).items()}
     health = {label: check(m, lay) for label, m in masks.items()}
     bad = {label: h.cuts for label, h in health.items() if h.cuts}
     low = spec.pruning.min_live_channels
-    narrow = {label: h.narrowest_text() for label, h in health.items() if h.near_collapse(low) and not h.cuts}
+    # Channel tickets keep pruning.min_live_channels in a group by design: warn only below that.
+    warn = low - 1 if spec.pruning.granularity == "channel" else low
+    narrow = {label: h.narrowest_text() for label, h in health.items() if h.near_collapse(warn) and not h.cuts}
     branches = {label: h.branches for label, h in health.items() if h.branches}
     scope = spec.pruning.scope
     if not bad:

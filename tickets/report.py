@@ -13,9 +13,10 @@ from tickets import config as config_lib
 from tickets.plots import STABLE_PERCENT
 
 
-def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
+def write(experiment: Path, tolerance: float = 0.5, deployment: bool | None = None) -> list[Path]:
     """Write `summary.csv`, the plots and `report.md` into `experiment`; returns the paths, report last.
-    Raises ValueError when no trial has reported yet. Needs neither Ray nor TensorFlow."""
+    Raises ValueError when no trial has reported yet. Needs neither Ray nor TensorFlow, but for the
+    deployment table (`deployment`, by default the spec's `report.deployment`)."""
     df = analysis.load(experiment)
     if df.empty or (df["control"] == "dense").all():
         raise ValueError(f"{experiment}: no trial has reported yet")
@@ -34,7 +35,14 @@ def write(experiment: Path, tolerance: float = 0.5) -> list[Path]:
     for name, fig in figures.items():
         written += plots.save(fig, experiment / f"{name}.png", experiment / f"{name}.svg")
     written.append(experiment / "report.md")
-    written[-1].write_text(_markdown(experiment, df, s, wins, pairs, tolerance, figures, references))
+    spec = config_lib.load(experiment / artifacts.SPEC_FILE) if (experiment / artifacts.SPEC_FILE).is_file() else None
+    deploy = deployment if deployment is not None else bool(spec and spec.report.deployment)
+    text = _markdown(experiment, df, s, wins, pairs, tolerance, figures, references)
+    if deploy:
+        table = _deployment(experiment, spec, wins) if spec is not None else [
+            "## Deployment", "", f"(not measured: no {artifacts.SPEC_FILE} beside the results)"]
+        text = text.replace("\n## Figures\n", "\n" + "\n".join(table) + "\n\n## Figures\n", 1)
+    written[-1].write_text(text)
     return written
 
 
@@ -177,6 +185,39 @@ def _markdown(experiment, df, s, wins, pairs, tolerance, figures, references) ->
     return "\n".join(lines)
 
 
+def _deployment(experiment: Path, spec, wins) -> list[str]:
+    """The deployment table: the dense network and each winning ticket as `tickets.export` writes
+    them, timed on this machine (`tickets.deployment`)."""
+    lines = ["## Deployment", ""]
+    if wins.empty:
+        return lines + ["No winning ticket to deploy."]
+    try:
+        from tickets import deployment
+
+        files = deployment.winning_files(experiment, wins, spec.pruning.mode == "imp")
+        rows = deployment.table(experiment, files)
+        machine = deployment.machine()
+    except Exception as e:  # the report stands without it; say why
+        return lines + [f"(not measured: {type(e).__name__}: {e})"]
+    missing = [f"ticket, rewind {r.rewind_epoch:g}" for r in wins.itertuples()][len(files):]
+    base = rows[0]
+    lines += [f"Each network exported as `python -m tickets.export` writes it (removed channels gone, Keras's "
+              f"BatchNorm; TFLite with sparse weight encoding) and timed here: **{machine}**. Latency: one image, "
+              f"one thread, LiteRT, median of {deployment.ROUNDS} rounds. Multiply-adds are what the exported "
+              "model computes (an unstructured ticket's zeros are still multiplied: its nonzero ones in brackets; "
+              "on x86 with AVX, XNNPACK has no sparse kernels, docs/export.md).", "",
+              "| network | parameters | multiply-adds | .keras | .tflite | latency | speed-up |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        macs = f"{r['macs'] / 1e6:.3g} M" + (f" ({r['nonzero_macs'] / 1e6:.3g} M)" if r["nonzero_macs"] < 0.99 * r["macs"] else "")
+        lines.append(f"| {r['network']} | {r['params']:,} | {macs} | {r['keras_bytes'] / 1e6:.2f} MB | "
+                     f"{r['tflite_bytes'] / 1e6:.2f} MB | {r['latency_ms']:.3g} ms | "
+                     f"{base['latency_ms'] / r['latency_ms']:.2f}x |")
+    if missing:
+        lines += ["", f"({len(missing)} winning configuration(s) without a ticket file on disk: not measured.)"]
+    return lines
+
+
 def _spread(r, name: str) -> str:
     """"mean ± ci95 %", or the mean alone where there is no interval (one replicate: its row says so);
     "—" without a result."""
@@ -266,9 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tickets.report", description=__doc__)
     p.add_argument("experiment", type=Path)
     p.add_argument("--tolerance", type=float, default=0.5, help="percentage points for 'matches dense'")
+    p.add_argument("--deployment", action=argparse.BooleanOptionalAction, default=None,
+                   help="the deployment table (winning tickets exported and timed here); default: the spec's "
+                        "report.deployment")
     args = p.parse_args(argv)
     try:
-        written = write(args.experiment.expanduser(), args.tolerance)
+        written = write(args.experiment.expanduser(), args.tolerance, args.deployment)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

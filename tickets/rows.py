@@ -29,7 +29,7 @@ CURVES = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accur
 # The numeric columns of a trial row (as the trainable reports them) and of the dense rows.
 NUMERIC = (*CURVES, "actual_sparsity", "weights_remaining", "weights_remaining_count", "weights_remaining_total",
            "threshold", "early_stop_epoch", "early_stop_accuracy", "early_stop_val_accuracy", "best_val_loss",
-           "narrowest_live_channels",
+           "narrowest_live_channels", "channels_removed", "flops_left",
            "epoch_seconds", "step", "instability", "val_instability", "interpolated_instability",
            "interpolated_val_instability", "twin_test_accuracy", "twin_val_accuracy", "levels")
 # Text columns: where a mask cuts the network, the residual branches it empties, its narrowest layer,
@@ -121,7 +121,7 @@ def dense_rows(manifest: dict) -> list[dict]:
             "trial": "dense", "status": "finished", "epoch": m["epoch"], "node_id": None,
             **{k: m.get(k, math.nan) for k in (*CURVES, "step")},
             "actual_sparsity": 0.0, "weights_remaining": 1.0, "weights_remaining_total": 1.0,
-            "epoch_seconds": m["seconds"], **early_stop_columns(stop),
+            "channels_removed": 0.0, "flops_left": 1.0, "epoch_seconds": m["seconds"], **early_stop_columns(stop),
             **{k: "" for k in TEXT}, "precision": precision, "format": manifest.get("format", FORMAT_1["format"])})
     return rows
 

@@ -114,7 +114,8 @@ def control_ticket(spec: Spec, model: keras.Model, mask: masks_lib.Mask, thresho
     - `reinit` (`random_reinit` for the ticket): the same mask, a fresh initialisation (the
       replicate's REINIT stream);
     - `shuffle` (`random_prune` for the ticket): a random mask with exactly the method's count in
-      every tensor (the replicate's RANDOM_PRUNE stream; an IMP chain's `level` gets its own), the start.
+      every tensor (channel tickets: of live channels in every channel group) (the replicate's
+      RANDOM_PRUNE stream; an IMP chain's `level` gets its own), the start.
     """
     _, ablation = split_control(control)
     if ablation == "reinit":
@@ -123,7 +124,11 @@ def control_ticket(spec: Spec, model: keras.Model, mask: masks_lib.Mask, thresho
         rewind = models.get_weights(fresh)
     elif ablation == "shuffle":
         extra = () if level is None else (level,)
-        mask = masks_lib.random_mask_like(mask, seeds.stream_seed(spec.seed, replicate, Stream.RANDOM_PRUNE, *extra))
+        seed = seeds.stream_seed(spec.seed, replicate, Stream.RANDOM_PRUNE, *extra)
+        if spec.pruning.granularity == "channel":  # random channels: as many in every group
+            mask = pruning.random_channels(spec.pruning, layout(model), mask, seed)
+        else:
+            mask = masks_lib.random_mask_like(mask, seed)
         threshold = None
     elif ablation is not None or control not in CONTROLS:
         raise ValueError(f"Received `control={control!r}`: expected one of {', '.join(CONTROLS)}")

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import keras
 
-from tickets import artifacts, instability, interpolation, pipeline, pruning, seeds, training
+from tickets import artifacts, channels, instability, interpolation, pipeline, pruning, seeds, training
 from tickets import masks as masks_lib
 from tickets import ticket as ticket_lib
 from tickets.config import GRID_KEYS, Spec, step_of
@@ -101,6 +101,7 @@ class Trial:
         lay = ticket_lib.layout(self.model)
         health = pruning.check(ticket.mask, lay)
         kept, kernels = pruning.kept_total(ticket.mask, lay)
+        thin, _, dense = channels.flops(ticket.mask, lay)
         narrowest = health.narrowest or ("", -1, -1)
         return {"rewind_epoch": self.rewind_epoch, "control": self.control, "replicate": self.replicate,
                 "collapsed_layers": ", ".join(health.cuts), "emptied_branches": ", ".join(health.branches),
@@ -110,6 +111,9 @@ class Trial:
                 "weights_remaining": summary["weights_remaining"], "weights_remaining_count": summary["remaining"],
                 "prunable_weights": summary["total"], "weights_remaining_total": kept / kernels,
                 "kernel_weights": kernels,
+                "channels_removed": channels.removed_share(
+                    ticket.mask, channels.prunable(lay, pruning.prunable(self.spec.pruning, lay))),
+                "flops_left": thin / dense,
                 "threshold": summary["threshold"] if summary["threshold"] is not None else float("nan"),
                 "dense_hash": self.dense_hash, **self.process}
 
