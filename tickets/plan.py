@@ -206,7 +206,9 @@ def print_plan(spec: config_lib.Spec, exp: Path, res: Resources | None, cluster:
         deepest = p.num_levels() if p.mode == "imp" else max(spec.search.level)
         print(f"{what}, {p.rate:g} of the remaining weights pruned per level{rates} "
               f"(at level {deepest}, tensors at rate {p.rate:g} keep {(1 - p.rate) ** deepest * 100:.2f} %)")
-    print(f"pruning: scope {p.scope}, excluding {', '.join(p.exclude) or 'nothing'}")
+    whole = (f", whole channels (at least {max(1, p.min_live_channels)} per group)"
+             if p.granularity == "channel" else "")
+    print(f"pruning: scope {p.scope}, excluding {', '.join(p.exclude) or 'nothing'}{whole}")
     early = sorted({config_lib.split_control(c)[0] for c in spec.search.control if at_init(c)})
     if early:
         batches = f"{p.init_batches} training batch{'es' if p.init_batches > 1 else ''}"
