@@ -120,7 +120,9 @@ def machine() -> dict:
 
     import keras
 
-    info = {"platform": platform.platform(), "processor": _cpu_model(), "python": platform.python_version(),
+    from tickets.deployment import cpu_model  # the one reading of the CPU's name; needs no TensorFlow
+
+    info = {"platform": platform.platform(), "processor": cpu_model(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "backend": keras.backend.backend()}
     # Installed versions, without importing: the GPU machine has Keras and JAX but no TensorFlow or Ray.
     for package in ("keras", "tensorflow", "jax", "ray"):
@@ -131,10 +133,3 @@ def machine() -> dict:
     found = gpus()
     info["gpu"], info["gpus"] = next(iter(found), None), len(found)
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()

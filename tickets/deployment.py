@@ -21,17 +21,17 @@ from tickets import artifacts, channels, export
 ROUNDS = 5  # one network at a time (not interleaved: the report times each once), the median of these rounds
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what `platform` knows)."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     """The CPU the latencies were measured on, in words."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()}"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()}"
 
 
 def table(experiment: Path, tickets: dict[str, Path]) -> list[dict]:
@@ -73,10 +73,8 @@ def _row(label: str, spec, weights: dict, mask: dict) -> dict:
     from tickets import models, pruning
 
     model = export.masked_model(spec, weights, mask)
-    lay = pruning.Layout.of(models.layout(model))
-    full = {n: np.asarray(mask[n], bool) if n in mask else np.ones(lay.shapes[n], bool) for n in lay.names}
-    thin, _ = export.thinner(model, full)
-    macs, nonzero, _ = channels.flops(full, lay)
+    thin, _ = export.thinner(model, mask)
+    macs, nonzero, _ = channels.flops(mask, pruning.Layout.of(models.layout(model)))
     with tempfile.TemporaryDirectory(prefix="tickets-deploy-") as tmp:
         keras_file, tflite_file = Path(tmp) / "t.keras", Path(tmp) / "t.tflite"
         thin.save(keras_file)

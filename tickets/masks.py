@@ -187,13 +187,14 @@ def level_mask(weights: Weights, level: int, rate: float, scope: str = "global",
     """In one shot, the mask of IMP level `level`: the counts IMP keeps there, `n_k = n_{k-1} −
     round(rate · n_{k-1})` per tensor with its own rate (every tensor when `layerwise`) and over the
     other tensors together, selected once from `weights` (the papers' one-shot comparisons)."""
-    def removed(n: int, r: float) -> int:
-        kept = n
-        for _ in range(level):
-            kept -= int(round(r * kept))
-        return n - kept
+    return _by_rate(weights, _check(weights, None), rate, scope, rates, lambda n, r: n - imp_kept(n, r, level))
 
-    return _by_rate(weights, _check(weights, None), rate, scope, rates, removed)
+
+def imp_kept(n: int, rate: float, level: int) -> int:
+    """Of `n` weights, how many IMP keeps at `level`: `n_k = n_{k-1} − round(rate · n_{k-1})`."""
+    for _ in range(level):
+        n -= int(round(rate * n))
+    return n
 
 
 def _by_rate(weights: Weights, old: Mask, rate: float, scope: str, rates: Mapping[str, float] | None,

@@ -67,17 +67,11 @@ def oneshot_mask(spec: PruningSpec, layout: Layout, final: Weights, sparsity: fl
     weights = {n: final[n] for n in prunable(spec, layout)}
     if spec.granularity == "channel":
         total = sum(int(np.size(w)) for w in weights.values())
-        target = total - _imp_kept(total, spec.rate, level) if level is not None else masks_lib.prune_count(total, sparsity)
+        target = total - masks_lib.imp_kept(total, spec.rate, level) if level is not None else masks_lib.prune_count(total, sparsity)
         return channel_mask(spec, layout, final, target)
     if level is not None:
         return masks_lib.level_mask(weights, level, spec.rate, spec.scope, own_rates(spec, layout))
     return masks_lib.magnitude_mask(weights, sparsity, spec.scope)
-
-
-def _imp_kept(n: int, rate: float, level: int) -> int:
-    for _ in range(level):
-        n -= int(round(rate * n))
-    return n
 
 
 def channel_mask(spec: PruningSpec, layout: Layout, weights: Weights, target: int,
